@@ -1,0 +1,479 @@
+//! Fetching a token from ECR: the slow path, and the only place that starts an async runtime or
+//! loads AWS configuration.
+//!
+//! One current-thread tokio runtime, the AWS SDK default credential chain, and one rustls (ring)
+//! HTTPS client handed to the SDK, honouring `HTTPS_PROXY`/`NO_PROXY` and trusting the system
+//! store (`SSL_CERT_FILE` included) plus Amazon's roots compiled in, for images with no CA bundle.
+//! Every call runs under one overall deadline; retryable failures (5xx, throttling, resets,
+//! timeouts) are retried by the SDK's standard strategy (exponential backoff, full jitter) inside
+//! it. Failures are classified into [`FetchError`] so the user is told *why* in one line.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::provider_config::ProviderConfig;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_ecr::config::Region;
+use aws_sdk_ecr::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_http_client::proxy::ProxyConfig;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+use aws_smithy_http_client::Connector;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::error::display::DisplayErrorContext;
+
+use crate::credentials::Source;
+use crate::registry::Registry;
+use crate::token::{self, Token};
+
+/// Default overall deadline for obtaining a token, retries included.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Amazon Trust Services root certificates (Amazon Root CA 1-4, Starfield Services Root CA G2),
+/// copied from Debian's ca-certificates. Added to the system store, so an image without a CA
+/// bundle still reaches AWS.
+const AMAZON_ROOTS_PEM: &str = include_str!("amazon_roots.pem");
+
+/// Why no token could be fetched. Each variant is a cause the user can act on.
+#[derive(Debug)]
+pub enum FetchError {
+    /// The credential chain found no credentials, or could not load the ones configured.
+    NoCredentials {
+        /// What the chain reported.
+        detail: String,
+    },
+    /// The endpoint could not be reached (DNS, refused, reset, TLS).
+    Unreachable {
+        /// The API endpoint.
+        endpoint: String,
+        /// What the connection reported.
+        detail: String,
+    },
+    /// No answer within the deadline.
+    Timeout {
+        /// The API endpoint.
+        endpoint: String,
+        /// The overall deadline that passed.
+        deadline: Duration,
+    },
+    /// ECR refused: the identity lacks the permission.
+    AccessDenied {
+        /// The API's message (names the principal and action).
+        message: String,
+        /// The IAM actions the identity needs.
+        needs: &'static str,
+    },
+    /// The credentials were rejected as invalid or expired.
+    InvalidCredentials {
+        /// The API's message.
+        message: String,
+    },
+    /// ECR throttled every attempt.
+    Throttled {
+        /// The API endpoint.
+        endpoint: String,
+    },
+    /// The signature was rejected for the time it carries: the device clock is off.
+    ClockSkew {
+        /// The API's message.
+        message: String,
+    },
+    /// Any other error answer from the service.
+    Service {
+        /// The error code (`ServerException`, …).
+        code: String,
+        /// The API's message.
+        message: String,
+    },
+    /// The answer could not be used (no token, undecodable, already expired).
+    BadResponse {
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The async runtime could not be started.
+    Runtime {
+        /// What the system said.
+        detail: String,
+    },
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::NoCredentials { detail } => write!(
+                f,
+                "no AWS credentials found (environment, profile, web identity, container, \
+                 instance metadata): {detail}"
+            ),
+            FetchError::Unreachable { endpoint, detail } => {
+                write!(f, "cannot reach {endpoint}: {detail}")
+            }
+            FetchError::Timeout { endpoint, deadline } => write!(
+                f,
+                "no answer from {endpoint} within {:.1}s (set ECR_EDGE_TIMEOUT to wait longer)",
+                deadline.as_secs_f64()
+            ),
+            FetchError::AccessDenied { message, needs } => {
+                write!(f, "access denied: {message} (the identity needs {needs})")
+            }
+            FetchError::InvalidCredentials { message } => {
+                write!(f, "AWS rejected the credentials: {message}")
+            }
+            FetchError::Throttled { endpoint } => write!(
+                f,
+                "throttled by {endpoint}: GetAuthorizationToken rate exceeded; try again later"
+            ),
+            FetchError::ClockSkew { message } => write!(
+                f,
+                "request rejected for clock skew: {message}; set the system clock (NTP)"
+            ),
+            FetchError::Service { code, message } => write!(f, "ECR error {code}: {message}"),
+            FetchError::BadResponse { detail } => write!(f, "unusable answer from ECR: {detail}"),
+            FetchError::Runtime { detail } => write!(f, "cannot start async runtime: {detail}"),
+        }
+    }
+}
+
+impl StdError for FetchError {}
+
+/// Fetches a fresh token for `registry` with credentials from `source`, within `deadline`.
+///
+/// Blocks the calling thread on a current-thread runtime created for this call.
+///
+/// # Errors
+/// [`FetchError`] naming the cause when no token was obtained in time.
+pub fn fetch(
+    registry: &Registry,
+    source: &Source,
+    deadline: Duration,
+) -> Result<Token, FetchError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| FetchError::Runtime {
+            detail: e.to_string(),
+        })?;
+    runtime.block_on(async {
+        match tokio::time::timeout(deadline, fetch_async(registry, source, deadline)).await {
+            Ok(result) => result,
+            Err(_) => Err(FetchError::Timeout {
+                endpoint: registry.endpoint().to_owned(),
+                deadline,
+            }),
+        }
+    })
+}
+
+/// The HTTPS client handed to the SDK: rustls with ring, proxy settings from the environment.
+fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    let trust = TrustStore::default().with_pem_certificate(AMAZON_ROOTS_PEM.as_bytes());
+    let tls_context = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .unwrap_or_default();
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut builder = Connector::builder().proxy_config(ProxyConfig::from_env());
+        builder.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            builder.set_sleep_impl(components.sleep_impl());
+        }
+        builder
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .tls_context(tls_context.clone())
+            .build()
+    })
+}
+
+async fn fetch_async(
+    registry: &Registry,
+    source: &Source,
+    deadline: Duration,
+) -> Result<Token, FetchError> {
+    let http = http_client();
+    let region = Region::new(registry.region().to_owned());
+    let provider_config = ProviderConfig::without_region()
+        .with_http_client(http.clone())
+        .with_region(Some(region.clone()));
+
+    let credentials = match source {
+        Source::DefaultChain { .. } => {
+            // On a device that is not an EC2 instance, the metadata service never answers: one
+            // short attempt keeps the chain from spending seconds on it.
+            let imds = aws_config::imds::Client::builder()
+                .configure(&provider_config)
+                .connect_timeout(Duration::from_millis(500))
+                .read_timeout(Duration::from_millis(1000))
+                .max_attempts(1)
+                .build();
+            DefaultCredentialsChain::builder()
+                .configure(provider_config)
+                .imds_client(imds)
+                .build()
+                .await
+        }
+    };
+
+    let attempt = (deadline / 3).max(Duration::from_secs(1)).min(deadline);
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .region(region)
+        .credentials_provider(credentials)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(attempt.min(Duration::from_secs(3)))
+                .operation_attempt_timeout(attempt)
+                .operation_timeout(deadline)
+                .build(),
+        )
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(5)
+                .with_initial_backoff(Duration::from_millis(200))
+                .with_max_backoff(Duration::from_secs(2)),
+        )
+        .load()
+        .await;
+
+    let endpoint = registry.endpoint().to_owned();
+    let now = token::now();
+    let (encoded, expires_at) = if registry.is_public() {
+        let mut conf = aws_sdk_ecrpublic::config::Builder::from(&sdk);
+        if !endpoint_from_env("ECR_PUBLIC") {
+            conf = conf.endpoint_url(&endpoint);
+        }
+        let client = aws_sdk_ecrpublic::Client::from_conf(conf.build());
+        let out = client
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| classify(e, &endpoint, deadline, true))?;
+        let data = out
+            .authorization_data()
+            .ok_or_else(|| FetchError::BadResponse {
+                detail: "no authorizationData".into(),
+            })?;
+        (
+            data.authorization_token().map(str::to_owned),
+            data.expires_at().map(|t| t.secs()),
+        )
+    } else {
+        let mut conf = aws_sdk_ecr::config::Builder::from(&sdk);
+        if !endpoint_from_env("ECR") {
+            conf = conf.endpoint_url(&endpoint);
+        }
+        let client = aws_sdk_ecr::Client::from_conf(conf.build());
+        let out = client
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| classify(e, &endpoint, deadline, false))?;
+        let data = out
+            .authorization_data()
+            .first()
+            .ok_or_else(|| FetchError::BadResponse {
+                detail: "empty authorizationData".into(),
+            })?;
+        (
+            data.authorization_token().map(str::to_owned),
+            data.expires_at().map(|t| t.secs()),
+        )
+    };
+    token_from(encoded.as_deref(), expires_at, now)
+}
+
+/// Whether the user pointed the SDK at an endpoint through the standard variables
+/// (`AWS_ENDPOINT_URL_<SERVICE>` or `AWS_ENDPOINT_URL`); then the SDK's own choice stands.
+fn endpoint_from_env(service: &str) -> bool {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    set(&format!("AWS_ENDPOINT_URL_{service}")) || set("AWS_ENDPOINT_URL")
+}
+
+/// Builds a [`Token`] from the API's base64 `AWS:<password>` and expiry.
+///
+/// # Errors
+/// [`FetchError::BadResponse`] when the token is missing or malformed, has no expiry, or is
+/// already (nearly) expired: an unusable token is never cached or handed out.
+pub fn token_from(
+    encoded: Option<&str>,
+    expires_at: Option<i64>,
+    now: i64,
+) -> Result<Token, FetchError> {
+    let bad = |detail: &str| FetchError::BadResponse {
+        detail: detail.to_owned(),
+    };
+    let encoded = encoded.ok_or_else(|| bad("no authorizationToken"))?;
+    let decoded = aws_smithy_types::base64::decode(encoded)
+        .map_err(|_| bad("authorizationToken is not base64"))?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad("authorizationToken is not UTF-8"))?;
+    let password = decoded
+        .strip_prefix("AWS:")
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| bad("authorizationToken is not AWS:<password>"))?;
+    let expires_at = expires_at.ok_or_else(|| bad("no expiresAt"))?;
+    let token = Token {
+        password: password.to_owned(),
+        expires_at,
+        fetched_at: now,
+    };
+    if !token.is_usable(now) {
+        return Err(bad("token already expired (check the system clock)"));
+    }
+    Ok(token)
+}
+
+/// Maps an SDK error to the cause the user can act on.
+fn classify<E>(
+    err: SdkError<E, HttpResponse>,
+    endpoint: &str,
+    deadline: Duration,
+    public: bool,
+) -> FetchError
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    if let Some(detail) =
+        find_source::<CredentialsError>(&err).map(|c| one_line(&DisplayErrorContext(c).to_string()))
+    {
+        return FetchError::NoCredentials { detail };
+    }
+    let endpoint = endpoint.to_owned();
+    match &err {
+        SdkError::TimeoutError(_) => FetchError::Timeout { endpoint, deadline },
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            FetchError::Timeout { endpoint, deadline }
+        }
+        SdkError::DispatchFailure(_) => FetchError::Unreachable {
+            endpoint,
+            detail: one_line(&DisplayErrorContext(&err).to_string()),
+        },
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or("Unknown").to_owned();
+            let message = e.message().unwrap_or("").to_owned();
+            let status = service.raw().status().as_u16();
+            service_error(code, message, status, endpoint, public)
+        }
+        _ => FetchError::BadResponse {
+            detail: one_line(&DisplayErrorContext(&err).to_string()),
+        },
+    }
+}
+
+fn service_error(
+    code: String,
+    message: String,
+    status: u16,
+    endpoint: String,
+    public: bool,
+) -> FetchError {
+    let lower = message.to_ascii_lowercase();
+    match code.as_str() {
+        "AccessDeniedException" | "AccessDenied" => FetchError::AccessDenied {
+            message,
+            needs: if public {
+                "ecr-public:GetAuthorizationToken and sts:GetServiceBearerToken"
+            } else {
+                "ecr:GetAuthorizationToken on Resource \"*\""
+            },
+        },
+        "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
+            FetchError::Throttled { endpoint }
+        }
+        _ if status == 429 => FetchError::Throttled { endpoint },
+        "InvalidSignatureException" | "SignatureDoesNotMatch"
+            if lower.contains("expired") || lower.contains("not yet current") =>
+        {
+            FetchError::ClockSkew { message }
+        }
+        "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "ExpiredTokenException"
+        | "InvalidSignatureException" => FetchError::InvalidCredentials { message },
+        _ => FetchError::Service { code, message },
+    }
+}
+
+fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_parsing() {
+        let enc = aws_smithy_types::base64::encode("AWS:pass:with:colons");
+        let t = token_from(Some(&enc), Some(50_000), 1000).unwrap();
+        assert_eq!(t.password, "pass:with:colons");
+        assert_eq!((t.fetched_at, t.expires_at), (1000, 50_000));
+        for (enc, exp) in [
+            (None, Some(50_000)),
+            (Some("!!!".to_string()), Some(50_000)),
+            (
+                Some(aws_smithy_types::base64::encode("bob:pw")),
+                Some(50_000),
+            ),
+            (Some(aws_smithy_types::base64::encode("AWS:")), Some(50_000)),
+            (Some(enc.clone()), None),
+            (Some(enc.clone()), Some(1000)),
+        ] {
+            assert!(matches!(
+                token_from(enc.as_deref(), exp, 1000),
+                Err(FetchError::BadResponse { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn service_errors_name_their_cause() {
+        let e = |code: &str, msg: &str, status| {
+            service_error(code.into(), msg.into(), status, "e".into(), false)
+        };
+        assert!(matches!(
+            e("AccessDeniedException", "not authorized", 400),
+            FetchError::AccessDenied { .. }
+        ));
+        assert!(matches!(
+            e("ThrottlingException", "slow down", 400),
+            FetchError::Throttled { .. }
+        ));
+        assert!(matches!(
+            e("Whatever", "", 429),
+            FetchError::Throttled { .. }
+        ));
+        assert!(matches!(
+            e(
+                "InvalidSignatureException",
+                "Signature expired: 20260101T000000Z is now earlier than ...",
+                400
+            ),
+            FetchError::ClockSkew { .. }
+        ));
+        assert!(matches!(
+            e("UnrecognizedClientException", "bad token", 400),
+            FetchError::InvalidCredentials { .. }
+        ));
+        assert!(matches!(
+            e("ServerException", "boom", 500),
+            FetchError::Service { .. }
+        ));
+        let denied = e("AccessDeniedException", "User x is not authorized", 400).to_string();
+        assert!(denied.contains("ecr:GetAuthorizationToken"), "{denied}");
+    }
+}

@@ -1,0 +1,443 @@
+//! The Docker credential helper protocol: `get`, `store`, `erase`, `list`, `version`.
+//!
+//! Docker (and podman, skopeo, nerdctl) run `docker-credential-ecr-edge <action>`, write the
+//! input on stdin and read stdout (REFERENCE.md section 1). Errors go to stdout too, with exit
+//! status 1, and Docker shows them to the user, except the exact text
+//! [`CREDENTIALS_NOT_FOUND`], which makes it carry on anonymously. So that text is used for one
+//! case only, a host that is not ECR; every failure on an ECR host names its cause instead.
+//!
+//! `get` is the hot path. A cache hit reads one small file and prints: no async runtime, no AWS
+//! configuration, no network. Only a miss (or a token past half its life) goes to [`crate::ecr`],
+//! under a per-key file lock so that concurrent helpers make one upstream call between them.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::cache::{self, Cache};
+use crate::credentials::Source;
+use crate::ecr::{self, FetchError};
+use crate::files::FilesError;
+use crate::registry::Registry;
+use crate::token::{self, Token, USERNAME};
+
+/// Docker's word-for-word "nothing here" answer (docker-credential-helpers `credentials/error.go`).
+/// Docker matches on this exact text, then pulls anonymously.
+pub const CREDENTIALS_NOT_FOUND: &str = "credentials not found in native keychain";
+
+/// Largest stdin accepted. A server URL or a `store` payload is well under 8 KiB; anything larger
+/// is refused as a whole rather than truncated.
+pub const MAX_INPUT_BYTES: u64 = 64 * 1024;
+
+/// A helper action, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Print credentials for the server URL on stdin.
+    Get,
+    /// Accept credentials from `docker login` (stored nowhere for ECR hosts).
+    Store,
+    /// Forget credentials for the server URL on stdin (`docker logout`).
+    Erase,
+    /// Print the registries with cached tokens.
+    List,
+    /// Print the program name and version.
+    Version,
+}
+
+impl Action {
+    /// Parses an action name; `None` for anything else.
+    pub fn parse(name: &str) -> Option<Action> {
+        Some(match name {
+            "get" => Action::Get,
+            "store" => Action::Store,
+            "erase" => Action::Erase,
+            "list" => Action::List,
+            "version" => Action::Version,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a helper action failed. [`fmt::Display`] is the one line the client shows.
+#[derive(Debug)]
+pub enum HelperError {
+    /// The host is not an ECR registry: Docker's "not found", so it goes on anonymously.
+    NotEcr,
+    /// Empty server URL (protocol text `no credentials server URL`).
+    NoServerUrl,
+    /// `store` without a user name (protocol text `no credentials username`).
+    NoUsername,
+    /// Stdin was larger than [`MAX_INPUT_BYTES`].
+    InputTooLarge,
+    /// Stdin was not what the action takes.
+    BadInput(String),
+    /// `store` for a registry ecr-edge does not manage.
+    StoreUnsupported(String),
+    /// A setting in the environment is malformed.
+    BadSetting(String),
+    /// No usable token could be obtained for this ECR registry.
+    Fetch {
+        /// The registry host.
+        registry: String,
+        /// Why.
+        cause: FetchError,
+    },
+    /// The cache lock was held by another helper past the deadline and no usable token exists.
+    Busy {
+        /// The registry host.
+        registry: String,
+        /// The lock failure.
+        cause: FilesError,
+    },
+    /// Stdin or stdout failed.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for HelperError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HelperError::NotEcr => f.write_str(CREDENTIALS_NOT_FOUND),
+            HelperError::NoServerUrl => f.write_str("no credentials server URL"),
+            HelperError::NoUsername => f.write_str("no credentials username"),
+            HelperError::InputTooLarge => {
+                write!(f, "ecr-edge: input larger than {MAX_INPUT_BYTES} bytes refused")
+            }
+            HelperError::BadInput(why) => write!(f, "ecr-edge: invalid input: {why}"),
+            HelperError::StoreUnsupported(host) => write!(
+                f,
+                "ecr-edge: {host} is not an Amazon ECR registry; ecr-edge stores no other credentials"
+            ),
+            HelperError::BadSetting(why) => write!(f, "ecr-edge: {why}"),
+            HelperError::Fetch { registry, cause } => write!(f, "ecr-edge: {registry}: {cause}"),
+            HelperError::Busy { registry, cause } => write!(f, "ecr-edge: {registry}: {cause}"),
+            HelperError::Io(e) => write!(f, "ecr-edge: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HelperError {}
+
+/// Runs `action` with the given stdin and stdout; returns the process exit status (0 or 1).
+///
+/// This is the protocol boundary: every error becomes exactly one line on `stdout` here.
+pub fn run(action: Action, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8 {
+    let result = (|| -> Result<Vec<u8>, HelperError> {
+        match action {
+            Action::Version => Ok(format!("{}\n", crate::version_line()).into_bytes()),
+            Action::List => Ok(list(&Cache::open(cache::default_dir()).ok(), token::now())),
+            Action::Get => get(&read_input(stdin)?),
+            Action::Store => store(&read_input(stdin)?).map(|()| Vec::new()),
+            Action::Erase => erase(&read_input(stdin)?).map(|()| Vec::new()),
+        }
+    })();
+    let (bytes, code) = match result {
+        Ok(bytes) => (bytes, 0),
+        Err(e) => {
+            if !matches!(e, HelperError::NotEcr) {
+                tracing::debug!("{action:?} failed: {e}");
+            }
+            (format!("{e}\n").into_bytes(), 1)
+        }
+    };
+    match stdout.write_all(&bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => code,
+        Err(_) => 1,
+    }
+}
+
+/// Reads all of stdin up to [`MAX_INPUT_BYTES`] as UTF-8.
+fn read_input(stdin: &mut dyn Read) -> Result<String, HelperError> {
+    let mut buf = Vec::new();
+    stdin
+        .take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(HelperError::Io)?;
+    if buf.len() as u64 > MAX_INPUT_BYTES {
+        return Err(HelperError::InputTooLarge);
+    }
+    String::from_utf8(buf).map_err(|_| HelperError::BadInput("not UTF-8".into()))
+}
+
+/// The overall deadline: `ECR_EDGE_TIMEOUT` in seconds (e.g. `10`, `2.5`), else 10 s.
+pub fn deadline_from_env() -> Result<Duration, HelperError> {
+    match std::env::var("ECR_EDGE_TIMEOUT") {
+        Err(_) => Ok(ecr::DEFAULT_DEADLINE),
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                HelperError::BadSetting(format!(
+                    "ECR_EDGE_TIMEOUT must be a number of seconds between 0 and 3600, got {v:?}"
+                ))
+            }),
+    }
+}
+
+/// `get`: a token for the registry named on stdin, as Docker's JSON answer.
+fn get(input: &str) -> Result<Vec<u8>, HelperError> {
+    let server_url = input.trim();
+    if server_url.is_empty() {
+        return Err(HelperError::NoServerUrl);
+    }
+    let registry = Registry::parse(server_url).ok_or(HelperError::NotEcr)?;
+    let source = Source::from_env();
+    let token = token_for(&registry, &source)?;
+    Ok(get_response(server_url, &token.password))
+}
+
+/// A usable token for `registry`: from the cache while it is before half-life, else fetched.
+///
+/// When fetching fails but the cached token is still usable, the cached one is served and a
+/// warning logged; an expired token is never returned.
+pub fn token_for(registry: &Registry, source: &Source) -> Result<Token, HelperError> {
+    let identity = source.identity();
+    let host = registry.host();
+    let cache = match Cache::open(cache::default_dir()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("token cache disabled: {e}");
+            None
+        }
+    };
+    let cached = cache.as_ref().and_then(|c| c.get(host, &identity));
+    if let Some(t) = &cached {
+        if !t.needs_refresh(token::now()) && t.is_usable(token::now()) {
+            tracing::debug!(registry = host, expires_at = t.expires_at, "cache hit");
+            return Ok(t.clone());
+        }
+    }
+
+    // Slow path.
+    tracing::debug!(
+        registry = host,
+        cached = cached.is_some(),
+        "cache miss or past half-life"
+    );
+    let deadline = deadline_from_env()?;
+    let start = Instant::now();
+    let _lock = match &cache {
+        Some(c) => match c.lock(host, &identity, start + deadline) {
+            Ok(lock) => Some(lock),
+            Err(cause) => {
+                return serve_stale(cache.as_ref(), host, &identity, cached).ok_or(
+                    HelperError::Busy {
+                        registry: host.to_owned(),
+                        cause,
+                    },
+                )
+            }
+        },
+        None => None,
+    };
+    // Another helper may have refreshed while we waited for the lock.
+    let cached = cache
+        .as_ref()
+        .and_then(|c| c.get(host, &identity))
+        .or(cached);
+    if let Some(t) = &cached {
+        if !t.needs_refresh(token::now()) && t.is_usable(token::now()) {
+            return Ok(t.clone());
+        }
+    }
+    let remaining = deadline.saturating_sub(start.elapsed());
+    tracing::debug!(
+        registry = host,
+        endpoint = registry.endpoint(),
+        "fetching token"
+    );
+    match ecr::fetch(registry, source, remaining) {
+        Ok(token) => {
+            tracing::debug!(
+                registry = host,
+                expires_at = token.expires_at,
+                "token fetched"
+            );
+            if let Some(c) = &cache {
+                if let Err(e) = c.put(host, &identity, &token) {
+                    tracing::warn!("token not cached: {e}");
+                }
+            }
+            Ok(token)
+        }
+        Err(cause) => {
+            serve_stale(cache.as_ref(), host, &identity, cached).ok_or(HelperError::Fetch {
+                registry: host.to_owned(),
+                cause,
+            })
+        }
+    }
+}
+
+/// The cached token when it is still usable after a failed refresh, with a warning.
+fn serve_stale(
+    cache: Option<&Cache>,
+    host: &str,
+    identity: &str,
+    cached: Option<Token>,
+) -> Option<Token> {
+    let latest = cache.and_then(|c| c.get(host, identity)).or(cached)?;
+    let now = token::now();
+    if latest.is_usable(now) {
+        tracing::warn!(
+            "refresh failed; serving cached token for {host} valid for {} more seconds",
+            latest.expires_at - now
+        );
+        Some(latest)
+    } else {
+        None
+    }
+}
+
+/// Docker's `get` answer, byte for byte as the Go helpers print it (`json.Encoder`, which escapes
+/// `<`, `>`, `&`, U+2028 and U+2029, and ends with a newline).
+pub fn get_response(server_url: &str, secret: &str) -> Vec<u8> {
+    let mut out = String::from("{\"ServerURL\":");
+    push_go_json_string(&mut out, server_url);
+    out.push_str(",\"Username\":");
+    push_go_json_string(&mut out, USERNAME);
+    out.push_str(",\"Secret\":");
+    push_go_json_string(&mut out, secret);
+    out.push_str("}\n");
+    out.into_bytes()
+}
+
+fn push_go_json_string(out: &mut String, s: &str) {
+    let json = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// `list`: `{"https://<host>":"AWS",…}` for registries with a usable cached token, sorted as Go
+/// sorts map keys. Never touches the network.
+fn list(cache: &Option<Cache>, now: i64) -> Vec<u8> {
+    let mut out = String::from("{");
+    if let Some(cache) = cache {
+        let mut first = true;
+        for host in cache.registries(now).into_keys() {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            push_go_json_string(&mut out, &format!("https://{host}"));
+            out.push(':');
+            push_go_json_string(&mut out, USERNAME);
+        }
+    }
+    out.push_str("}\n");
+    out.into_bytes()
+}
+
+/// The `store` payload (docker-credential-helpers `credentials.Credentials`).
+#[derive(Deserialize)]
+struct StoreInput {
+    #[serde(rename = "ServerURL", default)]
+    server_url: String,
+    #[serde(rename = "Username", default)]
+    username: String,
+    #[serde(rename = "Secret", default)]
+    _secret: String,
+}
+
+/// `store`: accepted and dropped for ECR hosts, so `docker login` to a managed registry works;
+/// refused for others, which ecr-edge does not manage.
+fn store(input: &str) -> Result<(), HelperError> {
+    let creds: StoreInput = serde_json::from_str(input).map_err(|e| {
+        // serde's message names a position, never the input's content.
+        HelperError::BadInput(format!(
+            "store expects {{\"ServerURL\",\"Username\",\"Secret\"}}: {e}"
+        ))
+    })?;
+    if creds.server_url.trim().is_empty() {
+        return Err(HelperError::NoServerUrl);
+    }
+    if creds.username.trim().is_empty() {
+        return Err(HelperError::NoUsername);
+    }
+    match Registry::parse(&creds.server_url) {
+        Some(_) => Ok(()),
+        None => Err(HelperError::StoreUnsupported(
+            crate::registry::host_of(&creds.server_url).unwrap_or_else(|| "the server".into()),
+        )),
+    }
+}
+
+/// `erase`: for an ECR host, drops this identity's cached token (the next `get` fetches a fresh
+/// one); for other hosts, Docker's "not found".
+fn erase(input: &str) -> Result<(), HelperError> {
+    let server_url = input.trim();
+    if server_url.is_empty() {
+        return Err(HelperError::NoServerUrl);
+    }
+    let registry = Registry::parse(server_url).ok_or(HelperError::NotEcr)?;
+    if let Ok(cache) = Cache::open(cache::default_dir()) {
+        cache.remove(registry.host(), &Source::from_env().identity());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_response_matches_go_encoder() {
+        assert_eq!(
+            get_response("https://1.dkr/x?a=<b>&c", "pw"),
+            b"{\"ServerURL\":\"https://1.dkr/x?a=\\u003cb\\u003e\\u0026c\",\"Username\":\"AWS\",\"Secret\":\"pw\"}\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn actions() {
+        assert_eq!(Action::parse("get"), Some(Action::Get));
+        assert_eq!(Action::parse("GET"), None);
+        assert_eq!(Action::parse(""), None);
+    }
+
+    #[test]
+    fn store_validation() {
+        assert!(matches!(store("nope"), Err(HelperError::BadInput(_))));
+        assert!(matches!(store("{}"), Err(HelperError::NoServerUrl)));
+        assert!(matches!(
+            store(r#"{"ServerURL":"123456789012.dkr.ecr.us-east-1.amazonaws.com"}"#),
+            Err(HelperError::NoUsername)
+        ));
+        assert!(store(r#"{"ServerURL":"123456789012.dkr.ecr.us-east-1.amazonaws.com","Username":"AWS","Secret":"x"}"#).is_ok());
+        let err =
+            store(r#"{"ServerURL":"https://docker.io/v1","Username":"u","Secret":"topsecret"}"#)
+                .unwrap_err();
+        assert!(matches!(err, HelperError::StoreUnsupported(_)));
+        assert!(!err.to_string().contains("topsecret"));
+    }
+
+    #[test]
+    fn oversized_input_is_refused_whole() {
+        let big = vec![b'a'; MAX_INPUT_BYTES as usize + 1];
+        assert!(matches!(
+            read_input(&mut &big[..]),
+            Err(HelperError::InputTooLarge)
+        ));
+        let ok = vec![b'a'; MAX_INPUT_BYTES as usize];
+        assert_eq!(
+            read_input(&mut &ok[..]).unwrap().len(),
+            MAX_INPUT_BYTES as usize
+        );
+        assert!(matches!(
+            read_input(&mut &b"\xff"[..]),
+            Err(HelperError::BadInput(_))
+        ));
+    }
+}

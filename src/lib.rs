@@ -1,0 +1,35 @@
+//! ecr-edge: Amazon ECR credentials for edge devices.
+//!
+//! # Map
+//! - [`registry`]: which hosts are ECR, and the API endpoint of each (pure).
+//! - [`helper`]: the Docker credential helper protocol, and the cached `get` hot path.
+//! - [`cache`]: the per-user token cache, keyed by registry and credential-source identity.
+//! - [`credentials`]: naming the credential source without loading it.
+//! - [`ecr`]: fetching a token (the only async and AWS SDK code on the helper path).
+//! - [`token`]: a token, its half-life and its expiry margin.
+//! - [`files`]: atomic, private, symlink-refusing file access and the cross-process lock.
+//! - [`cli`]: argument parsing and dispatch for the binary.
+
+#![forbid(unsafe_code)]
+// Input never panics the helper: library code handles every `Result` (tests may unwrap).
+#![warn(clippy::unwrap_used)]
+
+pub mod cache;
+pub mod cli;
+pub mod credentials;
+pub mod ecr;
+pub mod files;
+pub mod helper;
+pub mod registry;
+pub mod token;
+
+/// The crate version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The target triple this binary was built for (`aarch64-unknown-linux-musl`, …).
+pub const TARGET: &str = env!("ECR_EDGE_TARGET");
+
+/// `ecr-edge <version> (<target triple>)`, as `--version` and the helper's `version` print it.
+pub fn version_line() -> String {
+    format!("ecr-edge {VERSION} ({TARGET})")
+}

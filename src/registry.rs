@@ -1,0 +1,371 @@
+//! Registry host names: which inputs are Amazon ECR, and which API endpoint serves each.
+//!
+//! Pure: a string in, a typed [`Registry`] out, no I/O, no panics on any input. Docker hands a
+//! helper whatever the user typed after `docker pull`, so the input may carry a scheme, userinfo,
+//! a port or a path (`https://123456789012.dkr.ecr.us-east-1.amazonaws.com:443/v2/`); only the host
+//! decides. The forms and their endpoints are in REFERENCE.md section 2.
+//!
+//! The endpoint must follow the host form: a FIPS registry host is served by the FIPS API
+//! endpoint and a dual-stack host by the dual-stack one. The incumbent helper calls the standard
+//! endpoint for all of them unless told otherwise by environment variables, which silently takes
+//! a FIPS workload out of FIPS mode.
+
+use std::fmt;
+
+/// Longest input accepted as a server URL. DNS names are at most 253 bytes; the rest allows for a
+/// scheme, userinfo, port and a path. Longer input is not a registry (and is not copied around).
+pub const MAX_SERVER_URL_LEN: usize = 4096;
+
+/// How a registry's API is reached: which service, which endpoint, which signing region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Service {
+    /// A private registry, served by the `ecr` service of one account and region.
+    Private {
+        /// The registry's 12-digit AWS account ID.
+        account: String,
+        /// The region, as written in the host (`us-west-2`).
+        region: String,
+        /// Whether the host is a FIPS form (`dkr.ecr-fips`, `dkr-ecr-fips`).
+        fips: bool,
+        /// Whether the host is a dual-stack form (`dkr-ecr…on.aws`).
+        dual_stack: bool,
+    },
+    /// ECR Public (`public.ecr.aws`): tokens come from the `ecr-public` service in us-east-1.
+    Public,
+}
+
+/// An Amazon ECR registry, recognised from a Docker server URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registry {
+    host: String,
+    service: Service,
+    endpoint: String,
+}
+
+/// The region that serves ECR Public tokens, whatever region the client is in.
+pub const PUBLIC_REGION: &str = "us-east-1";
+
+/// Partition DNS suffixes of private registry hosts (REFERENCE.md section 2).
+const STANDARD_SUFFIXES: &[&str] = &[
+    "amazonaws.com",
+    "amazonaws.com.cn",
+    "amazonaws.eu",
+    "c2s.ic.gov",
+    "sc2s.sgov.gov",
+    "cloud.adc-e.uk",
+    "csp.hci.ic.gov",
+];
+
+/// Dual-stack registry suffix -> dual-stack API suffix.
+const DUAL_STACK_SUFFIXES: &[(&str, &str)] = &[
+    ("on.aws", "api.aws"),
+    (
+        "on.amazonwebservices.com.cn",
+        "api.amazonwebservices.com.cn",
+    ),
+];
+
+/// ECR Public registry hosts.
+const PUBLIC_HOSTS: &[&str] = &["public.ecr.aws", "ecr-public.aws.com"];
+
+impl Registry {
+    /// Recognises an ECR registry in a Docker server URL.
+    ///
+    /// Returns `None` for anything that is not exactly one of the ECR host forms, look-alikes
+    /// such as `….amazonaws.com.example.com` or `public.ecr.aws.example.com` included: those get
+    /// Docker's "not found" answer, never a token.
+    pub fn parse(server_url: &str) -> Option<Registry> {
+        let host = host_of(server_url)?;
+        let (service, endpoint) = classify(&host)?;
+        Some(Registry {
+            host,
+            service,
+            endpoint,
+        })
+    }
+
+    /// The bare registry host, lower-cased (`123456789012.dkr.ecr.us-west-2.amazonaws.com`).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Which service and account this registry belongs to.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// The HTTPS URL of the API endpoint that issues tokens for this registry.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The region requests are signed for.
+    pub fn region(&self) -> &str {
+        match &self.service {
+            Service::Private { region, .. } => region,
+            Service::Public => PUBLIC_REGION,
+        }
+    }
+
+    /// Whether this is ECR Public.
+    pub fn is_public(&self) -> bool {
+        matches!(self.service, Service::Public)
+    }
+}
+
+impl fmt::Display for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.host)
+    }
+}
+
+/// Extracts the lower-cased host from a server URL the way a URL parser would: optional
+/// `scheme://`, optional `userinfo@`, then the host, ending at a port, path, query or fragment.
+///
+/// Returns `None` for empty, over-long or non-ASCII hosts, and for IP literals: no ECR host is
+/// any of those.
+pub fn host_of(server_url: &str) -> Option<String> {
+    let s = server_url.trim();
+    if s.is_empty() || s.len() > MAX_SERVER_URL_LEN {
+        return None;
+    }
+    let rest = match s.find("://") {
+        Some(i) if is_scheme(&s[..i]) => &s[i + 3..],
+        Some(_) => return None,
+        None => s,
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let hostport = match authority.rfind('@') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    if hostport.starts_with('[') {
+        return None; // IPv6 literal
+    }
+    let host = match hostport.split_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        Some((h, "")) => h,
+        Some(_) => return None,
+        None => hostport,
+    };
+    // One trailing dot names the same (fully qualified) host.
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() || host.len() > 253 || !host.bytes().all(is_host_byte) {
+        return None;
+    }
+    Some(host.to_ascii_lowercase())
+}
+
+fn is_scheme(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+}
+
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'.'
+}
+
+/// Maps a lower-cased host to its service and API endpoint, or `None` when it is not ECR.
+fn classify(host: &str) -> Option<(Service, String)> {
+    if PUBLIC_HOSTS.contains(&host) {
+        let endpoint = format!("https://api.ecr-public.{PUBLIC_REGION}.amazonaws.com");
+        return Some((Service::Public, endpoint));
+    }
+    let (account, rest) = host.split_once('.')?;
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // (registry form prefix, FIPS, dual-stack); the longer FIPS prefixes first.
+    const FORMS: &[(&str, bool, bool)] = &[
+        ("dkr.ecr-fips.", true, false),
+        ("dkr.ecr.", false, false),
+        ("dkr-ecr-fips.", true, true),
+        ("dkr-ecr.", false, true),
+    ];
+    let (rest, fips, dual_stack) = FORMS
+        .iter()
+        .find_map(|&(prefix, fips, dual)| Some((rest.strip_prefix(prefix)?, fips, dual)))?;
+    let (region, suffix) = rest.split_once('.')?;
+    if !is_region(region) {
+        return None;
+    }
+    let service = if fips { "ecr-fips" } else { "ecr" };
+    let endpoint = if dual_stack {
+        let (_, api) = DUAL_STACK_SUFFIXES.iter().find(|(s, _)| *s == suffix)?;
+        format!("https://{service}.{region}.{api}")
+    } else if STANDARD_SUFFIXES.contains(&suffix) {
+        let service = if fips { "ecr-fips" } else { "api.ecr" };
+        format!("https://{service}.{region}.{suffix}")
+    } else {
+        return None;
+    };
+    let service = Service::Private {
+        account: account.to_owned(),
+        region: region.to_owned(),
+        fips,
+        dual_stack,
+    };
+    Some((service, endpoint))
+}
+
+/// Whether a label has the shape of an AWS region name: letters, then dash-separated words,
+/// ending in a number (`us-west-2`, `us-gov-east-1`, `cn-north-1`, `eu-isoe-west-1`). Whether
+/// the region exists in its partition is `doctor`'s question; here a typo simply fails DNS.
+fn is_region(label: &str) -> bool {
+    let mut parts = label.split('-');
+    let first_ok = matches!(parts.next(), Some(p) if (2..=4).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase()));
+    let words: Vec<&str> = parts.collect();
+    let Some((last, middle)) = words.split_last() else {
+        return false;
+    };
+    first_ok
+        && !middle.is_empty()
+        && middle
+            .iter()
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+        && !last.is_empty()
+        && last.len() <= 2
+        && last.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(input: &str) -> Option<String> {
+        Registry::parse(input).map(|r| r.endpoint().to_owned())
+    }
+
+    #[test]
+    fn every_host_form_maps_to_its_endpoint() {
+        let cases = [
+            (
+                "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                "https://api.ecr.us-east-1.amazonaws.com",
+            ),
+            (
+                "123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com",
+                "https://ecr-fips.us-gov-west-1.amazonaws.com",
+            ),
+            (
+                "123456789012.dkr-ecr.eu-west-1.on.aws",
+                "https://ecr.eu-west-1.api.aws",
+            ),
+            (
+                "123456789012.dkr-ecr-fips.us-east-2.on.aws",
+                "https://ecr-fips.us-east-2.api.aws",
+            ),
+            (
+                "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+                "https://api.ecr.cn-north-1.amazonaws.com.cn",
+            ),
+            (
+                "123456789012.dkr-ecr.cn-northwest-1.on.amazonwebservices.com.cn",
+                "https://ecr.cn-northwest-1.api.amazonwebservices.com.cn",
+            ),
+            (
+                "123456789012.dkr.ecr.eusc-de-east-1.amazonaws.eu",
+                "https://api.ecr.eusc-de-east-1.amazonaws.eu",
+            ),
+            (
+                "123456789012.dkr.ecr.us-iso-east-1.c2s.ic.gov",
+                "https://api.ecr.us-iso-east-1.c2s.ic.gov",
+            ),
+            (
+                "123456789012.dkr.ecr.us-isob-east-1.sc2s.sgov.gov",
+                "https://api.ecr.us-isob-east-1.sc2s.sgov.gov",
+            ),
+            (
+                "123456789012.dkr.ecr.eu-isoe-west-1.cloud.adc-e.uk",
+                "https://api.ecr.eu-isoe-west-1.cloud.adc-e.uk",
+            ),
+            (
+                "123456789012.dkr.ecr.us-isof-south-1.csp.hci.ic.gov",
+                "https://api.ecr.us-isof-south-1.csp.hci.ic.gov",
+            ),
+            (
+                "public.ecr.aws",
+                "https://api.ecr-public.us-east-1.amazonaws.com",
+            ),
+            (
+                "ecr-public.aws.com",
+                "https://api.ecr-public.us-east-1.amazonaws.com",
+            ),
+        ];
+        for (host, want) in cases {
+            assert_eq!(endpoint(host).as_deref(), Some(want), "{host}");
+        }
+    }
+
+    #[test]
+    fn url_decorations_are_stripped() {
+        for input in [
+            "https://123456789012.dkr.ecr.us-west-2.amazonaws.com",
+            "https://123456789012.dkr.ecr.us-west-2.amazonaws.com/",
+            "https://123456789012.dkr.ecr.us-west-2.amazonaws.com:443/v2/app/manifests/1",
+            "123456789012.dkr.ecr.us-west-2.amazonaws.com:5000",
+            "https://AWS:pw@123456789012.DKR.ECR.US-WEST-2.AMAZONAWS.COM/v2/",
+            "  123456789012.dkr.ecr.us-west-2.amazonaws.com\n",
+            "123456789012.dkr.ecr.us-west-2.amazonaws.com.",
+            "http://123456789012.dkr.ecr.us-west-2.amazonaws.com?x#y",
+        ] {
+            let r = Registry::parse(input).unwrap_or_else(|| panic!("{input:?}"));
+            assert_eq!(r.host(), "123456789012.dkr.ecr.us-west-2.amazonaws.com");
+            assert_eq!(r.region(), "us-west-2");
+        }
+    }
+
+    #[test]
+    fn service_fields() {
+        let r = Registry::parse("123456789012.dkr-ecr-fips.us-east-2.on.aws").unwrap();
+        assert_eq!(
+            r.service(),
+            &Service::Private {
+                account: "123456789012".into(),
+                region: "us-east-2".into(),
+                fips: true,
+                dual_stack: true
+            }
+        );
+        let p = Registry::parse("https://public.ecr.aws/v2/").unwrap();
+        assert!(p.is_public());
+        assert_eq!(p.region(), "us-east-1");
+    }
+
+    #[test]
+    fn look_alikes_and_garbage_are_not_ecr() {
+        for input in [
+            "",
+            "   ",
+            "docker.io",
+            "index.docker.io/v1/",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com.fake.example.com",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com.evil",
+            "public.ecr.aws.example.com",
+            "evilpublic.ecr.aws",
+            "x.public.ecr.aws",
+            "12345678901.dkr.ecr.us-east-1.amazonaws.com",
+            "1234567890123.dkr.ecr.us-east-1.amazonaws.com",
+            "12345678901a.dkr.ecr.us-east-1.amazonaws.com",
+            "123456789012.dkr.ecr.amazonaws.com",
+            "123456789012.dkr.ecr.us-east.amazonaws.com",
+            "123456789012.dkr.ecr.US_EAST_1.amazonaws.com",
+            "123456789012.dkr.ecr-fips.us-east-1.on.aws",
+            "123456789012.dkr-ecr.us-east-1.amazonaws.com",
+            "123456789012.dkr.ecrx.us-east-1.amazonaws.com",
+            "123456789012.dkr.ecr.us-east-1.on.aws",
+            "123456789012.api.ecr.us-east-1.amazonaws.com",
+            "ftp//123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            "1ab://123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com:44x3",
+            "[::1]:443",
+            "127.0.0.1",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com..",
+            "héllo.dkr.ecr.us-east-1.amazonaws.com",
+        ] {
+            assert_eq!(Registry::parse(input), None, "{input:?}");
+        }
+        assert_eq!(Registry::parse(&"a".repeat(MAX_SERVER_URL_LEN + 1)), None);
+    }
+}

@@ -1,0 +1,512 @@
+//! The Docker credential helper, end to end.
+
+use std::time::{Duration, Instant};
+
+use ecr_edge::cache::Cache;
+use ecr_edge::credentials::Source;
+use ecr_edge::token::Token;
+
+use crate::support::{self, text, Mode, Sandbox};
+
+const HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
+const NOT_FOUND: &str = "credentials not found in native keychain\n";
+
+fn expected_get(server_url: &str, password: &str) -> String {
+    format!("{{\"ServerURL\":\"{server_url}\",\"Username\":\"AWS\",\"Secret\":\"{password}\"}}\n")
+}
+
+/// The identity the helper derives from the sandbox's environment (session credentials, no
+/// profile), so tests can plant cache entries under the key the helper will look up.
+fn sandbox_identity() -> String {
+    Source::DefaultChain {
+        profile: None,
+        role_arn: None,
+        static_key_id: None,
+    }
+    .identity()
+}
+
+fn plant(sb: &Sandbox, host: &str, password: &str, fetched_ago: i64, expires_in: i64) {
+    let now = ecr_edge::token::now();
+    let cache = Cache::open(sb.cache_dir()).unwrap();
+    let token = Token {
+        password: password.into(),
+        expires_at: now + expires_in,
+        fetched_at: now - fetched_ago,
+    };
+    cache.put(host, &sandbox_identity(), &token).unwrap();
+}
+
+fn assert_no_secrets(output: &[u8]) {
+    let s = text(output);
+    for secret in [support::SECRET_ACCESS_KEY, support::SESSION_TOKEN] {
+        assert!(!s.contains(secret), "secret leaked: {s}");
+    }
+}
+
+#[test]
+fn every_host_form_reaches_its_own_endpoint_signed_for_its_region() {
+    let sb = Sandbox::new();
+    let cases = [
+        (HOST, "api.ecr.us-west-2.amazonaws.com", "us-west-2", "ecr"),
+        (
+            "123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com",
+            "ecr-fips.us-gov-west-1.amazonaws.com",
+            "us-gov-west-1",
+            "ecr",
+        ),
+        (
+            "123456789012.dkr-ecr.eu-west-1.on.aws",
+            "ecr.eu-west-1.api.aws",
+            "eu-west-1",
+            "ecr",
+        ),
+        (
+            "123456789012.dkr-ecr-fips.us-east-2.on.aws",
+            "ecr-fips.us-east-2.api.aws",
+            "us-east-2",
+            "ecr",
+        ),
+        (
+            "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+            "api.ecr.cn-north-1.amazonaws.com.cn",
+            "cn-north-1",
+            "ecr",
+        ),
+        (
+            "123456789012.dkr.ecr.eusc-de-east-1.amazonaws.eu",
+            "api.ecr.eusc-de-east-1.amazonaws.eu",
+            "eusc-de-east-1",
+            "ecr",
+        ),
+        (
+            "123456789012.dkr.ecr.us-iso-east-1.c2s.ic.gov",
+            "api.ecr.us-iso-east-1.c2s.ic.gov",
+            "us-iso-east-1",
+            "ecr",
+        ),
+        (
+            "public.ecr.aws",
+            "api.ecr-public.us-east-1.amazonaws.com",
+            "us-east-1",
+            "ecr-public",
+        ),
+    ];
+    for (i, (host, endpoint, region, service)) in cases.iter().enumerate() {
+        let input = format!("https://{host}/v2/");
+        let out = sb.helper("get", input.as_bytes());
+        assert_eq!(
+            text(&out.stdout),
+            expected_get(&input, &sb.fake.password()),
+            "{host}: {}",
+            text(&out.stderr)
+        );
+        assert!(out.status.success());
+        let calls = sb.fake.calls();
+        assert_eq!(calls.len(), i + 1, "{host}: one call each");
+        let call = &calls[i];
+        assert_eq!(call.connect_host, *endpoint, "{host}");
+        assert_eq!(call.region, *region, "{host}");
+        assert_eq!(call.service, *service, "{host}");
+        assert!(call.authentic, "{host}: signature verified");
+    }
+}
+
+#[test]
+fn look_alikes_and_other_registries_get_docker_not_found_without_a_call() {
+    let sb = Sandbox::new();
+    for input in [
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com.fake.example.com",
+        "public.ecr.aws.example.com",
+        "https://index.docker.io/v1/",
+        "ghcr.io",
+        "12345678901.dkr.ecr.us-east-1.amazonaws.com",
+    ] {
+        let out = sb.helper("get", input.as_bytes());
+        assert_eq!(text(&out.stdout), NOT_FOUND, "{input}");
+        assert_eq!(out.status.code(), Some(1));
+    }
+    assert!(sb.fake.calls().is_empty());
+    let out = sb.helper("get", b"  \n");
+    assert_eq!(text(&out.stdout), "no credentials server URL\n");
+}
+
+#[test]
+fn cache_hit_makes_no_call_and_survives_the_endpoint_going_away() {
+    let sb = Sandbox::new();
+    let first = sb.helper("get", HOST.as_bytes());
+    assert!(first.status.success(), "{}", text(&first.stdout));
+    sb.fake.set_mode(Mode::Reset);
+    let second = sb.helper("get", HOST.as_bytes());
+    assert_eq!(
+        text(&second.stdout),
+        expected_get(HOST, "fake-ecr-password-0001")
+    );
+    assert_eq!(sb.fake.calls().len(), 1);
+    // The cache file and its directory are private.
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::fs::metadata(sb.cache_dir()).unwrap();
+    assert_eq!(dir.mode() & 0o777, 0o700);
+    for e in std::fs::read_dir(sb.cache_dir()).unwrap() {
+        let m = e.unwrap().metadata().unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+    }
+}
+
+#[test]
+fn token_past_half_life_is_refreshed() {
+    let sb = Sandbox::new();
+    plant(&sb, HOST, "old-password", 7 * 3600, 5 * 3600);
+    sb.fake.set_password("new-password");
+    let out = sb.helper("get", HOST.as_bytes());
+    assert_eq!(text(&out.stdout), expected_get(HOST, "new-password"));
+    assert_eq!(sb.fake.calls().len(), 1);
+    // Before half-life the cached one is served.
+    let sb2 = Sandbox::new();
+    plant(&sb2, HOST, "young-password", 3600, 11 * 3600);
+    let out = sb2.helper("get", HOST.as_bytes());
+    assert_eq!(text(&out.stdout), expected_get(HOST, "young-password"));
+    assert!(sb2.fake.calls().is_empty());
+}
+
+#[test]
+fn corrupt_cache_entry_is_ignored_and_replaced() {
+    let sb = Sandbox::new();
+    assert!(sb.helper("get", HOST.as_bytes()).status.success());
+    for e in std::fs::read_dir(sb.cache_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") {
+            std::fs::write(&p, b"{\"version\":1,\"registry\":").unwrap();
+        }
+    }
+    let out = sb.helper("get", HOST.as_bytes());
+    assert!(out.status.success());
+    assert_eq!(sb.fake.calls().len(), 2);
+    let out = sb.helper("get", HOST.as_bytes());
+    assert!(out.status.success());
+    assert_eq!(sb.fake.calls().len(), 2, "replaced entry is used");
+}
+
+#[test]
+fn offline_with_a_valid_cached_token_serves_it_with_a_warning() {
+    let sb = Sandbox::new();
+    plant(&sb, HOST, "still-valid", 10 * 3600, 2 * 3600);
+    sb.fake.set_mode(Mode::ServerError);
+    let out = sb.helper("get", HOST.as_bytes());
+    assert_eq!(text(&out.stdout), expected_get(HOST, "still-valid"));
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("serving cached token"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn offline_with_an_expired_cached_token_fails_with_the_cause() {
+    let sb = Sandbox::new();
+    // Expires within the safety margin: as good as expired.
+    plant(&sb, HOST, "nearly-dead", 43_000, 120);
+    sb.fake.set_mode(Mode::ServerError);
+    let out = sb.helper("get", HOST.as_bytes());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!stdout.contains("nearly-dead"), "{stdout}");
+    assert_ne!(stdout, NOT_FOUND);
+    assert!(
+        stdout.starts_with(&format!("ecr-edge: {HOST}: ECR error ServerException")),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 1);
+    assert!(sb.fake.calls().len() > 1, "5xx is retried");
+}
+
+#[test]
+fn retryable_failures_are_retried_then_succeed() {
+    for mode in [Mode::ServerError, Mode::Throttle, Mode::Reset] {
+        let sb = Sandbox::new();
+        sb.fake.fail_next(2, mode.clone());
+        let out = sb.helper("get", HOST.as_bytes());
+        assert!(out.status.success(), "{mode:?}: {}", text(&out.stdout));
+        assert_eq!(sb.fake.calls().len(), 3, "{mode:?}");
+    }
+}
+
+#[test]
+fn deadline_bounds_a_hanging_server() {
+    let mut sb = Sandbox::new();
+    sb.set("ECR_EDGE_TIMEOUT", Some("2"));
+    sb.fake.set_mode(Mode::Hang);
+    let start = Instant::now();
+    let out = sb.helper("get", HOST.as_bytes());
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout)
+            .contains("no answer from https://api.ecr.us-west-2.amazonaws.com within 2.0s"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Generous bound: this checks "does not hang", not speed.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn a_slow_server_within_the_deadline_still_succeeds() {
+    let sb = Sandbox::new();
+    sb.fake.set_mode(Mode::Slow(Duration::from_millis(1500)));
+    let out = sb.helper("get", HOST.as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn failures_name_their_cause_and_are_never_not_found() {
+    let sb = Sandbox::new();
+    sb.fake.set_mode(Mode::AccessDenied);
+    let out = sb.helper("get", HOST.as_bytes());
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("access denied") && s.contains("ecr:GetAuthorizationToken"),
+        "{s}"
+    );
+    assert_eq!(sb.fake.calls().len(), 1, "access denied is not retried");
+
+    sb.fake.set_mode(Mode::IssueExpired);
+    let s = text(&sb.helper("get", HOST.as_bytes()).stdout);
+    assert!(s.contains("token already expired"), "{s}");
+
+    sb.fake.set_mode(Mode::Ok);
+    sb.fake.set_clock_offset(3600);
+    let s = text(&sb.helper("get", HOST.as_bytes()).stdout);
+    assert!(s.contains("clock skew"), "{s}");
+}
+
+#[test]
+fn wrong_secret_is_caught_by_the_signature_check() {
+    let mut sb = Sandbox::new();
+    sb.set("AWS_SECRET_ACCESS_KEY", Some("not-the-right-secret"));
+    let out = sb.helper("get", HOST.as_bytes());
+    let s = text(&out.stdout);
+    assert!(s.contains("AWS rejected the credentials"), "{s}");
+    assert!(!sb.fake.calls()[0].authentic);
+    assert!(!s.contains("not-the-right-secret"));
+}
+
+#[test]
+fn missing_session_token_is_rejected_like_aws_does() {
+    let mut sb = Sandbox::new();
+    sb.set("AWS_SESSION_TOKEN", None);
+    let s = text(&sb.helper("get", HOST.as_bytes()).stdout);
+    assert!(s.contains("AWS rejected the credentials"), "{s}");
+}
+
+#[test]
+fn no_credentials_is_said_plainly() {
+    let mut sb = Sandbox::new();
+    for v in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ] {
+        sb.set(v, None);
+    }
+    let out = sb.helper("get", HOST.as_bytes());
+    let s = text(&out.stdout);
+    assert!(
+        s.starts_with(&format!("ecr-edge: {HOST}: no AWS credentials found")),
+        "{s}"
+    );
+    assert_eq!(s.lines().count(), 1);
+    assert!(sb.fake.calls().is_empty());
+}
+
+#[test]
+fn thirty_two_concurrent_cold_gets_make_one_call() {
+    let sb = Sandbox::new();
+    sb.fake.set_mode(Mode::Slow(Duration::from_millis(300)));
+    let children: Vec<_> = (0..32)
+        .map(|_| {
+            let mut c = sb.helper_command("get");
+            let mut child = c.spawn().unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(HOST.as_bytes())
+                .unwrap();
+            child
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            expected_get(HOST, "fake-ecr-password-0001"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(sb.fake.calls().len(), 1);
+}
+
+#[test]
+fn store_erase_list() {
+    let sb = Sandbox::new();
+    let ecr = format!(r#"{{"ServerURL":"{HOST}","Username":"AWS","Secret":"whatever"}}"#);
+    let out = sb.helper("store", ecr.as_bytes());
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    let other = sb.helper(
+        "store",
+        br#"{"ServerURL":"ghcr.io","Username":"me","Secret":"mine"}"#,
+    );
+    assert_eq!(other.status.code(), Some(1));
+    assert!(text(&other.stdout).contains("ghcr.io is not an Amazon ECR registry"));
+    assert_eq!(
+        text(
+            &sb.helper("store", br#"{"ServerURL":"","Username":"u"}"#)
+                .stdout
+        ),
+        "no credentials server URL\n"
+    );
+    assert_eq!(
+        text(
+            &sb.helper("store", format!(r#"{{"ServerURL":"{HOST}"}}"#).as_bytes())
+                .stdout
+        ),
+        "no credentials username\n"
+    );
+
+    assert_eq!(text(&sb.helper("list", b"unused").stdout), "{}\n");
+    assert!(sb.helper("get", HOST.as_bytes()).status.success());
+    assert!(sb.helper("get", b"public.ecr.aws").status.success());
+    sb.fake.set_mode(Mode::Reset);
+    let list = sb.helper("list", b"unused");
+    assert_eq!(
+        text(&list.stdout),
+        format!("{{\"https://{HOST}\":\"AWS\",\"https://public.ecr.aws\":\"AWS\"}}\n")
+    );
+    assert_eq!(sb.fake.calls().len(), 2, "list makes no call");
+
+    let out = sb.helper("erase", HOST.as_bytes());
+    assert!(out.status.success() && out.stdout.is_empty());
+    assert_eq!(
+        text(&sb.helper("list", b"").stdout),
+        "{\"https://public.ecr.aws\":\"AWS\"}\n"
+    );
+    assert_eq!(text(&sb.helper("erase", b"ghcr.io").stdout), NOT_FOUND);
+}
+
+#[test]
+fn garbage_and_oversized_stdin_get_a_clear_error_not_a_panic() {
+    let sb = Sandbox::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut inputs: Vec<Vec<u8>> = vec![
+        vec![0xff; 10],
+        vec![0; 100],
+        vec![b'a'; 64 * 1024 + 1],
+        b"{\"ServerURL\":".to_vec(),
+    ];
+    for len in [1usize, 7, 300, 5000] {
+        inputs.push(
+            (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect(),
+        );
+    }
+    for action in ["get", "store", "erase"] {
+        for input in &inputs {
+            let out = sb.helper(action, input);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{action} {:?}",
+                &input[..input.len().min(20)]
+            );
+            assert!(!text(&out.stderr).contains("panicked"));
+            assert_eq!(text(&out.stdout).lines().count(), 1);
+        }
+    }
+    let out = sb.helper("get", &vec![b'a'; 64 * 1024 + 1]);
+    assert_eq!(
+        text(&out.stdout),
+        "ecr-edge: input larger than 65536 bytes refused\n"
+    );
+    assert!(sb.fake.calls().is_empty());
+}
+
+#[test]
+fn secrets_never_reach_stderr_or_stdout_even_at_trace_level() {
+    let mut sb = Sandbox::new();
+    sb.set("ECR_EDGE_LOG", Some("trace"));
+    let ok = sb.helper("get", HOST.as_bytes());
+    assert!(ok.status.success());
+    assert!(!ok.stderr.is_empty(), "trace logging is on");
+    assert_no_secrets(&ok.stderr);
+    assert_no_secrets(&ok.stdout);
+    assert!(!text(&ok.stderr).contains("fake-ecr-password-0001"));
+    sb.fake.set_mode(Mode::AccessDenied);
+    let bad = sb.helper("get", b"public.ecr.aws");
+    assert_no_secrets(&bad.stderr);
+    assert_no_secrets(&bad.stdout);
+}
+
+#[test]
+fn version_and_usage() {
+    let sb = Sandbox::new();
+    let out = sb.helper("version", b"");
+    let line = text(&out.stdout);
+    assert!(
+        line.starts_with(&format!("ecr-edge {} (", env!("CARGO_PKG_VERSION"))),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("-linux-musl)\n") || line.contains("-linux-"),
+        "{line}"
+    );
+    let direct = support::command(&support::binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(text(&direct.stdout), line);
+    let usage = sb.helper("frobnicate", b"");
+    assert_eq!(usage.status.code(), Some(1));
+    assert!(text(&usage.stdout).starts_with("Usage: docker-credential-ecr-edge"));
+}
+
+#[test]
+fn helper_subcommand_speaks_the_same_protocol() {
+    let sb = Sandbox::new();
+    let mut c = support::command(&support::binary());
+    c.args(["helper", "get"])
+        .env_clear()
+        .envs(sb.vars.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = support::run_with_input(c, HOST.as_bytes());
+    assert_eq!(
+        text(&out.stdout),
+        expected_get(HOST, "fake-ecr-password-0001")
+    );
+}
+
+#[test]
+fn works_with_home_unset_and_no_cache_dir_override() {
+    let mut sb = Sandbox::new();
+    sb.set("HOME", None);
+    sb.set("ECR_EDGE_CACHE_DIR", None);
+    let runtime = sb.dir.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    sb.set("XDG_RUNTIME_DIR", Some(runtime.to_str().unwrap()));
+    assert!(sb.helper("get", HOST.as_bytes()).status.success());
+    assert!(sb.helper("get", HOST.as_bytes()).status.success());
+    assert_eq!(sb.fake.calls().len(), 1);
+    assert!(runtime.join("ecr-edge").is_dir());
+}

@@ -1,0 +1,656 @@
+//! Shared test fixtures: a test CA, a fake ECR behind a real HTTPS proxy, and a command builder
+//! that runs the real binary with a sealed environment.
+//!
+//! The fake is reached the way a device behind a corporate proxy reaches AWS: the helper gets
+//! `HTTPS_PROXY=http://127.0.0.1:<port>` and sends `CONNECT api.ecr.<region>.amazonaws.com:443`.
+//! The fake records that host (so tests see which endpoint the helper chose for each registry
+//! form), answers the tunnel with TLS under a certificate for that very name from the test CA
+//! (trusted through `SSL_CERT_FILE`), and then checks what ECR checks: the SigV4 signature over
+//! the signed headers and body, the access key, the session token, the clock, the target.
+//! Nothing leaves loopback.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ring::hmac;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// Credentials the fake accepts.
+pub const ACCESS_KEY_ID: &str = "ASIATESTKEYID0000001";
+/// The secret the fake verifies signatures with. Tests assert it never appears in output.
+pub const SECRET_ACCESS_KEY: &str = "tEsTsEcReT/0123456789abcdefghijklmnopqrstu";
+/// The session token the fake requires.
+pub const SESSION_TOKEN: &str = "FwoGZXIvYXdzEXAMPLESESSIONTOKEN/xyz==";
+
+/// A throwaway certificate authority.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM.
+    pub pem: String,
+}
+
+impl TestCa {
+    /// Makes a new CA.
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ecr-edge test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
+        let pem = issuer.pem();
+        TestCa { issuer, pem }
+    }
+
+    /// A TLS server configuration presenting a certificate for `name` signed by this CA.
+    pub fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let chain = vec![CertificateDer::from(cert.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Arc::new(config)
+    }
+}
+
+/// How the fake answers the next requests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    /// Issue tokens.
+    Ok,
+    /// `500 ServerException`.
+    ServerError,
+    /// `400 ThrottlingException`.
+    Throttle,
+    /// Close the connection without answering.
+    Reset,
+    /// Never answer (until the fake is dropped).
+    Hang,
+    /// Answer after this delay.
+    Slow(Duration),
+    /// `400 AccessDeniedException`.
+    AccessDenied,
+    /// Issue a token that has already expired.
+    IssueExpired,
+}
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The host named in the proxy CONNECT (the endpoint the client chose).
+    pub connect_host: String,
+    /// `X-Amz-Target`.
+    pub target: String,
+    /// Region in the signature's credential scope.
+    pub region: String,
+    /// Service in the signature's credential scope.
+    pub service: String,
+    /// Whether the signature, key, token and clock checks all passed.
+    pub authentic: bool,
+}
+
+struct State {
+    mode: Mode,
+    /// Requests still to fail with `mode` before answering normally; `None` = always.
+    fail_remaining: Option<u32>,
+    calls: Vec<Call>,
+    password: String,
+    lifetime_secs: f64,
+    secret: String,
+    session_token: Option<String>,
+    clock_offset_secs: i64,
+}
+
+/// A fake ECR (private and public) reached through an HTTPS proxy on 127.0.0.1.
+pub struct FakeEcr {
+    /// The proxy's address, for `HTTPS_PROXY`.
+    pub proxy_url: String,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeEcr {
+    /// Starts the fake with `ca` signing its per-host certificates.
+    pub fn start(ca: Arc<TestCa>) -> FakeEcr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State {
+            mode: Mode::Ok,
+            fail_remaining: None,
+            calls: Vec::new(),
+            password: "fake-ecr-password-0001".into(),
+            lifetime_secs: 43_200.0,
+            secret: SECRET_ACCESS_KEY.into(),
+            session_token: Some(SESSION_TOKEN.into()),
+            clock_offset_secs: 0,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if sp.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (st, sp, ca) = (st.clone(), sp.clone(), ca.clone());
+                thread::spawn(move || {
+                    let _ = handle(conn, &st, &sp, &ca);
+                });
+            }
+        });
+        FakeEcr {
+            proxy_url,
+            state,
+            stop,
+        }
+    }
+
+    /// Answers every request with `mode` from now on.
+    pub fn set_mode(&self, mode: Mode) {
+        let mut s = self.state.lock().unwrap();
+        s.mode = mode;
+        s.fail_remaining = None;
+    }
+
+    /// Answers the next `n` requests with `mode`, then issues tokens again.
+    pub fn fail_next(&self, n: u32, mode: Mode) {
+        let mut s = self.state.lock().unwrap();
+        s.mode = mode;
+        s.fail_remaining = Some(n);
+    }
+
+    /// The password the next tokens carry.
+    pub fn set_password(&self, pw: &str) {
+        self.state.lock().unwrap().password = pw.into();
+    }
+
+    /// The password tokens currently carry.
+    pub fn password(&self) -> String {
+        self.state.lock().unwrap().password.clone()
+    }
+
+    /// Shifts the fake's clock (to simulate a device whose clock is off).
+    pub fn set_clock_offset(&self, secs: i64) {
+        self.state.lock().unwrap().clock_offset_secs = secs;
+    }
+
+    /// Every request received so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+}
+
+impl Drop for FakeEcr {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reads an HTTP/1.1 head (request line and headers) from `r`.
+fn read_head(r: &mut impl BufRead) -> std::io::Result<(String, Vec<(String, String)>)> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let request_line = line.trim_end().to_owned();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            break;
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    Ok((request_line, headers))
+}
+
+fn handle(
+    conn: TcpStream,
+    state: &Mutex<State>,
+    stop: &AtomicBool,
+    ca: &TestCa,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let (request_line, _) = read_head(&mut reader)?;
+    let mut parts = request_line.split_whitespace();
+    if parts.next() != Some("CONNECT") {
+        let mut c = conn;
+        c.write_all(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n")?;
+        return Ok(());
+    }
+    let target = parts.next().unwrap_or("").to_owned();
+    let host = target
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(&target)
+        .to_owned();
+    let mut raw = conn;
+    raw.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+    let mut tls =
+        rustls::ServerConnection::new(ca.server_config(&host)).map_err(std::io::Error::other)?;
+    let mut stream = rustls::Stream::new(&mut tls, &mut raw);
+    let mut reader = BufReader::new(&mut stream);
+    let (request_line, headers) = read_head(&mut reader)?;
+    let len: usize = header(&headers, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len.min(1 << 20)];
+    reader.read_exact(&mut body)?;
+    drop(reader);
+
+    let (mode, response) = {
+        let mut s = state.lock().unwrap();
+        let mode = match s.fail_remaining {
+            Some(0) => Mode::Ok,
+            Some(n) => {
+                s.fail_remaining = Some(n - 1);
+                s.mode.clone()
+            }
+            None => s.mode.clone(),
+        };
+        let (call, denial) = verify(&host, &request_line, &headers, &body, &s);
+        s.calls.push(call.clone());
+        let response = match denial {
+            Some(resp) => resp,
+            None => respond(&mode, &call, &s),
+        };
+        (mode, response)
+    };
+    match mode {
+        Mode::Reset => return Ok(()),
+        Mode::Hang => {
+            for _ in 0..600 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            return Ok(());
+        }
+        Mode::Slow(d) => thread::sleep(d),
+        _ => {}
+    }
+    stream.write_all(&response)?;
+    stream.flush()?;
+    stream.conn.send_close_notify();
+    let _ = stream.flush();
+    Ok(())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
+        .as_ref()
+        .to_vec()
+}
+
+/// Checks a request as ECR would: SigV4 over the signed headers and body with the known secret,
+/// the access key, the session token, and the request time against the (possibly offset) clock.
+/// Returns the call record and, when a check fails, the error response ECR would send.
+fn verify(
+    host: &str,
+    request_line: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    s: &State,
+) -> (Call, Option<Vec<u8>>) {
+    let mut call = Call {
+        connect_host: host.to_owned(),
+        target: header(headers, "x-amz-target").unwrap_or("").to_owned(),
+        region: String::new(),
+        service: String::new(),
+        authentic: false,
+    };
+    let deny = |status: u16, code: &str, msg: &str| Some(error_response(status, code, msg));
+    let Some(auth) = header(headers, "authorization") else {
+        return (
+            call,
+            deny(
+                403,
+                "MissingAuthenticationTokenException",
+                "Missing Authentication Token",
+            ),
+        );
+    };
+    let Some(rest) = auth.strip_prefix("AWS4-HMAC-SHA256 ") else {
+        return (
+            call,
+            deny(403, "IncompleteSignatureException", "bad algorithm"),
+        );
+    };
+    let fields: HashMap<&str, &str> = rest
+        .split(',')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .collect();
+    let (Some(credential), Some(signed_headers), Some(signature)) = (
+        fields.get("Credential"),
+        fields.get("SignedHeaders"),
+        fields.get("Signature"),
+    ) else {
+        return (
+            call,
+            deny(403, "IncompleteSignatureException", "incomplete"),
+        );
+    };
+    let scope: Vec<&str> = credential.split('/').collect();
+    if scope.len() != 5 || scope[4] != "aws4_request" {
+        return (call, deny(403, "IncompleteSignatureException", "bad scope"));
+    }
+    call.region = scope[2].to_owned();
+    call.service = scope[3].to_owned();
+    if scope[0] != ACCESS_KEY_ID {
+        return (
+            call,
+            deny(
+                400,
+                "UnrecognizedClientException",
+                "The security token included in the request is invalid.",
+            ),
+        );
+    }
+    if let Some(token) = &s.session_token {
+        if header(headers, "x-amz-security-token") != Some(token.as_str())
+            || !signed_headers
+                .split(';')
+                .any(|h| h == "x-amz-security-token")
+        {
+            return (
+                call,
+                deny(
+                    400,
+                    "UnrecognizedClientException",
+                    "The security token included in the request is invalid.",
+                ),
+            );
+        }
+    }
+    let amz_date = header(headers, "x-amz-date").unwrap_or("");
+    // Canonical request, exactly as AWS builds it from the signed headers.
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let uri = parts.next().unwrap_or("/");
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let mut canonical_headers = String::new();
+    for name in signed_headers.split(';') {
+        let value = headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join(",");
+        canonical_headers.push_str(&format!("{name}:{value}\n"));
+    }
+    let canonical = format!(
+        "{method}\n{path}\n{query}\n{canonical_headers}\n{signed_headers}\n{}",
+        sha256_hex(body)
+    );
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{}\n{}",
+        scope[1..].join("/"),
+        sha256_hex(canonical.as_bytes())
+    );
+    let mut key = hmac_sha256(format!("AWS4{}", s.secret).as_bytes(), scope[1].as_bytes());
+    for part in &scope[2..] {
+        key = hmac_sha256(&key, part.as_bytes());
+    }
+    if hex(&hmac_sha256(&key, string_to_sign.as_bytes())) != *signature {
+        return (
+            call,
+            deny(
+                403,
+                "InvalidSignatureException",
+                "The request signature we calculated does not match the signature you provided.",
+            ),
+        );
+    }
+    // SigV4 allows 15 minutes of skew either way.
+    let server_now = now_secs() as i64 + s.clock_offset_secs;
+    match parse_amz_date(amz_date) {
+        Some(t) if (t - server_now).abs() <= 15 * 60 => {}
+        _ => {
+            return (call, deny(403, "InvalidSignatureException", &format!(
+                "Signature expired: {amz_date} is now earlier than the allowed window (server time differs)"
+            )))
+        }
+    }
+    call.authentic = true;
+    (call, None)
+}
+
+/// `20260101T000000Z` -> seconds since the epoch.
+fn parse_amz_date(s: &str) -> Option<i64> {
+    if s.len() != 16 {
+        return None;
+    }
+    let n = |a: usize, b: usize| s.get(a..b)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, se) = (
+        n(0, 4)?,
+        n(4, 6)?,
+        n(6, 8)?,
+        n(9, 11)?,
+        n(11, 13)?,
+        n(13, 15)?,
+    );
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+fn error_response(status: u16, code: &str, message: &str) -> Vec<u8> {
+    let body = format!(r#"{{"__type":"{code}","message":"{message}"}}"#);
+    format!(
+        "HTTP/1.1 {status} Error\r\ncontent-type: application/x-amz-json-1.1\r\nx-amzn-errortype: {code}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn respond(mode: &Mode, call: &Call, s: &State) -> Vec<u8> {
+    match mode {
+        Mode::ServerError => return error_response(500, "ServerException", "internal error"),
+        Mode::Throttle => return error_response(400, "ThrottlingException", "Rate exceeded"),
+        Mode::AccessDenied => {
+            return error_response(
+                400,
+                "AccessDeniedException",
+                "User: arn:aws:sts::123456789012:assumed-role/edge/device is not authorized to perform: ecr:GetAuthorizationToken on resource: * because no identity-based policy allows the ecr:GetAuthorizationToken action",
+            )
+        }
+        _ => {}
+    }
+    let now = now_secs();
+    let expires = if *mode == Mode::IssueExpired {
+        now - 60.0
+    } else {
+        now + s.lifetime_secs
+    };
+    let token = aws_smithy_types::base64::encode(format!("AWS:{}", s.password));
+    let body = if call.target == "SpencerFrontendService.GetAuthorizationToken" {
+        format!(
+            r#"{{"authorizationData":{{"authorizationToken":"{token}","expiresAt":{expires:.3}}}}}"#
+        )
+    } else if call.target == "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken" {
+        format!(
+            r#"{{"authorizationData":[{{"authorizationToken":"{token}","expiresAt":{expires:.3},"proxyEndpoint":"https://123456789012.dkr.ecr.{}.amazonaws.com"}}]}}"#,
+            call.region
+        )
+    } else {
+        return error_response(400, "UnknownOperationException", "unknown target");
+    };
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A sealed environment for running the binary against a [`FakeEcr`]: its own HOME, cache,
+/// CA bundle, proxy and credentials; nothing from the real user's environment.
+pub struct Sandbox {
+    /// Temp directory holding home, cache and CA bundle.
+    pub dir: tempfile::TempDir,
+    /// The fake ECR.
+    pub fake: FakeEcr,
+    /// Environment given to every command.
+    pub vars: Vec<(String, String)>,
+    /// Path of `docker-credential-ecr-edge` (a symlink to the binary).
+    pub helper: PathBuf,
+}
+
+/// The binary under test: `ECR_EDGE_TEST_BIN` (e.g. a cross-built one) or this build's.
+pub fn binary() -> PathBuf {
+    std::env::var_os("ECR_EDGE_TEST_BIN")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("CARGO_BIN_EXE_ecr-edge").map(PathBuf::from))
+        .expect("set ECR_EDGE_TEST_BIN to the ecr-edge binary")
+}
+
+/// A command for `program`, through `ECR_EDGE_TEST_RUNNER` (e.g. `qemu-aarch64-static`) if set.
+pub fn command(program: &Path) -> Command {
+    match std::env::var_os("ECR_EDGE_TEST_RUNNER").filter(|r| !r.is_empty()) {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+impl Sandbox {
+    /// A sandbox with its own CA and fake.
+    pub fn new() -> Sandbox {
+        let ca = Arc::new(TestCa::new());
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca.pem).unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        for empty in ["aws-config", "aws-credentials"] {
+            std::fs::write(dir.path().join(empty), b"").unwrap();
+        }
+        let helper = dir.path().join("docker-credential-ecr-edge");
+        std::os::unix::fs::symlink(binary(), &helper).unwrap();
+        let fake = FakeEcr::start(ca);
+        let p = |s: &Path| s.to_string_lossy().into_owned();
+        let vars = vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("HOME".into(), p(&home)),
+            ("ECR_EDGE_CACHE_DIR".into(), p(&dir.path().join("cache"))),
+            ("SSL_CERT_FILE".into(), p(&ca_file)),
+            ("HTTPS_PROXY".into(), fake.proxy_url.clone()),
+            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY_ID.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_ACCESS_KEY.into()),
+            ("AWS_SESSION_TOKEN".into(), SESSION_TOKEN.into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+            ("AWS_CONFIG_FILE".into(), p(&dir.path().join("aws-config"))),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE".into(),
+                p(&dir.path().join("aws-credentials")),
+            ),
+        ];
+        Sandbox {
+            dir,
+            fake,
+            vars,
+            helper,
+        }
+    }
+
+    /// Sets (or with `None`, removes) one variable for later commands.
+    pub fn set(&mut self, name: &str, value: Option<&str>) {
+        self.vars.retain(|(k, _)| k != name);
+        if let Some(v) = value {
+            self.vars.push((name.into(), v.into()));
+        }
+    }
+
+    /// The cache directory the helper uses.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// `docker-credential-ecr-edge <action>`, ready to spawn, stdin piped.
+    pub fn helper_command(&self, action: &str) -> Command {
+        let mut c = command(&self.helper);
+        c.arg(action)
+            .env_clear()
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Runs the helper with `input` on stdin.
+    pub fn helper(&self, action: &str, input: &[u8]) -> Output {
+        run_with_input(self.helper_command(action), input)
+    }
+}
+
+/// Spawns `cmd`, writes `input`, waits.
+pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Output {
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // Write from a thread: a child that refuses early must not deadlock the test on a full pipe.
+    let writer = thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    out
+}
+
+/// Text of a byte string, for messages.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}

@@ -1,0 +1,6 @@
+//! Black-box tests: the real binary, real processes, real TLS through a real proxy to a fake ECR
+//! that verifies SigV4 (see `support`). Set `ECR_EDGE_TEST_BIN` and `ECR_EDGE_TEST_RUNNER` to
+//! run them against a cross-built binary under qemu-user.
+
+mod helper;
+mod support;
