@@ -183,14 +183,7 @@ fn time_runs(runs: usize, mut f: impl FnMut()) -> (Duration, Duration) {
 }
 
 fn helper_cmd(sb: &Sandbox, program: &Path) -> Command {
-    let mut c = Command::new(program);
-    c.arg("get")
-        .env_clear()
-        .envs(sb.vars.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
+    sb.command_for(program, "get")
 }
 
 fn spawn(sb: &Sandbox, program: &Path) -> std::process::Child {

@@ -83,8 +83,9 @@ fn run_helper(program: &str, action: Option<&str>, argc: usize) -> u8 {
 
 /// Logs go to stderr, which Docker never shows: warnings only by default, more with
 /// `ECR_EDGE_LOG=debug` (or `info`, `trace`, `off`). ecr-edge's own events follow that level;
-/// the SDK and HTTP stack are held at `info` at most, because their finer levels print whole
-/// requests, signed headers and session tokens included. No log line carries a secret.
+/// the SDK and HTTP stack are held at `info` at most, since their debug and trace levels are
+/// hundreds of lines of request plumbing per call. No log line carries a secret (checked at
+/// `trace` by the `secrets_never_reach_stderr…` test).
 fn init_logging() {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;

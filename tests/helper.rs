@@ -483,13 +483,8 @@ fn version_and_usage() {
 #[test]
 fn helper_subcommand_speaks_the_same_protocol() {
     let sb = Sandbox::new();
-    let mut c = support::command(&support::binary());
-    c.args(["helper", "get"])
-        .env_clear()
-        .envs(sb.vars.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    let mut c = sb.command_for(&support::binary(), "helper");
+    c.arg("get");
     let out = support::run_with_input(c, HOST.as_bytes());
     assert_eq!(
         text(&out.stdout),
@@ -509,4 +504,97 @@ fn works_with_home_unset_and_no_cache_dir_override() {
     assert!(sb.helper("get", HOST.as_bytes()).status.success());
     assert_eq!(sb.fake.calls().len(), 1);
     assert!(runtime.join("ecr-edge").is_dir());
+}
+
+#[test]
+fn aws_endpoint_url_ecr_overrides_the_endpoint() {
+    let mut sb = Sandbox::new();
+    sb.set(
+        "AWS_ENDPOINT_URL_ECR",
+        Some("https://ecr.mirror.internal:8443"),
+    );
+    let out = sb.helper("get", HOST.as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let call = &sb.fake.calls()[0];
+    assert_eq!(call.connect_host, "ecr.mirror.internal");
+    assert_eq!(call.region, "us-west-2");
+}
+
+#[test]
+fn profile_with_credential_process_is_used_and_keys_the_cache() {
+    let mut sb = Sandbox::new();
+    let script = sb.dir.path().join("creds.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho '{{\"Version\":1,\"AccessKeyId\":\"{}\",\"SecretAccessKey\":\"{}\",\"SessionToken\":\"{}\"}}'\n",
+            support::ACCESS_KEY_ID,
+            support::SECRET_ACCESS_KEY,
+            support::SESSION_TOKEN
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(
+        sb.dir.path().join("aws-config"),
+        format!(
+            "[profile edge]\ncredential_process = {}\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    for v in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ] {
+        sb.set(v, None);
+    }
+    sb.set("AWS_PROFILE", Some("edge"));
+    let out = sb.helper("get", HOST.as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(sb.fake.calls()[0].authentic);
+    // Another profile is another identity: its own cache entry, its own call.
+    std::fs::write(
+        sb.dir.path().join("aws-config"),
+        format!(
+            "[profile edge]\ncredential_process = {0}\n[profile other]\ncredential_process = {0}\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    assert!(sb.helper("get", HOST.as_bytes()).status.success());
+    assert_eq!(sb.fake.calls().len(), 1, "same profile: cache hit");
+    sb.set("AWS_PROFILE", Some("other"));
+    assert!(sb.helper("get", HOST.as_bytes()).status.success());
+    assert_eq!(sb.fake.calls().len(), 2, "other profile: own entry");
+}
+
+#[test]
+fn instance_metadata_probe_is_short_on_a_non_ec2_box() {
+    // A metadata endpoint that accepts connections and never answers, on loopback.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut sb = Sandbox::new();
+    for v in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_EC2_METADATA_DISABLED",
+    ] {
+        sb.set(v, None);
+    }
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    sb.set("AWS_EC2_METADATA_SERVICE_ENDPOINT", Some(&endpoint));
+    let start = Instant::now();
+    let out = sb.helper("get", HOST.as_bytes());
+    let took = start.elapsed();
+    assert!(
+        text(&out.stdout).contains("no AWS credentials found"),
+        "{}",
+        text(&out.stdout)
+    );
+    // One short attempt (the SDK default is several seconds of retries); generous bound.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    drop(silent);
 }

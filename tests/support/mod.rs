@@ -382,14 +382,7 @@ fn verify(
     call.region = scope[2].to_owned();
     call.service = scope[3].to_owned();
     if scope[0] != ACCESS_KEY_ID {
-        return (
-            call,
-            deny(
-                400,
-                "UnrecognizedClientException",
-                "The security token included in the request is invalid.",
-            ),
-        );
+        return (call, invalid_token());
     }
     if let Some(token) = &s.session_token {
         if header(headers, "x-amz-security-token") != Some(token.as_str())
@@ -397,14 +390,7 @@ fn verify(
                 .split(';')
                 .any(|h| h == "x-amz-security-token")
         {
-            return (
-                call,
-                deny(
-                    400,
-                    "UnrecognizedClientException",
-                    "The security token included in the request is invalid.",
-                ),
-            );
+            return (call, invalid_token());
         }
     }
     let amz_date = header(headers, "x-amz-date").unwrap_or("");
@@ -458,6 +444,15 @@ fn verify(
     }
     call.authentic = true;
     (call, None)
+}
+
+/// ECR's answer to an unknown access key or a wrong or missing session token.
+fn invalid_token() -> Option<Vec<u8>> {
+    Some(error_response(
+        400,
+        "UnrecognizedClientException",
+        "The security token included in the request is invalid.",
+    ))
 }
 
 /// `20260101T000000Z` -> seconds since the epoch.
@@ -620,7 +615,13 @@ impl Sandbox {
 
     /// `docker-credential-ecr-edge <action>`, ready to spawn, stdin piped.
     pub fn helper_command(&self, action: &str) -> Command {
-        let mut c = command(&self.helper);
+        self.command_for(&self.helper, action)
+    }
+
+    /// `<program> <action>` in this sandbox's environment (the binary under test or another
+    /// helper to compare with), stdin, stdout and stderr piped.
+    pub fn command_for(&self, program: &Path, action: &str) -> Command {
+        let mut c = command(program);
         c.arg(action)
             .env_clear()
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
