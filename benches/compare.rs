@@ -3,8 +3,9 @@
 //! (tests/support: real TLS through an HTTPS proxy, SigV4 verified). Prints a table.
 //!
 //! `cargo bench --bench compare` (release build). `ECR_EDGE_BENCH_RUNS` sets the cached-get run
-//! count (default 200). Peak RSS is measured by re-running this bench binary as a tiny parent
-//! whose only child is the helper, and reading `getrusage(RUSAGE_CHILDREN)` there.
+//! count (default 200). Peak RSS is read by examples/rss_probe.rs, a tiny parent whose only
+//! child is the helper. Linux counts the parent's pre-exec memory in the child's peak, so the
+//! probe's own footprint is a floor under both figures; it is printed (`/bin/true`) beside them.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -27,9 +28,12 @@ struct Subject {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--rss-probe") {
-        return rss_probe(&args[2..]);
+    if !probe_path().exists() {
+        eprintln!(
+            "{} is missing: cargo build --release --example rss_probe (scripts/bench does)",
+            probe_path().display()
+        );
+        std::process::exit(1);
     }
     if !Path::new(INCUMBENT).exists() {
         eprintln!("{INCUMBENT} is missing: run scripts/install-deps bench");
@@ -135,6 +139,12 @@ fn main() {
         "upstream calls for 32 concurrent cold gets: ecr-edge {}, incumbent {}",
         e.burst_calls, i.burst_calls
     );
+    let floor = {
+        let mut c = Command::new(probe_path());
+        c.arg("/bin/true").stdout(Stdio::piped());
+        support::text(&c.output().unwrap().stdout).trim().to_owned()
+    };
+    println!("RSS floor of the probe (peak RSS measured for /bin/true): {floor} KiB");
     println!("\nbinary sizes:");
     for t in [
         "aarch64-unknown-linux-musl",
@@ -205,28 +215,23 @@ fn run(sb: &Sandbox, program: &Path) -> (bool, String) {
     )
 }
 
-/// Peak RSS (KiB) of one `get` by `program`, measured in a probe process that has no other child.
-fn rss(sb: &Sandbox, program: &Path) -> i64 {
-    let me = std::env::current_exe().unwrap();
-    let out = Command::new(me)
-        .arg("--rss-probe")
-        .arg(program)
-        .env_clear()
-        .envs(sb.vars.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    support::text(&out.stdout).trim().parse().unwrap_or(-1)
+/// The RSS probe: a tiny process whose only child is the measured one (examples/rss_probe.rs).
+fn probe_path() -> PathBuf {
+    std::env::var_os("ECR_EDGE_RSS_PROBE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/release/examples/rss_probe"))
 }
 
-fn rss_probe(args: &[String]) {
-    let mut c = Command::new(&args[0]);
-    c.arg("get")
+/// Peak RSS (KiB) of one `get` by `program`, through the probe.
+fn rss(sb: &Sandbox, program: &Path) -> i64 {
+    let mut c = Command::new(probe_path());
+    c.arg(program)
+        .arg("get")
+        .env_clear()
+        .envs(sb.vars.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let out = support::run_with_input(c, HOST.as_bytes());
-    let _ = out;
-    let usage =
-        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
-    println!("{}", usage.max_rss());
+    support::text(&out.stdout).trim().parse().unwrap_or(-1)
 }
