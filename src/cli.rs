@@ -5,7 +5,7 @@
 //! `ecr-edge` subcommands (`ecr-edge helper get` does the same for people and scripts).
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +18,9 @@ struct Cli {
     /// Print version and target triple.
     #[arg(short = 'V', long = "version")]
     version: bool,
+    /// Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -29,6 +32,9 @@ enum Command {
         /// get | store | erase | list | version
         action: String,
     },
+    /// Print the device's exchanged IoT role credentials as credential_process JSON (for
+    /// `credential_process = ecr-edge credentials` in ~/.aws/config).
+    Credentials,
 }
 
 const HELPER_PREFIX: &str = "docker-credential-";
@@ -43,7 +49,7 @@ pub fn main(args: Vec<OsString>) -> u8 {
         .unwrap_or_default();
     if program.starts_with(HELPER_PREFIX) {
         let action = args.get(1).and_then(|a| a.to_str());
-        return run_helper(&program, action, args.len());
+        return run_helper(&program, action, args.len(), None);
     }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
@@ -57,7 +63,19 @@ pub fn main(args: Vec<OsString>) -> u8 {
         return 0;
     }
     match cli.command {
-        Some(Command::Helper { action }) => run_helper("ecr-edge helper", Some(&action), 2),
+        Some(Command::Helper { action }) => {
+            run_helper("ecr-edge helper", Some(&action), 2, cli.config.as_deref())
+        }
+        Some(Command::Credentials) => match credentials(cli.config.as_deref()) {
+            Ok(json) => {
+                println!("{json}");
+                0
+            }
+            Err(e) => {
+                eprintln!("ecr-edge: {e}");
+                1
+            }
+        },
         None => {
             println!("{}", crate::version_line());
             println!("Run `ecr-edge --help` for commands.");
@@ -66,10 +84,11 @@ pub fn main(args: Vec<OsString>) -> u8 {
     }
 }
 
-fn run_helper(program: &str, action: Option<&str>, argc: usize) -> u8 {
+fn run_helper(program: &str, action: Option<&str>, argc: usize, config: Option<&Path>) -> u8 {
     match action.and_then(Action::parse) {
         Some(action) if argc == 2 => helper::run(
             action,
+            config,
             &mut std::io::stdin().lock(),
             &mut std::io::stdout().lock(),
         ),
@@ -79,6 +98,37 @@ fn run_helper(program: &str, action: Option<&str>, argc: usize) -> u8 {
             1
         }
     }
+}
+
+/// `ecr-edge credentials`: the `[iot]` exchange (and role hop), as `credential_process` JSON.
+fn credentials(config: Option<&Path>) -> Result<String, String> {
+    let config = crate::config::load(config).map_err(|e| e.to_string())?;
+    let iot = config
+        .iot
+        .as_ref()
+        .ok_or("no [iot] section in the configuration: nothing to exchange")?;
+    let region = crate::iot::endpoint_region(&iot.endpoint)
+        .map(str::to_owned)
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".into());
+    let deadline = helper::deadline_from_env().map_err(|e| e.to_string())?;
+    let source = crate::credentials::Source::select(&config);
+    let fetcher =
+        crate::ecr::Fetcher::new(&source, &region, deadline).map_err(|e| e.to_string())?;
+    let creds = fetcher.credentials().map_err(|e| e.to_string())?;
+    let expiration = creds.expiry().and_then(|t| {
+        aws_smithy_types::DateTime::from(t)
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .ok()
+    });
+    let out = serde_json::json!({
+        "Version": 1,
+        "AccessKeyId": creds.access_key_id(),
+        "SecretAccessKey": creds.secret_access_key(),
+        "SessionToken": creds.session_token(),
+        "Expiration": expiration,
+    });
+    Ok(out.to_string())
 }
 
 /// Logs go to stderr, which Docker never shows: warnings only by default, more with

@@ -4,7 +4,10 @@
 //! costs nothing: the AWS profile, the web-identity role, and for long-term access keys in the
 //! environment the access key ID (a name, not a secret; it separates two users of one account).
 //! Temporary keys (`AWS_SESSION_TOKEN` set) rotate, so their key ID is deliberately left out:
-//! keying on it, as the incumbent does, makes every rotation a cache miss.
+//! keying on it, as the incumbent does, makes every rotation a cache miss. With `[iot]`
+//! configured, the source is the device's IoT identity (endpoint, role alias, thing, role).
+
+use crate::config::{Config, IotConfig};
 
 /// A credential source, as much as can be named without resolving it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,9 +22,19 @@ pub enum Source {
         /// `AWS_ACCESS_KEY_ID` when it is a long-term key (no session token alongside).
         static_key_id: Option<String>,
     },
+    /// The AWS IoT credentials provider, with the device certificate (`[iot]`).
+    Iot(IotConfig),
 }
 
 impl Source {
+    /// The source the configuration selects: `[iot]` when present, else the default chain.
+    pub fn select(config: &Config) -> Source {
+        match &config.iot {
+            Some(iot) => Source::Iot(iot.clone()),
+            None => Source::from_env(),
+        }
+    }
+
     /// Names the source that the process environment selects.
     pub fn from_env() -> Source {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -48,6 +61,13 @@ impl Source {
                 profile.as_deref().unwrap_or("default"),
                 role_arn.as_deref().unwrap_or(""),
                 static_key_id.as_deref().unwrap_or("")
+            ),
+            Source::Iot(iot) => format!(
+                "iot;endpoint={};alias={};thing={};role={}",
+                iot.endpoint,
+                iot.role_alias,
+                iot.thing_name,
+                iot.role_arn.as_deref().unwrap_or("")
             ),
         }
     }

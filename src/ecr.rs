@@ -27,16 +27,12 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use crate::credentials::Source;
+use crate::iot::{Device, IotError, IotProvider};
 use crate::registry::Registry;
 use crate::token::{self, Token};
 
 /// Default overall deadline for obtaining a token, retries included.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Amazon Trust Services root certificates (Amazon Root CA 1-4, Starfield Services Root CA G2),
-/// copied from Debian's ca-certificates. Added to the system store, so an image without a CA
-/// bundle still reaches AWS.
-const AMAZON_ROOTS_PEM: &str = include_str!("amazon_roots.pem");
 
 /// Why no token could be fetched. Each variant is a cause the user can act on.
 #[derive(Debug)]
@@ -94,6 +90,8 @@ pub enum FetchError {
         /// What was wrong with it.
         detail: String,
     },
+    /// The device's IoT identity could not be exchanged for credentials.
+    Iot(IotError),
     /// The async runtime could not be started.
     Runtime {
         /// What the system said.
@@ -133,6 +131,7 @@ impl fmt::Display for FetchError {
             ),
             FetchError::Service { code, message } => write!(f, "ECR error {code}: {message}"),
             FetchError::BadResponse { detail } => write!(f, "unusable answer from ECR: {detail}"),
+            FetchError::Iot(e) => write!(f, "IoT credentials: {e}"),
             FetchError::Runtime { detail } => write!(f, "cannot start async runtime: {detail}"),
         }
     }
@@ -151,26 +150,176 @@ pub fn fetch(
     source: &Source,
     deadline: Duration,
 ) -> Result<Token, FetchError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| FetchError::Runtime {
-            detail: e.to_string(),
-        })?;
-    runtime.block_on(async {
-        match tokio::time::timeout(deadline, fetch_async(registry, source, deadline)).await {
-            Ok(result) => result,
-            Err(_) => Err(FetchError::Timeout {
-                endpoint: registry.endpoint().to_owned(),
-                deadline,
-            }),
+    Fetcher::new(source, registry.region(), deadline)?.fetch(registry)
+}
+
+/// Fetches tokens for any number of registries with one credential source: the credentials are
+/// resolved (an IoT exchange, an STS hop) once and reused until shortly before they expire.
+pub struct Fetcher {
+    runtime: tokio::runtime::Runtime,
+    sdk: aws_config::SdkConfig,
+    deadline: Duration,
+}
+
+impl Fetcher {
+    /// Sets up the runtime, the HTTP client and the credential provider for `source`. `region`
+    /// is where STS is called for a role hop. With `[iot]`, the device identity is checked here,
+    /// before any network call.
+    ///
+    /// # Errors
+    /// [`FetchError::Iot`] for a device identity that cannot work; [`FetchError::Runtime`].
+    pub fn new(source: &Source, region: &str, deadline: Duration) -> Result<Fetcher, FetchError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| FetchError::Runtime {
+                detail: e.to_string(),
+            })?;
+        let device = match source {
+            Source::Iot(cfg) => Some(Device::load(cfg, token::now()).map_err(FetchError::Iot)?),
+            Source::DefaultChain { .. } => None,
+        };
+        let sdk = runtime.block_on(sdk_config(
+            source,
+            device,
+            Region::new(region.to_owned()),
+            deadline,
+        ));
+        Ok(Fetcher {
+            runtime,
+            sdk,
+            deadline,
+        })
+    }
+
+    /// Fetches a fresh token for `registry`, within the deadline.
+    ///
+    /// # Errors
+    /// [`FetchError`] naming the cause when no token was obtained in time.
+    pub fn fetch(&self, registry: &Registry) -> Result<Token, FetchError> {
+        let deadline = self.deadline;
+        self.runtime.block_on(async {
+            match tokio::time::timeout(deadline, self.fetch_async(registry)).await {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::Timeout {
+                    endpoint: registry.endpoint().to_owned(),
+                    deadline,
+                }),
+            }
+        })
+    }
+
+    /// The resolved credentials (for `ecr-edge credentials`).
+    ///
+    /// # Errors
+    /// [`FetchError`] when the source yields none in time.
+    pub fn credentials(&self) -> Result<aws_credential_types::Credentials, FetchError> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let provider =
+            self.sdk
+                .credentials_provider()
+                .ok_or_else(|| FetchError::NoCredentials {
+                    detail: "no credentials provider".into(),
+                })?;
+        let deadline = self.deadline;
+        self.runtime.block_on(async {
+            match tokio::time::timeout(deadline, provider.provide_credentials()).await {
+                Ok(Ok(c)) => Ok(c),
+                Ok(Err(e)) => Err(credentials_error(&e)),
+                Err(_) => Err(FetchError::Timeout {
+                    endpoint: "credentials provider".into(),
+                    deadline,
+                }),
+            }
+        })
+    }
+}
+
+/// Maps a credentials failure: the IoT exchange's own error when that is the cause.
+fn credentials_error(e: &CredentialsError) -> FetchError {
+    match find_source::<IotError>(e) {
+        Some(iot) => FetchError::Iot(iot.clone()),
+        None => FetchError::NoCredentials {
+            detail: one_line(&DisplayErrorContext(e).to_string()),
+        },
+    }
+}
+
+async fn sdk_config(
+    source: &Source,
+    device: Option<Device>,
+    region: Region,
+    deadline: Duration,
+) -> aws_config::SdkConfig {
+    let http = http_client();
+    let provider_config = ProviderConfig::without_region()
+        .with_http_client(http.clone())
+        .with_region(Some(region.clone()));
+    let attempt = (deadline / 3).max(Duration::from_secs(1)).min(deadline);
+    let loader = || {
+        aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http.clone())
+            .region(region.clone())
+            .identity_cache(
+                aws_config::identity::IdentityCache::lazy()
+                    .buffer_time(crate::iot::REFRESH_MARGIN)
+                    .build(),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(attempt.min(Duration::from_secs(3)))
+                    .operation_attempt_timeout(attempt)
+                    .operation_timeout(deadline)
+                    .build(),
+            )
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(5)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(2)),
+            )
+    };
+    match (source, device) {
+        (Source::Iot(cfg), Some(device)) => {
+            let iot = aws_credential_types::provider::SharedCredentialsProvider::new(
+                IotProvider::new(cfg.clone(), device, deadline),
+            );
+            match &cfg.role_arn {
+                None => loader().credentials_provider(iot).load().await,
+                Some(role_arn) => {
+                    // Cross-account hop: STS AssumeRole signed with the exchanged credentials.
+                    let base = loader().credentials_provider(iot.clone()).load().await;
+                    let assume = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+                        .session_name("ecr-edge")
+                        .configure(&base)
+                        .build_from_provider(iot)
+                        .await;
+                    loader().credentials_provider(assume).load().await
+                }
+            }
         }
-    })
+        _ => {
+            // On a device that is not an EC2 instance, the metadata service never answers: one
+            // short attempt keeps the chain from spending seconds on it.
+            let imds = aws_config::imds::Client::builder()
+                .configure(&provider_config)
+                .connect_timeout(Duration::from_millis(500))
+                .read_timeout(Duration::from_millis(1000))
+                .max_attempts(1)
+                .build();
+            let chain = DefaultCredentialsChain::builder()
+                .configure(provider_config)
+                .imds_client(imds)
+                .build()
+                .await;
+            loader().credentials_provider(chain).load().await
+        }
+    }
 }
 
 /// The HTTPS client handed to the SDK: rustls with ring, proxy settings from the environment.
 fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    let trust = TrustStore::default().with_pem_certificate(AMAZON_ROOTS_PEM.as_bytes());
+    let trust = TrustStore::default().with_pem_certificate(crate::AMAZON_ROOTS_PEM.as_bytes());
     let tls_context = TlsContext::builder()
         .with_trust_store(trust)
         .build()
@@ -188,101 +337,57 @@ fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     })
 }
 
-async fn fetch_async(
-    registry: &Registry,
-    source: &Source,
-    deadline: Duration,
-) -> Result<Token, FetchError> {
-    let http = http_client();
-    let region = Region::new(registry.region().to_owned());
-    let provider_config = ProviderConfig::without_region()
-        .with_http_client(http.clone())
-        .with_region(Some(region.clone()));
-
-    let credentials = match source {
-        Source::DefaultChain { .. } => {
-            // On a device that is not an EC2 instance, the metadata service never answers: one
-            // short attempt keeps the chain from spending seconds on it.
-            let imds = aws_config::imds::Client::builder()
-                .configure(&provider_config)
-                .connect_timeout(Duration::from_millis(500))
-                .read_timeout(Duration::from_millis(1000))
-                .max_attempts(1)
-                .build();
-            DefaultCredentialsChain::builder()
-                .configure(provider_config)
-                .imds_client(imds)
-                .build()
+impl Fetcher {
+    async fn fetch_async(&self, registry: &Registry) -> Result<Token, FetchError> {
+        let deadline = self.deadline;
+        let sdk = &self.sdk;
+        let region = Region::new(registry.region().to_owned());
+        let endpoint = registry.endpoint().to_owned();
+        let now = token::now();
+        let (encoded, expires_at) = if registry.is_public() {
+            let mut conf = aws_sdk_ecrpublic::config::Builder::from(sdk).region(region.clone());
+            if !endpoint_from_env("ECR_PUBLIC") {
+                conf = conf.endpoint_url(&endpoint);
+            }
+            let client = aws_sdk_ecrpublic::Client::from_conf(conf.build());
+            let out = client
+                .get_authorization_token()
+                .send()
                 .await
-        }
-    };
-
-    let attempt = (deadline / 3).max(Duration::from_secs(1)).min(deadline);
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
-        .region(region)
-        .credentials_provider(credentials)
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(attempt.min(Duration::from_secs(3)))
-                .operation_attempt_timeout(attempt)
-                .operation_timeout(deadline)
-                .build(),
-        )
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(5)
-                .with_initial_backoff(Duration::from_millis(200))
-                .with_max_backoff(Duration::from_secs(2)),
-        )
-        .load()
-        .await;
-
-    let endpoint = registry.endpoint().to_owned();
-    let now = token::now();
-    let (encoded, expires_at) = if registry.is_public() {
-        let mut conf = aws_sdk_ecrpublic::config::Builder::from(&sdk);
-        if !endpoint_from_env("ECR_PUBLIC") {
-            conf = conf.endpoint_url(&endpoint);
-        }
-        let client = aws_sdk_ecrpublic::Client::from_conf(conf.build());
-        let out = client
-            .get_authorization_token()
-            .send()
-            .await
-            .map_err(|e| classify(e, &endpoint, deadline, true))?;
-        let data = out
-            .authorization_data()
-            .ok_or_else(|| FetchError::BadResponse {
-                detail: "no authorizationData".into(),
-            })?;
-        (
-            data.authorization_token().map(str::to_owned),
-            data.expires_at().map(|t| t.secs()),
-        )
-    } else {
-        let mut conf = aws_sdk_ecr::config::Builder::from(&sdk);
-        if !endpoint_from_env("ECR") {
-            conf = conf.endpoint_url(&endpoint);
-        }
-        let client = aws_sdk_ecr::Client::from_conf(conf.build());
-        let out = client
-            .get_authorization_token()
-            .send()
-            .await
-            .map_err(|e| classify(e, &endpoint, deadline, false))?;
-        let data = out
-            .authorization_data()
-            .first()
-            .ok_or_else(|| FetchError::BadResponse {
-                detail: "empty authorizationData".into(),
-            })?;
-        (
-            data.authorization_token().map(str::to_owned),
-            data.expires_at().map(|t| t.secs()),
-        )
-    };
-    token_from(encoded.as_deref(), expires_at, now)
+                .map_err(|e| classify(e, &endpoint, deadline, true))?;
+            let data = out
+                .authorization_data()
+                .ok_or_else(|| FetchError::BadResponse {
+                    detail: "no authorizationData".into(),
+                })?;
+            (
+                data.authorization_token().map(str::to_owned),
+                data.expires_at().map(|t| t.secs()),
+            )
+        } else {
+            let mut conf = aws_sdk_ecr::config::Builder::from(sdk).region(region);
+            if !endpoint_from_env("ECR") {
+                conf = conf.endpoint_url(&endpoint);
+            }
+            let client = aws_sdk_ecr::Client::from_conf(conf.build());
+            let out = client
+                .get_authorization_token()
+                .send()
+                .await
+                .map_err(|e| classify(e, &endpoint, deadline, false))?;
+            let data = out
+                .authorization_data()
+                .first()
+                .ok_or_else(|| FetchError::BadResponse {
+                    detail: "empty authorizationData".into(),
+                })?;
+            (
+                data.authorization_token().map(str::to_owned),
+                data.expires_at().map(|t| t.secs()),
+            )
+        };
+        token_from(encoded.as_deref(), expires_at, now)
+    }
 }
 
 /// Whether the user pointed the SDK at an endpoint through the standard variables
@@ -335,10 +440,8 @@ fn classify<E>(
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
 {
-    if let Some(detail) =
-        find_source::<CredentialsError>(&err).map(|c| one_line(&DisplayErrorContext(c).to_string()))
-    {
-        return FetchError::NoCredentials { detail };
+    if let Some(c) = find_source::<CredentialsError>(&err) {
+        return credentials_error(c);
     }
     let endpoint = endpoint.to_owned();
     match &err {

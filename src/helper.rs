@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use std::path::Path;
+
 use crate::cache::{self, Cache};
+use crate::config::{self, ConfigError};
 use crate::credentials::Source;
 use crate::ecr::{self, FetchError};
 use crate::files::FilesError;
@@ -77,6 +80,8 @@ pub enum HelperError {
     StoreUnsupported(String),
     /// A setting in the environment is malformed.
     BadSetting(String),
+    /// The configuration file is missing, unreadable or invalid.
+    Config(ConfigError),
     /// No usable token could be obtained for this ECR registry.
     Fetch {
         /// The registry host.
@@ -110,6 +115,7 @@ impl fmt::Display for HelperError {
                 "ecr-edge: {host} is not an Amazon ECR registry; ecr-edge stores no other credentials"
             ),
             HelperError::BadSetting(why) => write!(f, "ecr-edge: {why}"),
+            HelperError::Config(e) => write!(f, "ecr-edge: {e}"),
             HelperError::Fetch { registry, cause } => write!(f, "ecr-edge: {registry}: {cause}"),
             HelperError::Busy { registry, cause } => write!(f, "ecr-edge: {registry}: {cause}"),
             HelperError::Io(e) => write!(f, "ecr-edge: {e}"),
@@ -120,16 +126,22 @@ impl fmt::Display for HelperError {
 impl std::error::Error for HelperError {}
 
 /// Runs `action` with the given stdin and stdout; returns the process exit status (0 or 1).
+/// `config` is the `--config` path, if any (else `$ECR_EDGE_CONFIG` or the default path).
 ///
 /// This is the protocol boundary: every error becomes exactly one line on `stdout` here.
-pub fn run(action: Action, stdin: &mut dyn Read, stdout: &mut dyn Write) -> u8 {
+pub fn run(
+    action: Action,
+    config: Option<&Path>,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+) -> u8 {
     let result = (|| -> Result<Vec<u8>, HelperError> {
         match action {
             Action::Version => Ok(format!("{}\n", crate::version_line()).into_bytes()),
             Action::List => Ok(list(&Cache::open(cache::default_dir()).ok(), token::now())),
-            Action::Get => get(&read_input(stdin)?),
+            Action::Get => get(&read_input(stdin)?, config),
             Action::Store => store(&read_input(stdin)?).map(|()| Vec::new()),
-            Action::Erase => erase(&read_input(stdin)?).map(|()| Vec::new()),
+            Action::Erase => erase(&read_input(stdin)?, config).map(|()| Vec::new()),
         }
     })();
     let (bytes, code) = match result {
@@ -160,6 +172,14 @@ fn read_input(stdin: &mut dyn Read) -> Result<String, HelperError> {
     String::from_utf8(buf).map_err(|_| HelperError::BadInput("not UTF-8".into()))
 }
 
+/// The credential source the configuration selects (read on every call: the cache key depends
+/// on it, and a small TOML file costs microseconds).
+fn source(config: Option<&Path>) -> Result<Source, HelperError> {
+    Ok(Source::select(
+        &config::load(config).map_err(HelperError::Config)?,
+    ))
+}
+
 /// The overall deadline: `ECR_EDGE_TIMEOUT` in seconds (e.g. `10`, `2.5`), else 10 s.
 pub fn deadline_from_env() -> Result<Duration, HelperError> {
     match std::env::var("ECR_EDGE_TIMEOUT") {
@@ -179,13 +199,13 @@ pub fn deadline_from_env() -> Result<Duration, HelperError> {
 }
 
 /// `get`: a token for the registry named on stdin, as Docker's JSON answer.
-fn get(input: &str) -> Result<Vec<u8>, HelperError> {
+fn get(input: &str, config: Option<&Path>) -> Result<Vec<u8>, HelperError> {
     let server_url = input.trim();
     if server_url.is_empty() {
         return Err(HelperError::NoServerUrl);
     }
     let registry = Registry::parse(server_url).ok_or(HelperError::NotEcr)?;
-    let source = Source::from_env();
+    let source = source(config)?;
     let token = token_for(&registry, &source)?;
     Ok(get_response(server_url, &token.password))
 }
@@ -376,14 +396,14 @@ fn store(input: &str) -> Result<(), HelperError> {
 
 /// `erase`: for an ECR host, drops this identity's cached token (the next `get` fetches a fresh
 /// one); for other hosts, Docker's "not found".
-fn erase(input: &str) -> Result<(), HelperError> {
+fn erase(input: &str, config: Option<&Path>) -> Result<(), HelperError> {
     let server_url = input.trim();
     if server_url.is_empty() {
         return Err(HelperError::NoServerUrl);
     }
     let registry = Registry::parse(server_url).ok_or(HelperError::NotEcr)?;
     if let Ok(cache) = Cache::open(cache::default_dir()) {
-        cache.remove(registry.host(), &Source::from_env().identity());
+        cache.remove(registry.host(), &source(config)?.identity());
     }
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! - [`registry`]: which hosts are ECR, and the API endpoint of each (pure).
 //! - [`helper`]: the Docker credential helper protocol, and the cached `get` hot path.
 //! - [`cache`]: the per-user token cache, keyed by registry and credential-source identity.
+//! - [`config`]: the configuration file (`[iot]`), validated once.
 //! - [`credentials`]: naming the credential source without loading it.
+//! - [`iot`]: the AWS IoT certificate-for-credentials exchange (mutual TLS).
 //! - [`ecr`]: fetching a token (the only async and AWS SDK code on the helper path).
 //! - [`token`]: a token, its half-life and its expiry margin.
 //! - [`files`]: atomic, private, symlink-refusing file access and the cross-process lock.
@@ -16,12 +18,19 @@
 
 pub mod cache;
 pub mod cli;
+pub mod config;
 pub mod credentials;
 pub mod ecr;
 pub mod files;
 pub mod helper;
+pub mod iot;
 pub mod registry;
 pub mod token;
+
+/// Amazon Trust Services root certificates (Amazon Root CA 1-4, Starfield Services Root CA G2),
+/// copied from Debian's ca-certificates: trusted next to the system store for AWS endpoints, so
+/// an image with no CA bundle still reaches AWS.
+pub(crate) const AMAZON_ROOTS_PEM: &str = include_str!("amazon_roots.pem");
 
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

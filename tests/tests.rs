@@ -3,4 +3,5 @@
 //! run them against a cross-built binary under qemu-user.
 
 mod helper;
+mod iot;
 mod support;

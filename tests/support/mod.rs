@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod iot;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -22,7 +24,6 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::hmac;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// Credentials the fake accepts.
 pub const ACCESS_KEY_ID: &str = "ASIATESTKEYID0000001";
@@ -30,6 +31,13 @@ pub const ACCESS_KEY_ID: &str = "ASIATESTKEYID0000001";
 pub const SECRET_ACCESS_KEY: &str = "tEsTsEcReT/0123456789abcdefghijklmnopqrstu";
 /// The session token the fake requires.
 pub const SESSION_TOKEN: &str = "FwoGZXIvYXdzEXAMPLESESSIONTOKEN/xyz==";
+
+/// Credentials the fake STS hands out for `AssumeRole`; the fake ECR accepts them too.
+pub const ROLE_ACCESS_KEY_ID: &str = "ASIAASSUMEDROLE00001";
+/// Secret of the assumed-role credentials.
+pub const ROLE_SECRET_ACCESS_KEY: &str = "r0leSeCrEt/abcdefghijklmnopqrstuvwxyz0123";
+/// Session token of the assumed-role credentials.
+pub const ROLE_SESSION_TOKEN: &str = "FwoGZXIvYXdzROLESESSIONTOKEN/abc==";
 
 /// A throwaway certificate authority.
 pub struct TestCa {
@@ -54,11 +62,7 @@ impl TestCa {
 
     /// A TLS server configuration presenting a certificate for `name` signed by this CA.
     pub fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let chain = vec![CertificateDer::from(cert.der().to_vec())];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let (chain, key) = self.issue(name);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -67,6 +71,56 @@ impl TestCa {
             .with_single_cert(chain, key)
             .unwrap();
         Arc::new(config)
+    }
+}
+
+/// Which answer a fake gives next: `mode` always, or `mode` for the next `remaining` requests
+/// and normal answers after that.
+pub struct Faults<M> {
+    mode: M,
+    remaining: Option<u32>,
+}
+
+impl<M: Clone> Faults<M> {
+    fn new(mode: M) -> Faults<M> {
+        Faults {
+            mode,
+            remaining: None,
+        }
+    }
+
+    /// Answers every request with `mode`.
+    fn always(&mut self, mode: M) {
+        self.mode = mode;
+        self.remaining = None;
+    }
+
+    /// Answers the next `n` requests with `mode`.
+    fn next_n(&mut self, n: u32, mode: M) {
+        self.mode = mode;
+        self.remaining = Some(n);
+    }
+
+    /// The mode for this request; `normal` once the scheduled failures are used up.
+    fn take(&mut self, normal: M) -> M {
+        match self.remaining {
+            Some(0) => normal,
+            Some(n) => {
+                self.remaining = Some(n - 1);
+                self.mode.clone()
+            }
+            None => self.mode.clone(),
+        }
+    }
+}
+
+/// Holds a connection open without answering until `stop` is set (at most 60 s).
+fn hang(stop: &AtomicBool) {
+    for _ in 0..600 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -102,14 +156,14 @@ pub struct Call {
     pub region: String,
     /// Service in the signature's credential scope.
     pub service: String,
+    /// The access key ID that signed the request.
+    pub access_key: String,
     /// Whether the signature, key, token and clock checks all passed.
     pub authentic: bool,
 }
 
 struct State {
-    mode: Mode,
-    /// Requests still to fail with `mode` before answering normally; `None` = always.
-    fail_remaining: Option<u32>,
+    faults: Faults<Mode>,
     calls: Vec<Call>,
     password: String,
     lifetime_secs: f64,
@@ -132,8 +186,7 @@ impl FakeEcr {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let proxy_url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State {
-            mode: Mode::Ok,
-            fail_remaining: None,
+            faults: Faults::new(Mode::Ok),
             calls: Vec::new(),
             password: "fake-ecr-password-0001".into(),
             lifetime_secs: 43_200.0,
@@ -164,16 +217,12 @@ impl FakeEcr {
 
     /// Answers every request with `mode` from now on.
     pub fn set_mode(&self, mode: Mode) {
-        let mut s = self.state.lock().unwrap();
-        s.mode = mode;
-        s.fail_remaining = None;
+        self.state.lock().unwrap().faults.always(mode);
     }
 
     /// Answers the next `n` requests with `mode`, then issues tokens again.
     pub fn fail_next(&self, n: u32, mode: Mode) {
-        let mut s = self.state.lock().unwrap();
-        s.mode = mode;
-        s.fail_remaining = Some(n);
+        self.state.lock().unwrap().faults.next_n(n, mode);
     }
 
     /// The password the next tokens carry.
@@ -262,14 +311,7 @@ fn handle(
 
     let (mode, response) = {
         let mut s = state.lock().unwrap();
-        let mode = match s.fail_remaining {
-            Some(0) => Mode::Ok,
-            Some(n) => {
-                s.fail_remaining = Some(n - 1);
-                s.mode.clone()
-            }
-            None => s.mode.clone(),
-        };
+        let mode = s.faults.take(Mode::Ok);
         let (call, denial) = verify(&host, &request_line, &headers, &body, &s);
         s.calls.push(call.clone());
         let response = match denial {
@@ -281,12 +323,7 @@ fn handle(
     match mode {
         Mode::Reset => return Ok(()),
         Mode::Hang => {
-            for _ in 0..600 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(100));
-            }
+            hang(stop);
             return Ok(());
         }
         Mode::Slow(d) => thread::sleep(d),
@@ -342,6 +379,7 @@ fn verify(
         target: header(headers, "x-amz-target").unwrap_or("").to_owned(),
         region: String::new(),
         service: String::new(),
+        access_key: String::new(),
         authentic: false,
     };
     let deny = |status: u16, code: &str, msg: &str| Some(error_response(status, code, msg));
@@ -381,10 +419,16 @@ fn verify(
     }
     call.region = scope[2].to_owned();
     call.service = scope[3].to_owned();
-    if scope[0] != ACCESS_KEY_ID {
-        return (call, invalid_token());
-    }
-    if let Some(token) = &s.session_token {
+    call.access_key = scope[0].to_owned();
+    let (secret, session_token) = match scope[0] {
+        ACCESS_KEY_ID => (s.secret.clone(), s.session_token.clone()),
+        ROLE_ACCESS_KEY_ID => (
+            ROLE_SECRET_ACCESS_KEY.to_owned(),
+            Some(ROLE_SESSION_TOKEN.to_owned()),
+        ),
+        _ => return (call, invalid_token()),
+    };
+    if let Some(token) = &session_token {
         if header(headers, "x-amz-security-token") != Some(token.as_str())
             || !signed_headers
                 .split(';')
@@ -418,7 +462,7 @@ fn verify(
         scope[1..].join("/"),
         sha256_hex(canonical.as_bytes())
     );
-    let mut key = hmac_sha256(format!("AWS4{}", s.secret).as_bytes(), scope[1].as_bytes());
+    let mut key = hmac_sha256(format!("AWS4{secret}").as_bytes(), scope[1].as_bytes());
     for part in &scope[2..] {
         key = hmac_sha256(&key, part.as_bytes());
     }
@@ -501,6 +545,9 @@ fn respond(mode: &Mode, call: &Call, s: &State) -> Vec<u8> {
         }
         _ => {}
     }
+    if call.service == "sts" {
+        return sts_assume_role(call);
+    }
     let now = now_secs();
     let expires = if *mode == Mode::IssueExpired {
         now - 60.0
@@ -527,11 +574,36 @@ fn respond(mode: &Mode, call: &Call, s: &State) -> Vec<u8> {
     .into_bytes()
 }
 
+/// STS `AssumeRole` (query protocol, XML answer): the assumed-role credentials.
+fn sts_assume_role(call: &Call) -> Vec<u8> {
+    let expiration = aws_smithy_types::DateTime::from_secs(now_secs() as i64 + 3600)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap();
+    let body = format!(
+        "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleResult>\
+         <AssumedRoleUser><AssumedRoleId>AROAEXAMPLE:ecr-edge</AssumedRoleId>\
+         <Arn>arn:aws:sts::210987654321:assumed-role/ecr-pull/ecr-edge</Arn></AssumedRoleUser>\
+         <Credentials><AccessKeyId>{ROLE_ACCESS_KEY_ID}</AccessKeyId>\
+         <SecretAccessKey>{ROLE_SECRET_ACCESS_KEY}</SecretAccessKey>\
+         <SessionToken>{ROLE_SESSION_TOKEN}</SessionToken><Expiration>{expiration}</Expiration>\
+         </Credentials></AssumeRoleResult><ResponseMetadata><RequestId>{}</RequestId>\
+         </ResponseMetadata></AssumeRoleResponse>",
+        call.region
+    );
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// A sealed environment for running the binary against a [`FakeEcr`]: its own HOME, cache,
 /// CA bundle, proxy and credentials; nothing from the real user's environment.
 pub struct Sandbox {
     /// Temp directory holding home, cache and CA bundle.
     pub dir: tempfile::TempDir,
+    /// The CA whose certificates every fake server presents (trusted via `SSL_CERT_FILE`).
+    pub ca: Arc<TestCa>,
     /// The fake ECR.
     pub fake: FakeEcr,
     /// Environment given to every command.
@@ -574,7 +646,7 @@ impl Sandbox {
         }
         let helper = dir.path().join("docker-credential-ecr-edge");
         std::os::unix::fs::symlink(binary(), &helper).unwrap();
-        let fake = FakeEcr::start(ca);
+        let fake = FakeEcr::start(ca.clone());
         let p = |s: &Path| s.to_string_lossy().into_owned();
         let vars = vec![
             ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
@@ -594,6 +666,7 @@ impl Sandbox {
         ];
         Sandbox {
             dir,
+            ca,
             fake,
             vars,
             helper,

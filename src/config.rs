@@ -1,0 +1,258 @@
+//! The configuration file: found once, validated once, typed.
+//!
+//! `--config PATH`, else `$ECR_EDGE_CONFIG`, else `/etc/ecr-edge/config.toml`. The default file
+//! may be absent (then every setting has its default); a file named explicitly must exist.
+//! Unknown keys are errors that name the key and the line, because a misspelt key silently
+//! ignored is how a device ends up on the wrong credentials.
+//!
+//! Parsing is pure ([`parse`]) so it can be fuzzed; [`load`] adds the file access.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the configuration lives when nothing says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/ecr-edge/config.toml";
+
+/// Largest configuration file read: a real one is a few KiB.
+pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
+/// The whole configuration file.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[iot]`: take credentials from the AWS IoT credentials provider with the device
+    /// certificate. Absent: the AWS default credential chain.
+    pub iot: Option<IotConfig>,
+}
+
+/// `[iot]`: the device's AWS IoT identity and how to exchange it for role credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IotConfig {
+    /// The credentials provider endpoint (`<prefix>.credentials.iot.<region>.amazonaws.com`),
+    /// optionally with `:port`; no scheme, no path.
+    pub endpoint: String,
+    /// The IoT role alias whose role is assumed.
+    pub role_alias: String,
+    /// The IoT thing name, sent as `x-amzn-iot-thingname`.
+    pub thing_name: String,
+    /// The device certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The device private key (PEM: PKCS#8, SEC1 or PKCS#1); must not be readable by others.
+    pub key: PathBuf,
+    /// CA certificates (PEM) to trust for the endpoint instead of the system store.
+    pub ca: Option<PathBuf>,
+    /// A role to assume with the exchanged credentials (cross-account registries).
+    pub role_arn: Option<String>,
+    /// Accept a private key that group or others can read. Off: such a key is refused.
+    #[serde(default)]
+    pub allow_insecure_key_permissions: bool,
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type, …).
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and where (line and column).
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read config {}: {source}", path.display())
+            }
+            ConfigError::TooLarge { path } => write!(
+                f,
+                "config {} is larger than {MAX_CONFIG_BYTES} bytes",
+                path.display()
+            ),
+            ConfigError::Invalid { path, message } => {
+                write!(f, "invalid config {}: {message}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The configuration file to use and whether it was named explicitly.
+pub fn locate(flag: Option<&Path>) -> (PathBuf, bool) {
+    if let Some(p) = flag {
+        return (p.to_owned(), true);
+    }
+    match std::env::var_os("ECR_EDGE_CONFIG").filter(|v| !v.is_empty()) {
+        Some(p) => (PathBuf::from(p), true),
+        None => (PathBuf::from(DEFAULT_PATH), false),
+    }
+}
+
+/// Loads the configuration named by `flag`, `$ECR_EDGE_CONFIG` or the default path.
+///
+/// # Errors
+/// [`ConfigError`] when a named file is missing, any file cannot be read or is invalid.
+pub fn load(flag: Option<&Path>) -> Result<Config, ConfigError> {
+    let (path, explicit) = locate(flag);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            return Ok(Config::default())
+        }
+        Err(source) => return Err(ConfigError::Read { path, source }),
+    };
+    let mut text = String::new();
+    if let Err(source) = file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text) {
+        return Err(ConfigError::Read { path, source });
+    }
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge { path });
+    }
+    parse(&text).map_err(|message| ConfigError::Invalid { path, message })
+}
+
+/// Parses and validates configuration text.
+///
+/// # Errors
+/// A message naming the problem and, for TOML and schema errors, its line and column.
+pub fn parse(text: &str) -> Result<Config, String> {
+    let config: Config = toml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+    if let Some(iot) = &config.iot {
+        validate_iot(iot)?;
+    }
+    Ok(config)
+}
+
+fn validate_iot(iot: &IotConfig) -> Result<(), String> {
+    let (host, port) = match iot.endpoint.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (iot.endpoint.as_str(), None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n != 0));
+    if !host_ok || !port_ok {
+        return Err(format!(
+            "[iot] endpoint must be a host name such as \
+             c1a2b3example.credentials.iot.us-west-2.amazonaws.com (no https://, no path), got {:?}",
+            iot.endpoint
+        ));
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"=,@-_.:".contains(&b))
+    };
+    if !name_ok(&iot.role_alias) {
+        return Err(format!(
+            "[iot] role_alias is not a valid role alias name: {:?}",
+            iot.role_alias
+        ));
+    }
+    if !name_ok(&iot.thing_name) {
+        return Err(format!(
+            "[iot] thing_name is not a valid thing name: {:?}",
+            iot.thing_name
+        ));
+    }
+    if let Some(arn) = &iot.role_arn {
+        if !arn.starts_with("arn:") || !arn.contains(":role/") {
+            return Err(format!(
+                "[iot] role_arn must look like arn:aws:iam::210987654321:role/name, got {arn:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[iot]
+endpoint   = "c1a2b3example.credentials.iot.us-west-2.amazonaws.com"
+role_alias = "edge-role-alias"
+thing_name = "edge-thing-0001"
+cert = "/etc/ecr-edge/device.pem.crt"
+key  = "/etc/ecr-edge/private.pem.key"
+"#;
+
+    #[test]
+    fn empty_and_good() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        let c = parse(GOOD).unwrap();
+        let iot = c.iot.unwrap();
+        assert_eq!(iot.thing_name, "edge-thing-0001");
+        assert_eq!(iot.ca, None);
+        assert!(!iot.allow_insecure_key_permissions);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = GOOD.replace("thing_name", "thing_nme");
+        let err = parse(&text).unwrap_err();
+        assert!(err.contains("thing_nme"), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+        let err = parse("[iott]\n").unwrap_err();
+        assert!(err.contains("iott") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let err = parse(&GOOD.replace("\"c1a2b3example", "\"https://c1a2b3example")).unwrap_err();
+        assert!(err.contains("no https://"), "{err}");
+        let err = parse(&format!("{GOOD}role_arn = \"role/x\"\n")).unwrap_err();
+        assert!(err.contains("role_arn"), "{err}");
+        assert!(parse(&GOOD.replace("edge-role-alias", "")).is_err());
+        assert!(parse("[iot]\nendpoint = 3\n").is_err());
+        assert!(parse("not toml at all [").is_err());
+    }
+
+    #[test]
+    fn missing_default_file_is_defaults_but_named_file_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        assert!(matches!(
+            load(Some(&missing)),
+            Err(ConfigError::Read { .. })
+        ));
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        assert!(matches!(
+            load(Some(&big)),
+            Err(ConfigError::TooLarge { .. })
+        ));
+    }
+}

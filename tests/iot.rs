@@ -1,0 +1,343 @@
+//! IoT certificate credentials, end to end: helper -> mutual TLS exchange with the fake IoT
+//! provider -> ECR call that the fake ECR verifies was signed with the exchanged credentials.
+
+use std::time::{Duration, Instant};
+
+use crate::support::iot::{
+    device_identity, FakeIot, IotMode, KeyKind, Validity, ROLE_ALIAS, THING_NAME,
+};
+use crate::support::{self, text, Sandbox, TestCa};
+
+const HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
+
+struct IotSandbox {
+    sb: Sandbox,
+    iot: FakeIot,
+    device_ca: TestCa,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl IotSandbox {
+    fn new(kind: KeyKind, validity: Validity) -> IotSandbox {
+        let mut sb = Sandbox::new();
+        let device_ca = TestCa::new();
+        let iot = FakeIot::start(&sb.ca, &device_ca);
+        let (cert, key) = device_identity(sb.dir.path(), &device_ca, kind, validity);
+        for v in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+        ] {
+            sb.set(v, None);
+        }
+        let config = sb.dir.path().join("config.toml");
+        sb.set("ECR_EDGE_CONFIG", Some(config.to_str().unwrap()));
+        let s = IotSandbox {
+            sb,
+            iot,
+            device_ca,
+            cert,
+            key,
+        };
+        s.write_config("");
+        s
+    }
+
+    fn write_config(&self, extra: &str) {
+        let text = format!(
+            "[iot]\nendpoint = \"{}\"\nrole_alias = \"{ROLE_ALIAS}\"\nthing_name = \"{THING_NAME}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
+            self.iot.endpoint,
+            self.cert.display(),
+            self.key.display()
+        );
+        std::fs::write(self.sb.dir.path().join("config.toml"), text).unwrap();
+    }
+
+    fn get(&self) -> std::process::Output {
+        self.sb.helper("get", HOST.as_bytes())
+    }
+}
+
+#[test]
+fn get_signs_ecr_call_with_exchanged_credentials() {
+    let s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let out = s.get();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let calls = s.iot.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].sni.as_deref(), Some("localhost"));
+    assert_eq!(
+        calls[0].path,
+        format!("/role-aliases/{ROLE_ALIAS}/credentials")
+    );
+    assert_eq!(calls[0].thing.as_deref(), Some(THING_NAME));
+    let ecr = s.sb.fake.calls();
+    assert_eq!(ecr.len(), 1);
+    assert!(ecr[0].authentic, "signature and session token verified");
+    assert_eq!(ecr[0].access_key, support::ACCESS_KEY_ID);
+    // Cached under the IoT identity: the next get needs neither the exchange nor ECR.
+    assert!(s.get().status.success());
+    assert_eq!((s.iot.calls().len(), s.sb.fake.calls().len()), (1, 1));
+    // Another thing is another identity.
+    let other = std::fs::read_to_string(s.sb.dir.path().join("config.toml"))
+        .unwrap()
+        .replace(THING_NAME, "edge-thing-0002");
+    std::fs::write(s.sb.dir.path().join("config.toml"), other).unwrap();
+    let out = s.get();
+    assert!(
+        text(&out.stdout).contains("Invalid thing name passed"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn rsa_pkcs1_and_ec_sec1_keys_work() {
+    for kind in [KeyKind::RsaPkcs1, KeyKind::EcSec1] {
+        let s = IotSandbox::new(kind, Validity::Current);
+        let out = s.get();
+        assert!(out.status.success(), "{kind:?}: {}", text(&out.stdout));
+        assert!(s.sb.fake.calls()[0].authentic);
+    }
+}
+
+#[test]
+fn explicit_ca_file_is_used_for_the_endpoint() {
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let ca_path = s.sb.dir.path().join("iot-ca.pem");
+    std::fs::write(&ca_path, &s.sb.ca.pem).unwrap();
+    s.write_config(&format!("ca = \"{}\"\n", ca_path.display()));
+    assert!(s.get().status.success());
+    assert_eq!(s.iot.calls().len(), 1);
+    // A `ca` that did not issue the endpoint's certificate fails, although the system store
+    // (SSL_CERT_FILE) would vouch for it: `ca` replaces the system store.
+    let other = TestCa::new();
+    std::fs::write(&ca_path, &other.pem).unwrap();
+    s.sb.set("ECR_EDGE_TIMEOUT", Some("2"));
+    let _ = std::fs::remove_dir_all(s.sb.cache_dir());
+    let out = s.get();
+    assert!(text(&out.stdout).contains("TLS"), "{}", text(&out.stdout));
+    let _ = &mut s;
+}
+
+#[test]
+fn untrusted_client_certificate_is_refused_by_the_endpoint() {
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let stranger = TestCa::new();
+    let (cert, key) = device_identity(
+        &s.sb.dir.path().join("."),
+        &stranger,
+        KeyKind::EcPkcs8,
+        Validity::Current,
+    );
+    s.cert = cert;
+    s.key = key;
+    s.write_config("");
+    s.sb.set("ECR_EDGE_TIMEOUT", Some("3"));
+    let start = Instant::now();
+    let out = s.get();
+    let msg = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        msg.contains("IoT credentials") && msg.contains("rejected our certificate"),
+        "{msg}"
+    );
+    assert!(s.iot.calls().is_empty());
+    assert!(s.iot.handshake_failures() >= 1);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let _ = &s.device_ca;
+}
+
+#[test]
+fn configuration_errors_reach_the_user_and_are_not_retried() {
+    for (status, message) in [
+        (404, "Role alias does not exist"),
+        (403, "Access Denied"),
+        (403, "Certificate is invalid on this endpoint"),
+        (
+            400,
+            "Unable to assume the role, or the role to assume does not exist",
+        ),
+    ] {
+        let s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+        s.iot.set_mode(IotMode::Status(status, message));
+        let out = s.get();
+        let msg = text(&out.stdout);
+        assert!(
+            msg.contains(&format!("refused ({status}): {message}")),
+            "{msg}"
+        );
+        assert_eq!(s.iot.calls().len(), 1, "{message}: not retried");
+        assert!(s.sb.fake.calls().is_empty());
+    }
+}
+
+#[test]
+fn throttling_server_errors_and_resets_are_retried() {
+    for mode in [
+        IotMode::Status(429, "Rate exceeded"),
+        IotMode::Status(500, "Internal"),
+        IotMode::Reset,
+    ] {
+        let s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+        s.iot.fail_next(2, mode.clone());
+        let out = s.get();
+        assert!(out.status.success(), "{mode:?}: {}", text(&out.stdout));
+        assert_eq!(s.iot.calls().len(), 3, "{mode:?}");
+    }
+}
+
+#[test]
+fn hanging_endpoint_is_bounded_by_the_deadline() {
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    s.sb.set("ECR_EDGE_TIMEOUT", Some("2"));
+    s.iot.set_mode(IotMode::Hang);
+    let start = Instant::now();
+    let out = s.get();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("no answer"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn local_identity_problems_are_caught_before_any_network_call() {
+    // Group/other-readable key.
+    let s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&s.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let msg = text(&s.get().stdout);
+    assert!(
+        msg.contains("chmod 600") && msg.contains("mode 644"),
+        "{msg}"
+    );
+    assert!(s.iot.calls().is_empty() && s.iot.handshake_failures() == 0);
+    s.write_config("allow_insecure_key_permissions = true\n");
+    assert!(s.get().status.success());
+
+    for (validity, expect) in [
+        (Validity::Expired, "expired at 2021-01-01"),
+        (Validity::Future, "not valid until 2099-01-01"),
+    ] {
+        let s = IotSandbox::new(KeyKind::EcPkcs8, validity);
+        let msg = text(&s.get().stdout);
+        assert!(msg.contains(expect), "{msg}");
+        assert!(s.iot.calls().is_empty() && s.iot.handshake_failures() == 0);
+    }
+
+    // A key that belongs to another certificate.
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let other_dir = s.sb.dir.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let (_, other_key) = device_identity(
+        &other_dir,
+        &s.device_ca,
+        KeyKind::EcPkcs8,
+        Validity::Current,
+    );
+    s.key = other_key;
+    s.write_config("");
+    let msg = text(&s.get().stdout);
+    assert!(msg.contains("does not belong to certificate"), "{msg}");
+    assert!(s.iot.calls().is_empty() && s.iot.handshake_failures() == 0);
+}
+
+#[test]
+fn cross_account_role_hop_through_sts() {
+    let s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    s.write_config("role_arn = \"arn:aws:iam::210987654321:role/ecr-pull\"\n");
+    let out = s.get();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let calls = s.sb.fake.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0].service, "sts");
+    assert_eq!(calls[0].connect_host, "sts.us-west-2.amazonaws.com");
+    assert_eq!(
+        calls[0].access_key,
+        support::ACCESS_KEY_ID,
+        "STS signed with the exchanged key"
+    );
+    assert!(calls[0].authentic);
+    assert_eq!(calls[1].service, "ecr");
+    assert_eq!(
+        calls[1].access_key,
+        support::ROLE_ACCESS_KEY_ID,
+        "ECR signed with the assumed role"
+    );
+    assert!(calls[1].authentic);
+}
+
+#[test]
+fn credentials_command_prints_credential_process_json() {
+    let s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let mut c = s.sb.command_for(&support::binary(), "credentials");
+    c.arg("--config").arg(s.sb.dir.path().join("config.toml"));
+    let out = support::run_with_input(c, b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["Version"], 1);
+    assert_eq!(v["AccessKeyId"], support::ACCESS_KEY_ID);
+    assert_eq!(v["SecretAccessKey"], support::SECRET_ACCESS_KEY);
+    assert_eq!(v["SessionToken"], support::SESSION_TOKEN);
+    assert!(v["Expiration"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(s.iot.calls().len(), 1);
+    // Without [iot] there is nothing to exchange.
+    std::fs::write(s.sb.dir.path().join("config.toml"), "").unwrap();
+    let out = support::run_with_input(s.sb.command_for(&support::binary(), "credentials"), b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no [iot] section"));
+}
+
+#[test]
+fn invalid_configuration_names_the_key_and_line() {
+    let s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let bad = std::fs::read_to_string(s.sb.dir.path().join("config.toml"))
+        .unwrap()
+        .replace("thing_name", "thing_nme");
+    std::fs::write(s.sb.dir.path().join("config.toml"), bad).unwrap();
+    let out = s.get();
+    let msg = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(msg.contains("thing_nme") && msg.contains("line 4"), "{msg}");
+    assert!(s.iot.calls().is_empty());
+}
+
+#[test]
+fn no_secret_from_the_iot_path_reaches_output() {
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    s.sb.set("ECR_EDGE_LOG", Some("trace"));
+    let ok = s.get();
+    let key_pem = std::fs::read_to_string(&s.key).unwrap();
+    let key_body: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    for out in [&ok.stdout, &ok.stderr] {
+        let t = text(out);
+        for secret in [
+            support::SECRET_ACCESS_KEY,
+            support::SESSION_TOKEN,
+            &key_body[..40],
+        ] {
+            assert!(!t.contains(secret), "leaked {secret}: {t}");
+        }
+    }
+    s.iot.set_mode(IotMode::Status(403, "Access Denied"));
+    let _ = std::fs::remove_dir_all(s.sb.cache_dir());
+    let bad = s.get();
+    assert!(!text(&bad.stderr).contains(support::SECRET_ACCESS_KEY));
+}
