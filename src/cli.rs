@@ -35,6 +35,31 @@ enum Command {
     /// Print the device's exchanged IoT role credentials as credential_process JSON (for
     /// `credential_process = ecr-edge credentials` in ~/.aws/config).
     Credentials,
+    /// Add exact credHelpers entries naming ecr-edge to the Docker config (and, with
+    /// --containers, the containers auth file), keeping everything else in the file.
+    Configure {
+        /// Registry host (repeatable); URLs are reduced to the bare host.
+        #[arg(long = "registry", value_name = "HOST")]
+        registries: Vec<String>,
+        /// With --region: the private registry of this 12-digit account.
+        #[arg(long, requires = "region")]
+        account: Option<String>,
+        /// With --account: the registry's region.
+        #[arg(long, requires = "account")]
+        region: Option<String>,
+        /// Also the containers auth file ($REGISTRY_AUTH_FILE or ~/.config/containers/auth.json).
+        #[arg(long)]
+        containers: bool,
+        /// The Docker config file [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]
+        #[arg(long, value_name = "PATH")]
+        docker_config: Option<PathBuf>,
+        /// Take the entries out instead (only entries naming ecr-edge).
+        #[arg(long)]
+        remove: bool,
+        /// Print the changes without writing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 const HELPER_PREFIX: &str = "docker-credential-";
@@ -66,6 +91,22 @@ pub fn main(args: Vec<OsString>) -> u8 {
         Some(Command::Helper { action }) => {
             run_helper("ecr-edge helper", Some(&action), 2, cli.config.as_deref())
         }
+        Some(Command::Configure {
+            registries,
+            account,
+            region,
+            containers,
+            docker_config,
+            remove,
+            dry_run,
+        }) => configure(
+            registries,
+            account.zip(region),
+            containers,
+            docker_config,
+            remove,
+            dry_run,
+        ),
         Some(Command::Credentials) => match credentials(cli.config.as_deref()) {
             Ok(json) => {
                 println!("{json}");
@@ -98,6 +139,80 @@ fn run_helper(program: &str, action: Option<&str>, argc: usize, config: Option<&
             1
         }
     }
+}
+
+/// `ecr-edge configure`: exit 0 when every file is (now) right, 1 when one could not be
+/// updated, 2 for unusable arguments.
+fn configure(
+    registries: Vec<String>,
+    account_region: Option<(String, String)>,
+    containers: bool,
+    docker_config: Option<PathBuf>,
+    remove: bool,
+    dry_run: bool,
+) -> u8 {
+    let mut inputs = registries;
+    if let Some((account, region)) = account_region {
+        inputs.push(format!("{account}.dkr.ecr.{region}.amazonaws.com"));
+    }
+    if inputs.is_empty() {
+        eprintln!(
+            "ecr-edge configure: name at least one --registry HOST (or --account and --region)"
+        );
+        return 2;
+    }
+    let mut hosts = Vec::new();
+    for input in &inputs {
+        match crate::registry::Registry::parse(input) {
+            Some(r) => {
+                if r.host() != input {
+                    println!("using the bare host {} for {input:?}", r.host());
+                }
+                hosts.push(r.host().to_owned());
+            }
+            None => {
+                eprintln!("ecr-edge configure: {input:?} is not an Amazon ECR registry host");
+                return 2;
+            }
+        }
+    }
+    let mut targets = Vec::new();
+    match docker_config.or_else(crate::configure::docker_config_path) {
+        Some(p) => targets.push(p),
+        None => {
+            eprintln!(
+                "ecr-edge configure: HOME and DOCKER_CONFIG are unset; use --docker-config PATH"
+            );
+            return 2;
+        }
+    }
+    if containers {
+        match crate::configure::containers_auth_path() {
+            Some(p) => targets.push(p),
+            None => {
+                eprintln!("ecr-edge configure: HOME and REGISTRY_AUTH_FILE are unset");
+                return 2;
+            }
+        }
+    }
+    let mut status = 0;
+    for path in targets {
+        match crate::configure::apply(&path, &hosts, remove, dry_run) {
+            Ok(changes) if changes.is_empty() => println!("{}: already up to date", path.display()),
+            Ok(changes) => {
+                let verb = if dry_run { "would change" } else { "updated" };
+                println!("{} {verb}:", path.display());
+                for c in changes {
+                    println!("  {c}");
+                }
+            }
+            Err(e) => {
+                eprintln!("ecr-edge configure: {e}");
+                status = 1;
+            }
+        }
+    }
+    status
 }
 
 /// `ecr-edge credentials`: the `[iot]` exchange (and role hop), as `credential_process` JSON.

@@ -155,6 +155,22 @@ fn check_dir(dir: &Path) -> Result<(), FilesError> {
 /// [`FilesError`] when the file is a symlink or not a regular file, belongs to another user, is
 /// larger than `limit`, or cannot be read.
 pub fn read_private(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, FilesError> {
+    read_checked(path, limit, true)
+}
+
+/// Reads a whole regular file, at most `limit` bytes, without following a symlink, whoever owns
+/// it (a user's Docker config edited by root keeps its owner).
+///
+/// # Errors
+/// As [`read_private`], except ownership; a missing file is an error here.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, FilesError> {
+    read_checked(path, limit, false)?.ok_or_else(|| FilesError::Io {
+        path: path.to_owned(),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })
+}
+
+fn read_checked(path: &Path, limit: u64, must_own: bool) -> Result<Option<Vec<u8>>, FilesError> {
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
@@ -177,7 +193,7 @@ pub fn read_private(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, FilesErr
             found: kind_of(&meta),
         });
     }
-    if meta.uid() != geteuid().as_raw() {
+    if must_own && meta.uid() != geteuid().as_raw() {
         return Err(FilesError::NotOwned {
             path: path.to_owned(),
             owner: meta.uid(),
@@ -210,6 +226,20 @@ static TEMP_COUNTER: AtomicU32 = AtomicU32::new(0);
 /// # Errors
 /// [`FilesError::Io`] for any failed step.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FilesError> {
+    write_atomic_owned(path, contents, mode, None)
+}
+
+/// [`write_atomic`], and the new file gets `owner` (uid, gid) before it replaces the old one, so
+/// a file edited by root for a user stays the user's.
+///
+/// # Errors
+/// [`FilesError::Io`] for any failed step.
+pub fn write_atomic_owned(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), FilesError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -234,6 +264,12 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Files
         // The umask may have narrowed `mode`; never widened it, but make it exact.
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io_err(&tmp))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io_err(&tmp))?;
+            // chown clears set-id bits; restore the exact mode.
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io_err(&tmp))?;
+        }
         file.write_all(contents).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
         fs::rename(&tmp, path).map_err(io_err(path))?;
@@ -263,7 +299,7 @@ pub struct Lock {
 /// [`FilesError::LockTimeout`] when the deadline passes; [`FilesError::Io`] when the lock file
 /// cannot be opened.
 pub fn lock_exclusive(path: &Path, deadline: Instant) -> Result<Lock, FilesError> {
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -272,6 +308,24 @@ pub fn lock_exclusive(path: &Path, deadline: Instant) -> Result<Lock, FilesError
         .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
         .open(path)
         .map_err(io_err(path))?;
+    lock_file(file, path, deadline)
+}
+
+/// Takes an exclusive `flock` on the directory `dir` itself (no lock file is left behind),
+/// waiting until `deadline`.
+///
+/// # Errors
+/// As [`lock_exclusive`].
+pub fn lock_exclusive_dir(dir: &Path, deadline: Instant) -> Result<Lock, FilesError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).bits())
+        .open(dir)
+        .map_err(io_err(dir))?;
+    lock_file(file, dir, deadline)
+}
+
+fn lock_file(mut file: File, path: &Path, deadline: Instant) -> Result<Lock, FilesError> {
     let mut pause = Duration::from_millis(2);
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {

@@ -5,6 +5,7 @@
 //! - [`helper`]: the Docker credential helper protocol, and the cached `get` hot path.
 //! - [`cache`]: the per-user token cache, keyed by registry and credential-source identity.
 //! - [`config`]: the configuration file (`[iot]`), validated once.
+//! - [`configure`]: exact `credHelpers` entries in Docker and containers auth files.
 //! - [`credentials`]: naming the credential source without loading it.
 //! - [`iot`]: the AWS IoT certificate-for-credentials exchange (mutual TLS).
 //! - [`ecr`]: fetching a token (the only async and AWS SDK code on the helper path).
@@ -19,6 +20,7 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod configure;
 pub mod credentials;
 pub mod ecr;
 pub mod files;

@@ -1,0 +1,354 @@
+//! `ecr-edge configure`: write exact `credHelpers` entries into Docker and containers auth files.
+//!
+//! A `credHelpers` key that is not exactly the registry host silently means anonymous pulls, so
+//! keys are always written as the bare host [`Registry::host`] derives. The user's file is
+//! otherwise left as it was: every other key and value survives (order kept, numbers kept to the
+//! digit), its mode and owner are kept, the write is atomic, concurrent runs serialise on a lock
+//! of the file's directory, and a file that is not a JSON object is reported and not touched.
+//! Running twice changes nothing the second time.
+//!
+//! The edit itself is pure ([`edit`]: text in, text out) so it can be tested and fuzzed apart
+//! from the file handling.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::files::{self, FilesError};
+
+/// The helper name written as the `credHelpers` value (`docker-credential-ecr-edge`).
+pub const HELPER_NAME: &str = "ecr-edge";
+
+/// Largest auth file read: Docker configs are a few KiB even with many registries.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Why a configuration file could not be updated.
+#[derive(Debug)]
+pub enum ConfigureError {
+    /// The existing file is not a JSON object; it was left untouched.
+    NotJson {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        detail: String,
+    },
+    /// `credHelpers` exists but is not an object; the file was left untouched.
+    BadCredHelpers {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Reading, locking or writing failed.
+    Files(FilesError),
+}
+
+impl fmt::Display for ConfigureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigureError::NotJson { path, detail } => write!(
+                f,
+                "{} is not a valid JSON object ({detail}); left untouched",
+                path.display()
+            ),
+            ConfigureError::BadCredHelpers { path } => write!(
+                f,
+                "{}: \"credHelpers\" is not an object; left untouched",
+                path.display()
+            ),
+            ConfigureError::Files(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConfigureError {}
+
+impl From<FilesError> for ConfigureError {
+    fn from(e: FilesError) -> Self {
+        ConfigureError::Files(e)
+    }
+}
+
+/// One change to `credHelpers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new entry.
+    Added(String),
+    /// An entry that named another helper now names ecr-edge.
+    Replaced {
+        /// The registry host.
+        host: String,
+        /// The helper it named before.
+        was: String,
+    },
+    /// An ecr-edge entry taken out.
+    Removed(String),
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Added(h) => write!(f, "+ credHelpers[\"{h}\"] = \"{HELPER_NAME}\""),
+            Change::Replaced { host, was } => write!(
+                f,
+                "~ credHelpers[\"{host}\"] = \"{HELPER_NAME}\" (was \"{was}\")"
+            ),
+            Change::Removed(h) => write!(f, "- credHelpers[\"{h}\"] = \"{HELPER_NAME}\""),
+        }
+    }
+}
+
+/// Applies the entries for `hosts` to the JSON text `old` (empty text = a new file).
+///
+/// Returns the new text (tab-indented as Docker writes it, with a final newline) and the
+/// changes; no changes means the file should not be rewritten. With `remove`, only entries that
+/// name ecr-edge are taken out.
+///
+/// # Errors
+/// A message when `old` is not a JSON object or its `credHelpers` is not an object.
+pub fn edit(old: &str, hosts: &[String], remove: bool) -> Result<(String, Vec<Change>), EditError> {
+    let mut root: Map<String, Value> = if old.trim().is_empty() {
+        Map::new()
+    } else {
+        match serde_json::from_str::<Value>(old) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => {
+                return Err(EditError::NotObject(
+                    "the top level is not an object".into(),
+                ))
+            }
+            Err(e) => return Err(EditError::NotObject(e.to_string())),
+        }
+    };
+    let mut changes = Vec::new();
+    let helpers = root
+        .entry("credHelpers")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(helpers) = helpers else {
+        return Err(EditError::BadCredHelpers);
+    };
+    for host in hosts {
+        match (remove, helpers.get(host)) {
+            (false, Some(Value::String(v))) if v == HELPER_NAME => {}
+            (false, existing) => {
+                let change = match existing {
+                    Some(v) => Change::Replaced {
+                        host: host.clone(),
+                        was: v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                    },
+                    None => Change::Added(host.clone()),
+                };
+                helpers.insert(host.clone(), Value::String(HELPER_NAME.into()));
+                changes.push(change);
+            }
+            (true, Some(Value::String(v))) if v == HELPER_NAME => {
+                helpers.shift_remove(host);
+                changes.push(Change::Removed(host.clone()));
+            }
+            (true, _) => {}
+        }
+    }
+    if helpers.is_empty() && remove {
+        root.shift_remove("credHelpers");
+    }
+    let mut out = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+    serde::Serialize::serialize(&Value::Object(root), &mut ser)
+        .map_err(|e| EditError::NotObject(e.to_string()))?;
+    out.push(b'\n');
+    Ok((String::from_utf8(out).unwrap_or_default(), changes))
+}
+
+/// Why [`edit`] refused a file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EditError {
+    /// Not JSON, or not an object at the top.
+    NotObject(String),
+    /// `credHelpers` is not an object.
+    BadCredHelpers,
+}
+
+/// How long a run waits for another `configure` on the same directory.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Updates the auth file at `path` for `hosts`; returns the changes made (or, with `dry_run`,
+/// the changes that would be made, writing nothing).
+///
+/// A missing file is created (0600, its directory 0700). An existing file keeps its mode and
+/// owner. A symlink at `path` is refused rather than followed or replaced.
+///
+/// # Errors
+/// [`ConfigureError`]; the file is unchanged in every error case.
+pub fn apply(
+    path: &Path,
+    hosts: &[String],
+    remove: bool,
+    dry_run: bool,
+) -> Result<Vec<Change>, ConfigureError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.exists() && !dry_run {
+        files::ensure_private_dir(&dir)?;
+    }
+    // Serialise concurrent runs: a lock on the directory itself, so no lock file is left behind.
+    let _lock = if dir.exists() && !dry_run {
+        Some(files::lock_exclusive_dir(&dir, Instant::now() + LOCK_WAIT)?)
+    } else {
+        None
+    };
+    let existing = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(FilesError::Unexpected {
+                path: path.to_owned(),
+                found: "a symlink",
+            }
+            .into())
+        }
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(FilesError::Unexpected {
+                path: path.to_owned(),
+                found: "not a regular file",
+            }
+            .into())
+        }
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(FilesError::Io {
+                path: path.to_owned(),
+                source,
+            }
+            .into())
+        }
+    };
+    let old = match &existing {
+        Some(_) => files::read_limited(path, MAX_FILE_BYTES)?,
+        None => Vec::new(),
+    };
+    let old = String::from_utf8(old).map_err(|_| ConfigureError::NotJson {
+        path: path.to_owned(),
+        detail: "not UTF-8".into(),
+    })?;
+    let (new, changes) = edit(&old, hosts, remove).map_err(|e| match e {
+        EditError::NotObject(detail) => ConfigureError::NotJson {
+            path: path.to_owned(),
+            detail,
+        },
+        EditError::BadCredHelpers => ConfigureError::BadCredHelpers {
+            path: path.to_owned(),
+        },
+    })?;
+    if changes.is_empty() || dry_run {
+        return Ok(changes);
+    }
+    let (mode, owner) = match &existing {
+        Some(m) => (m.mode() & 0o7777, Some((m.uid(), m.gid()))),
+        None => (0o600, None),
+    };
+    files::write_atomic_owned(path, new.as_bytes(), mode, owner)?;
+    Ok(changes)
+}
+
+/// The Docker config file: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+pub fn docker_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|v| !v.is_empty()) {
+        return Some(Path::new(&dir).join("config.json"));
+    }
+    home().map(|h| h.join(".docker/config.json"))
+}
+
+/// The persistent containers auth file (podman, skopeo, buildah): `$REGISTRY_AUTH_FILE`, else
+/// `~/.config/containers/auth.json`.
+pub fn containers_auth_path() -> Option<PathBuf> {
+    if let Some(f) = std::env::var_os("REGISTRY_AUTH_FILE").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(f));
+    }
+    home().map(|h| h.join(".config/containers/auth.json"))
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(h: &[&str]) -> Vec<String> {
+        h.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn adds_to_empty_and_is_idempotent() {
+        let (text, changes) = edit("", &hosts(&["public.ecr.aws"]), false).unwrap();
+        assert_eq!(
+            text,
+            "{\n\t\"credHelpers\": {\n\t\t\"public.ecr.aws\": \"ecr-edge\"\n\t}\n}\n"
+        );
+        assert_eq!(changes, vec![Change::Added("public.ecr.aws".into())]);
+        let (again, changes) = edit(&text, &hosts(&["public.ecr.aws"]), false).unwrap();
+        assert!(changes.is_empty());
+        assert_eq!(again, text);
+    }
+
+    #[test]
+    fn keeps_everything_else_in_order_and_precision() {
+        let old = r#"{"zeta":1,"auths":{"ghcr.io":{"auth":"eA=="}},"big":123456789012345678901234567890,"f":1.50,"credHelpers":{"a.io":"gcloud"},"alpha":[true,null]}"#;
+        let (text, _) = edit(old, &hosts(&["public.ecr.aws"]), false).unwrap();
+        let keys: Vec<&str> = ["zeta", "auths", "big", "f", "credHelpers", "alpha"].to_vec();
+        let mut last = 0;
+        for k in keys {
+            let at = text.find(&format!("\"{k}\"")).unwrap();
+            assert!(at >= last, "{k} out of order in {text}");
+            last = at;
+        }
+        assert!(text.contains("123456789012345678901234567890"));
+        assert!(text.contains("1.50"));
+        assert!(text.contains("\"a.io\": \"gcloud\""));
+    }
+
+    #[test]
+    fn replaces_other_helpers_and_removes_only_ours() {
+        let old = r#"{"credHelpers":{"h1":"ecr-login","h2":"ecr-edge","h3":"other"}}"#;
+        let (text, changes) = edit(old, &hosts(&["h1"]), false).unwrap();
+        assert_eq!(
+            changes,
+            vec![Change::Replaced {
+                host: "h1".into(),
+                was: "ecr-login".into()
+            }]
+        );
+        let (text, changes) = edit(&text, &hosts(&["h1", "h2", "h3", "h4"]), true).unwrap();
+        assert_eq!(
+            changes,
+            vec![Change::Removed("h1".into()), Change::Removed("h2".into())]
+        );
+        assert!(text.contains("\"h3\": \"other\""));
+        let (text, _) = edit(r#"{"credHelpers":{"h":"ecr-edge"}}"#, &hosts(&["h"]), true).unwrap();
+        assert_eq!(text, "{}\n");
+    }
+
+    #[test]
+    fn refuses_non_objects() {
+        for bad in ["[]", "3", "{", "{\"a\":1,}", "null", "\"x\""] {
+            assert!(
+                matches!(
+                    edit(bad, &hosts(&["h"]), false),
+                    Err(EditError::NotObject(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            edit(r#"{"credHelpers":[]}"#, &hosts(&["h"]), false),
+            Err(EditError::BadCredHelpers)
+        );
+    }
+}
