@@ -21,5 +21,18 @@ fn main() {
         );
     }
     println!("cargo:rustc-env=ECR_EDGE_TARGET={target}");
+    // When the binary was built (SOURCE_DATE_EPOCH for reproducible builds): a device clock
+    // earlier than this has certainly not been set, which `doctor` reports.
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        });
+    println!("cargo:rustc-env=ECR_EDGE_BUILD_EPOCH={epoch}");
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     println!("cargo:rerun-if-changed=build.rs");
 }

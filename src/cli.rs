@@ -35,6 +35,13 @@ enum Command {
     /// Print the device's exchanged IoT role credentials as credential_process JSON (for
     /// `credential_process = ecr-edge credentials` in ~/.aws/config).
     Credentials,
+    /// Check this device: CPU and helpers, credHelpers keys, config, network, clock,
+    /// credentials. Exits 0 only when nothing failed.
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Add exact credHelpers entries naming ecr-edge to the Docker config (and, with
     /// --containers, the containers auth file), keeping everything else in the file.
     Configure {
@@ -107,6 +114,7 @@ pub fn main(args: Vec<OsString>) -> u8 {
             remove,
             dry_run,
         ),
+        Some(Command::Doctor { json }) => doctor(cli.config.as_deref(), json),
         Some(Command::Credentials) => match credentials(cli.config.as_deref()) {
             Ok(json) => {
                 println!("{json}");
@@ -139,6 +147,35 @@ fn run_helper(program: &str, action: Option<&str>, argc: usize, config: Option<&
             1
         }
     }
+}
+
+/// `ecr-edge doctor`: prints each check; exit 0 when none failed, 1 otherwise.
+fn doctor(config: Option<&Path>, json: bool) -> u8 {
+    let deadline = match helper::deadline_from_env() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let checks = crate::doctor::run(config, deadline);
+    let ok = crate::doctor::ok(&checks);
+    if json {
+        println!("{}", serde_json::json!({ "ok": ok, "checks": checks }));
+    } else {
+        for c in &checks {
+            println!("{c}");
+        }
+        println!(
+            "{}",
+            if ok {
+                "all checks passed"
+            } else {
+                "some checks failed"
+            }
+        );
+    }
+    u8::from(!ok)
 }
 
 /// `ecr-edge configure`: exit 0 when every file is (now) right, 1 when one could not be

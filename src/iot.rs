@@ -19,12 +19,12 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_credential_types::provider::{self, error::CredentialsError, ProvideCredentials};
 use aws_credential_types::Credentials;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
 use crate::config::IotConfig;
+use crate::https::{self, HttpsError};
 use crate::token;
 
 /// Largest response body accepted: a success is about 1 KB.
@@ -463,7 +463,7 @@ impl Device {
 
 /// The trust store for the endpoint: `ca` when configured; else the system store
 /// (`SSL_CERT_FILE` honoured); else the compiled-in Amazon roots (images without a CA bundle).
-fn trust_roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, IotError> {
+pub(crate) fn trust_roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, IotError> {
     let mut roots = rustls::RootCertStore::empty();
     let add_pem = |roots: &mut rustls::RootCertStore, pem: &[u8]| {
         for cert in CertificateDer::pem_slice_iter(pem).flatten() {
@@ -511,84 +511,38 @@ pub fn endpoint_region(endpoint: &str) -> Option<&str> {
 }
 
 /// Splits `host[:port]` (port 443 by default).
-fn host_port(endpoint: &str) -> (&str, u16) {
+pub fn host_port(endpoint: &str) -> (&str, u16) {
     match endpoint.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().unwrap_or(443)),
         None => (endpoint, 443),
     }
 }
 
-/// One exchange attempt: connect, mutual TLS, GET, read a bounded body.
+/// One exchange attempt: connect (through `HTTPS_PROXY` when set), mutual TLS, GET.
 async fn attempt(cfg: &IotConfig, device: &Device) -> Result<(u16, Bytes), IotError> {
     let (host, port) = host_port(&cfg.endpoint);
-    let unreachable = |detail: String| IotError::Unreachable {
-        endpoint: cfg.endpoint.clone(),
-        detail,
-    };
-    let server_name =
-        ServerName::try_from(host.to_owned()).map_err(|e| IotError::Tls(e.to_string()))?;
-    let tcp = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(device.tls.clone())
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| connection_error(cfg, &e))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-    let driver = tokio::spawn(conn);
-    let request = hyper::Request::get(format!("/role-aliases/{}/credentials", cfg.role_alias))
-        .header(hyper::header::HOST, cfg.endpoint.as_str())
-        .header("x-amzn-iot-thingname", cfg.thing_name.as_str())
-        .header(
-            hyper::header::USER_AGENT,
-            concat!("ecr-edge/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| IotError::Tls(e.to_string()))?;
-    // With TLS 1.3 a refused client certificate shows up here, on the first read.
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| connection_error(cfg, &e))?;
-    let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-        .collect()
-        .await
-        .map_err(|e| unreachable(format!("reading body: {e}")))?
-        .to_bytes();
-    driver.abort();
-    Ok((status, body))
-}
-
-/// Classifies a connection failure: a TLS alert or certificate error is [`IotError::Handshake`]
-/// (retrying cannot help), anything else [`IotError::Unreachable`].
-fn connection_error(cfg: &IotConfig, err: &(dyn std::error::Error + 'static)) -> IotError {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(
-            t @ (rustls::Error::AlertReceived(_)
-            | rustls::Error::InvalidCertificate(_)
-            | rustls::Error::NoCertificatesPresented),
-        ) = tls
-        {
-            return IotError::Handshake {
-                endpoint: cfg.endpoint.clone(),
-                detail: t.to_string(),
-            };
-        }
-        cur = e.source();
-    }
-    IotError::Unreachable {
-        endpoint: cfg.endpoint.clone(),
-        detail: err.to_string(),
+    let path = format!("/role-aliases/{}/credentials", cfg.role_alias);
+    let headers = [("x-amzn-iot-thingname", cfg.thing_name.as_str())];
+    match https::get(
+        device.tls.clone(),
+        host,
+        port,
+        &path,
+        &headers,
+        MAX_RESPONSE_BYTES,
+    )
+    .await
+    {
+        Ok(r) => Ok((r.status, r.body)),
+        Err(HttpsError::Handshake(detail)) => Err(IotError::Handshake {
+            endpoint: cfg.endpoint.clone(),
+            detail,
+        }),
+        Err(HttpsError::Invalid(detail)) => Err(IotError::Tls(detail)),
+        Err(HttpsError::Unreachable(detail)) => Err(IotError::Unreachable {
+            endpoint: cfg.endpoint.clone(),
+            detail,
+        }),
     }
 }
 

@@ -7,7 +7,10 @@
 //! - [`config`]: the configuration file (`[iot]`), validated once.
 //! - [`configure`]: exact `credHelpers` entries in Docker and containers auth files.
 //! - [`credentials`]: naming the credential source without loading it.
+//! - [`https`]: one HTTPS GET over rustls through the proxy (IoT exchange, doctor probes).
+//! - [`elf`]: which CPU an executable was built for.
 //! - [`iot`]: the AWS IoT certificate-for-credentials exchange (mutual TLS).
+//! - [`doctor`]: diagnose a device that cannot pull.
 //! - [`ecr`]: fetching a token (the only async and AWS SDK code on the helper path).
 //! - [`token`]: a token, its half-life and its expiry margin.
 //! - [`files`]: atomic, private, symlink-refusing file access and the cross-process lock.
@@ -22,9 +25,12 @@ pub mod cli;
 pub mod config;
 pub mod configure;
 pub mod credentials;
+pub mod doctor;
 pub mod ecr;
+pub mod elf;
 pub mod files;
 pub mod helper;
+pub mod https;
 pub mod iot;
 pub mod registry;
 pub mod token;
@@ -39,6 +45,12 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The target triple this binary was built for (`aarch64-unknown-linux-musl`, …).
 pub const TARGET: &str = env!("ECR_EDGE_TARGET");
+
+/// When this binary was built, seconds since the epoch (`SOURCE_DATE_EPOCH` if set).
+pub const BUILD_EPOCH: i64 = match i64::from_str_radix(env!("ECR_EDGE_BUILD_EPOCH"), 10) {
+    Ok(v) => v,
+    Err(_) => 0,
+};
 
 /// `ecr-edge <version> (<target triple>)`, as `--version` and the helper's `version` print it.
 pub fn version_line() -> String {

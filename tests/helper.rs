@@ -274,11 +274,19 @@ fn failures_name_their_cause_and_are_never_not_found() {
     sb.fake.set_mode(Mode::IssueExpired);
     let s = text(&sb.helper("get", HOST.as_bytes()).stdout);
     assert!(s.contains("token already expired"), "{s}");
+}
 
-    sb.fake.set_mode(Mode::Ok);
+#[test]
+fn a_device_clock_an_hour_off_is_corrected_from_the_server_date() {
+    // ECR rejects the first request as outside the signing window and sends its Date; the SDK
+    // adjusts its clock offset and signs the retry with it, as real AWS allows.
+    let sb = Sandbox::new();
     sb.fake.set_clock_offset(3600);
-    let s = text(&sb.helper("get", HOST.as_bytes()).stdout);
-    assert!(s.contains("clock skew"), "{s}");
+    let out = sb.helper("get", HOST.as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let calls = sb.fake.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(!calls[0].authentic && calls[1].authentic);
 }
 
 #[test]

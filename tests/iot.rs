@@ -77,6 +77,11 @@ fn get_signs_ecr_call_with_exchanged_credentials() {
         format!("/role-aliases/{ROLE_ALIAS}/credentials")
     );
     assert_eq!(calls[0].thing.as_deref(), Some(THING_NAME));
+    assert_eq!(
+        s.sb.fake.tunnels(),
+        vec![s.iot.endpoint.clone()],
+        "exchange went through HTTPS_PROXY"
+    );
     let ecr = s.sb.fake.calls();
     assert_eq!(ecr.len(), 1);
     assert!(ecr[0].authentic, "signature and session token verified");

@@ -165,6 +165,8 @@ pub struct Call {
 struct State {
     faults: Faults<Mode>,
     calls: Vec<Call>,
+    /// CONNECT targets tunnelled through to another local fake.
+    tunnels: Vec<String>,
     password: String,
     lifetime_secs: f64,
     secret: String,
@@ -188,6 +190,7 @@ impl FakeEcr {
         let state = Arc::new(Mutex::new(State {
             faults: Faults::new(Mode::Ok),
             calls: Vec::new(),
+            tunnels: Vec::new(),
             password: "fake-ecr-password-0001".into(),
             lifetime_secs: 43_200.0,
             secret: SECRET_ACCESS_KEY.into(),
@@ -238,6 +241,11 @@ impl FakeEcr {
     /// Shifts the fake's clock (to simulate a device whose clock is off).
     pub fn set_clock_offset(&self, secs: i64) {
         self.state.lock().unwrap().clock_offset_secs = secs;
+    }
+
+    /// CONNECT targets the proxy tunnelled to other local fakes.
+    pub fn tunnels(&self) -> Vec<String> {
+        self.state.lock().unwrap().tunnels.clone()
     }
 
     /// Every request received so far.
@@ -296,6 +304,13 @@ fn handle(
         .unwrap_or(&target)
         .to_owned();
     let mut raw = conn;
+    if host == "localhost" {
+        // Another fake on this machine (the IoT provider): tunnel to it like a real proxy.
+        state.lock().unwrap().tunnels.push(target.clone());
+        let upstream = TcpStream::connect(&target)?;
+        raw.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+        return splice(raw, upstream);
+    }
     raw.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
     let mut tls =
         rustls::ServerConnection::new(ca.server_config(&host)).map_err(std::io::Error::other)?;
@@ -318,7 +333,7 @@ fn handle(
             Some(resp) => resp,
             None => respond(&mode, &call, &s),
         };
-        (mode, response)
+        (mode, with_date(response, s.clock_offset_secs))
     };
     match mode {
         Mode::Reset => return Ok(()),
@@ -333,6 +348,32 @@ fn handle(
     stream.flush()?;
     stream.conn.send_close_notify();
     let _ = stream.flush();
+    Ok(())
+}
+
+/// Adds a `Date` header (the fake's clock, offset as set) after the status line.
+fn with_date(response: Vec<u8>, offset: i64) -> Vec<u8> {
+    let date = aws_smithy_types::DateTime::from_secs(now_secs() as i64 + offset)
+        .fmt(aws_smithy_types::date_time::Format::HttpDate)
+        .unwrap();
+    let at = response.windows(2).position(|w| w == b"\r\n").unwrap_or(0) + 2;
+    let mut out = response[..at].to_vec();
+    out.extend_from_slice(format!("date: {date}\r\n").as_bytes());
+    out.extend_from_slice(&response[at..]);
+    out
+}
+
+/// Copies bytes both ways between `a` and `b` until either side closes.
+fn splice(a: TcpStream, b: TcpStream) -> std::io::Result<()> {
+    let (mut a2, mut b2) = (a.try_clone()?, b.try_clone()?);
+    let up = thread::spawn(move || {
+        let _ = std::io::copy(&mut a2, &mut b2);
+        let _ = b2.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut a, mut b) = (a, b);
+    let _ = std::io::copy(&mut b, &mut a);
+    let _ = a.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
     Ok(())
 }
 

@@ -1,0 +1,638 @@
+//! `ecr-edge doctor`: find why a device cannot pull, and say it in words.
+//!
+//! The silent failures this targets: a helper built for the wrong CPU (Docker says only
+//! "credentials not found"), a `credHelpers` key that is not exactly the registry host (anonymous
+//! pulls), a clock that is off (SigV4 and TLS fail), and credentials or permissions that do not
+//! work. Each check reports Pass, Warn or Fail with a line of detail; `doctor` exits 0 only when
+//! nothing failed. Network checks are bounded by the overall deadline.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{self, Config};
+use crate::credentials::Source;
+use crate::elf::{self, Arch};
+use crate::registry::Registry;
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Fine.
+    Pass,
+    /// Works, but worth a look.
+    Warn,
+    /// Broken: pulls will fail or go anonymous.
+    Fail,
+}
+
+/// One finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked (`cpu`, `helper`, `credHelpers`, …).
+    pub name: String,
+    /// The outcome.
+    pub status: Status,
+    /// What was found, and for a failure what to do.
+    pub detail: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.status {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        };
+        write!(f, "{tag}  {:<12} {}", self.name, self.detail)
+    }
+}
+
+fn check(name: &str, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.to_owned(),
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// Regions by partition, as of 2026; a region missing here is reported as unknown (Warn), a
+/// near miss of one of these as a typo (Fail).
+const REGIONS: &[&str] = &[
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "af-south-1",
+    "ap-east-1",
+    "ap-east-2",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ap-southeast-5",
+    "ap-southeast-6",
+    "ap-southeast-7",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ca-central-1",
+    "ca-west-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-north-1",
+    "il-central-1",
+    "me-south-1",
+    "me-central-1",
+    "mx-central-1",
+    "sa-east-1",
+    "us-gov-east-1",
+    "us-gov-west-1",
+    "cn-north-1",
+    "cn-northwest-1",
+    "eusc-de-east-1",
+    "us-iso-east-1",
+    "us-iso-west-1",
+    "us-isob-east-1",
+    "eu-isoe-west-1",
+    "us-isof-south-1",
+    "us-isof-east-1",
+];
+
+/// The DNS suffixes a region's registries use (standard, dual-stack).
+fn partition_suffixes(region: &str) -> &'static [&'static str] {
+    if region.starts_with("cn-") {
+        &["amazonaws.com.cn", "on.amazonwebservices.com.cn"]
+    } else if region.starts_with("eusc-") {
+        &["amazonaws.eu"]
+    } else if region.starts_with("us-isob-") {
+        &["sc2s.sgov.gov"]
+    } else if region.starts_with("us-isof-") {
+        &["csp.hci.ic.gov"]
+    } else if region.starts_with("us-iso-") {
+        &["c2s.ic.gov"]
+    } else if region.starts_with("eu-isoe-") {
+        &["cloud.adc-e.uk"]
+    } else {
+        &["amazonaws.com", "on.aws"]
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Judges one `credHelpers` key (whose helper is `helper`).
+pub fn check_key(key: &str, helper: &str) -> Check {
+    let Some(registry) = Registry::parse(key) else {
+        return if helper == crate::configure::HELPER_NAME
+            || key.contains(".dkr.ecr")
+            || key.contains(".dkr-ecr")
+        {
+            check(
+                "credHelpers",
+                Status::Fail,
+                format!("{key:?} is not an Amazon ECR registry host (12-digit account, dkr.ecr form, region, AWS suffix)"),
+            )
+        } else {
+            check(
+                "credHelpers",
+                Status::Pass,
+                format!("{key:?} -> {helper} (not ECR; not checked)"),
+            )
+        };
+    };
+    if registry.host() != key {
+        return check(
+            "credHelpers",
+            Status::Fail,
+            format!(
+                "{key:?} is not the bare registry host, so Docker never matches it and pulls \
+                 anonymously; use {:?} (ecr-edge configure --registry {key} fixes it)",
+                registry.host()
+            ),
+        );
+    }
+    let region = registry.region();
+    if registry.is_public() {
+        return check("credHelpers", Status::Pass, format!("{key} -> {helper}"));
+    }
+    if !REGIONS.contains(&region) {
+        let near = REGIONS
+            .iter()
+            .map(|r| (edit_distance(region, r), *r))
+            .min()
+            .filter(|(d, _)| *d <= 2);
+        return match near {
+            Some((_, r)) => check(
+                "credHelpers",
+                Status::Fail,
+                format!(
+                    "{key}: no region {region:?}; did you mean {:?}?",
+                    key.replace(region, r)
+                ),
+            ),
+            None => check(
+                "credHelpers",
+                Status::Warn,
+                format!("{key}: region {region:?} is not one ecr-edge knows (new region?)"),
+            ),
+        };
+    }
+    let suffix = key
+        .rsplit_once(&format!(".{region}."))
+        .map_or("", |(_, s)| s);
+    if !partition_suffixes(region).contains(&suffix) {
+        return check(
+            "credHelpers",
+            Status::Fail,
+            format!(
+                "{key}: region {region} is served under .{}, not .{suffix}",
+                partition_suffixes(region)[0]
+            ),
+        );
+    }
+    check("credHelpers", Status::Pass, format!("{key} -> {helper}"))
+}
+
+/// The auth files Docker and containers tools read `credHelpers` from, that exist.
+fn auth_files() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    out.extend(crate::configure::docker_config_path());
+    if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        out.push(Path::new(&run).join("containers/auth.json"));
+    }
+    out.extend(crate::configure::containers_auth_path());
+    out.dedup();
+    out.into_iter().filter(|p| p.exists()).collect()
+}
+
+/// `credHelpers` (key -> helper) and `credsStore` of one auth file.
+fn helpers_in(path: &Path) -> Result<(BTreeMap<String, String>, Option<String>), String> {
+    let bytes = crate::files::read_limited(path, crate::configure::MAX_FILE_BYTES)
+        .map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let mut map = BTreeMap::new();
+    if let Some(obj) = v.get("credHelpers").and_then(Value::as_object) {
+        for (k, h) in obj {
+            map.insert(k.clone(), h.as_str().unwrap_or("").to_owned());
+        }
+    }
+    let store = v
+        .get("credsStore")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok((map, store))
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+fn kernel_arch() -> (String, Option<Arch>) {
+    let machine = nix::sys::utsname::uname()
+        .map(|u| u.machine().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let arch = Arch::from_uname(&machine);
+    (machine, arch)
+}
+
+fn read_header(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64];
+    let mut f = std::fs::File::open(path).ok()?;
+    let n = f.read(&mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// Judges a helper program named by a config: on PATH, executable, built for this CPU.
+pub fn check_helper(name: &str, host: Option<Arch>, used_by: &str) -> Check {
+    use std::os::unix::fs::PermissionsExt;
+    let program = format!("docker-credential-{name}");
+    let Some(path) = find_on_path(&program) else {
+        return check(
+            "helper",
+            Status::Fail,
+            format!("{program} (for {used_by}) is not on PATH: Docker reports \"credentials not found\" and pulls anonymously"),
+        );
+    };
+    let executable = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+    if !executable {
+        return check(
+            "helper",
+            Status::Fail,
+            format!("{} is not executable (chmod +x)", path.display()),
+        );
+    }
+    match (read_header(&path).as_deref().and_then(elf::arch_of), host) {
+        (Some(built), Some(host)) if !built.runs_on(host) => check(
+            "helper",
+            Status::Fail,
+            format!(
+                "{} is built for {built}, but this machine is {host}: it cannot run, and Docker \
+                 shows only \"credentials not found\"; install the {host} build",
+                path.display()
+            ),
+        ),
+        (Some(built), _) => check(
+            "helper",
+            Status::Pass,
+            format!("{} ({built})", path.display()),
+        ),
+        (None, _) => check(
+            "helper",
+            Status::Pass,
+            format!("{} (script or non-ELF program)", path.display()),
+        ),
+    }
+}
+
+/// Runs every check. `config_flag` is `--config`; `deadline` bounds each network step.
+pub fn run(config_flag: Option<&Path>, deadline: Duration) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let this = elf::this_binary();
+    let (machine, kernel) = kernel_arch();
+    let userland = read_header(Path::new("/bin/sh"))
+        .as_deref()
+        .and_then(elf::arch_of);
+    checks.push(check(
+        "binary",
+        Status::Pass,
+        format!("{} for {this}", crate::version_line()),
+    ));
+    let host = userland.or(kernel);
+    match kernel {
+        Some(k) if this.runs_on(k) => {
+            let mut detail = format!("kernel {machine}");
+            if let Some(u) = userland {
+                detail.push_str(&format!(", userland {u}"));
+                if u != k {
+                    detail.push_str(&format!(
+                        " ({}-bit userland on a {k} kernel: helpers must be built for {u} or static)",
+                        if matches!(u, Arch::Arm { .. } | Arch::X86) { 32 } else { 64 }
+                    ));
+                }
+            }
+            let status = if userland.is_some_and(|u| u != k) {
+                Status::Warn
+            } else {
+                Status::Pass
+            };
+            checks.push(check("cpu", status, detail));
+        }
+        Some(k) => checks.push(check(
+            "cpu",
+            Status::Fail,
+            format!("this binary is for {this}, the kernel is {k}"),
+        )),
+        None => checks.push(check(
+            "cpu",
+            Status::Warn,
+            format!("unknown machine {machine:?}"),
+        )),
+    }
+
+    // Helpers and credHelpers keys in every auth file.
+    let mut registries: Vec<Registry> = Vec::new();
+    let files = auth_files();
+    if files.is_empty() {
+        checks.push(check(
+            "credHelpers",
+            Status::Warn,
+            "no Docker config or containers auth file: run `ecr-edge configure --registry HOST`",
+        ));
+    }
+    let mut helpers: BTreeMap<String, String> = BTreeMap::new();
+    for file in &files {
+        match helpers_in(file) {
+            Err(e) => checks.push(check(
+                "credHelpers",
+                Status::Fail,
+                format!("{}: {e}", file.display()),
+            )),
+            Ok((map, store)) => {
+                for (key, helper) in &map {
+                    checks.push(check_key(key, helper));
+                    helpers
+                        .entry(helper.clone())
+                        .or_insert_with(|| format!("{key} in {}", file.display()));
+                    if helper == crate::configure::HELPER_NAME {
+                        if let Some(r) = Registry::parse(key).filter(|r| r.host() == key) {
+                            if !registries.contains(&r) {
+                                registries.push(r);
+                            }
+                        }
+                    }
+                }
+                if let Some(store) = store {
+                    helpers
+                        .entry(store)
+                        .or_insert_with(|| format!("credsStore in {}", file.display()));
+                }
+            }
+        }
+    }
+    for (name, used_by) in &helpers {
+        if !name.is_empty() {
+            checks.push(check_helper(name, host, used_by));
+        }
+    }
+
+    // Configuration and credential source.
+    let config = match config::load(config_flag) {
+        Ok(c) => {
+            let (path, _) = config::locate(config_flag);
+            let what = match &c.iot {
+                Some(iot) => format!("[iot] thing {} via {}", iot.thing_name, iot.endpoint),
+                None => "AWS default credential chain".into(),
+            };
+            checks.push(check(
+                "config",
+                Status::Pass,
+                format!("{}: {what}", path.display()),
+            ));
+            c
+        }
+        Err(e) => {
+            checks.push(check("config", Status::Fail, e.to_string()));
+            Config::default()
+        }
+    };
+    if let Some(iot) = &config.iot {
+        match crate::iot::Device::load(iot, crate::token::now()) {
+            Ok(d) => checks.push(check(
+                "iot-identity",
+                Status::Pass,
+                format!(
+                    "certificate and key match; valid until {}",
+                    rfc3339(d.not_after)
+                ),
+            )),
+            Err(e) => checks.push(check("iot-identity", Status::Fail, e.to_string())),
+        }
+    }
+
+    // Network: each endpoint's reachability and, from its Date header, the clock.
+    let mut endpoints: Vec<String> = registries
+        .iter()
+        .map(|r| r.endpoint().trim_start_matches("https://").to_owned())
+        .collect();
+    if let Some(iot) = &config.iot {
+        endpoints.push(iot.endpoint.clone());
+    }
+    endpoints.dedup();
+    let mut skews = Vec::new();
+    if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        for endpoint in &endpoints {
+            let (host_name, port) = crate::iot::host_port(endpoint);
+            let via = crate::https::proxy_for(host_name, port)
+                .map_or_else(|| "direct".to_owned(), |p| format!("via proxy {p}"));
+            let result = runtime.block_on(probe(host_name, port, deadline));
+            match result {
+                Ok((status, date)) => {
+                    checks.push(check(
+                        "network",
+                        Status::Pass,
+                        format!("{endpoint} reachable {via} (HTTP {status})"),
+                    ));
+                    if let Some(server) = date {
+                        skews.push((endpoint.clone(), crate::token::now() - server));
+                    }
+                }
+                Err(e) => checks.push(check(
+                    "network",
+                    Status::Fail,
+                    format!("{endpoint} not reachable {via}: {e}"),
+                )),
+            }
+        }
+    }
+    checks.push(clock_check(&skews));
+
+    // One real GetAuthorizationToken call (after any IoT exchange).
+    match registries.first() {
+        None => checks.push(check(
+            "credentials",
+            Status::Warn,
+            "no credHelpers entry names ecr-edge, so no registry to test against",
+        )),
+        Some(registry) => {
+            let source = Source::select(&config);
+            let result = crate::ecr::Fetcher::new(&source, registry.region(), deadline)
+                .and_then(|f| f.fetch(registry));
+            checks.push(match result {
+                Ok(t) => check(
+                    "credentials",
+                    Status::Pass,
+                    format!(
+                        "ecr:GetAuthorizationToken allowed for {registry}; token valid until {}",
+                        rfc3339(t.expires_at)
+                    ),
+                ),
+                Err(e) => check("credentials", Status::Fail, format!("{registry}: {e}")),
+            });
+        }
+    }
+    checks
+}
+
+/// `GET /` on an endpoint: proves DNS, TCP, proxy and TLS, and returns the server's clock.
+async fn probe(host: &str, port: u16, deadline: Duration) -> Result<(u16, Option<i64>), String> {
+    let roots = crate::iot::trust_roots(None).map_err(|e| e.to_string())?;
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let get = crate::https::get(std::sync::Arc::new(tls), host, port, "/", &[], 16 * 1024);
+    match tokio::time::timeout(deadline, get).await {
+        Err(_) => Err(format!("no answer within {:.1}s", deadline.as_secs_f64())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(r)) => {
+            let date = r.date.and_then(|d| {
+                aws_smithy_types::DateTime::from_str(
+                    &d,
+                    aws_smithy_types::date_time::Format::HttpDate,
+                )
+                .ok()
+                .map(|t| t.secs())
+            });
+            Ok((r.status, date))
+        }
+    }
+}
+
+/// Judges the clock from the servers' `Date` headers (seconds the local clock is ahead).
+fn clock_check(skews: &[(String, i64)]) -> Check {
+    let now = crate::token::now();
+    if now < crate::BUILD_EPOCH {
+        return check(
+            "clock",
+            Status::Fail,
+            format!(
+                "the clock ({}) is before this binary was built ({}): no RTC and no NTP yet? \
+                 SigV4 and TLS will fail until it is set",
+                rfc3339(now),
+                rfc3339(crate::BUILD_EPOCH)
+            ),
+        );
+    }
+    let Some((endpoint, skew)) = skews.iter().max_by_key(|(_, s)| s.abs()) else {
+        return check(
+            "clock",
+            Status::Warn,
+            "no endpoint answered, so the clock was not compared",
+        );
+    };
+    let ahead = if *skew >= 0 { "ahead of" } else { "behind" };
+    let detail = format!("{}s {ahead} {endpoint}", skew.abs());
+    match skew.abs() {
+        s if s > 300 => check("clock", Status::Fail, format!("{detail}: SigV4 rejects requests beyond 15 min and ecr-edge needs better than 5; fix NTP")),
+        s if s > 60 => check("clock", Status::Warn, format!("{detail}: more than a minute off")),
+        _ => check("clock", Status::Pass, detail),
+    }
+}
+
+fn rfc3339(secs: i64) -> String {
+    aws_smithy_types::DateTime::from_secs(secs)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_else(|_| secs.to_string())
+}
+
+/// Whether every check passed (warnings allowed).
+pub fn ok(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.status != Status::Fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        let host = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
+        assert_eq!(check_key(host, "ecr-edge").status, Status::Pass);
+        let c = check_key(&format!("https://{host}/"), "ecr-edge");
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.detail.contains(&format!("use \"{host}\"")),
+            "{}",
+            c.detail
+        );
+        let c = check_key("123456789012.dkr.ecr.us-wset-2.amazonaws.com", "ecr-edge");
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.detail
+                .contains("did you mean \"123456789012.dkr.ecr.us-west-2.amazonaws.com\""),
+            "{}",
+            c.detail
+        );
+        let c = check_key("123456789012.dkr.ecr.cn-north-1.amazonaws.com", "ecr-edge");
+        assert!(
+            c.status == Status::Fail && c.detail.contains(".amazonaws.com.cn"),
+            "{}",
+            c.detail
+        );
+        assert_eq!(
+            check_key(
+                "123456789012.dkr.ecr.xx-newzone-9.amazonaws.com",
+                "ecr-edge"
+            )
+            .status,
+            Status::Warn
+        );
+        assert_eq!(check_key("ghcr.io", "gh").status, Status::Pass);
+        assert_eq!(check_key("ghcr.io", "ecr-edge").status, Status::Fail);
+        assert_eq!(
+            check_key("12345.dkr.ecr.us-west-2.amazonaws.com", "ecr-login").status,
+            Status::Fail
+        );
+        assert_eq!(check_key("public.ecr.aws", "ecr-edge").status, Status::Pass);
+    }
+
+    #[test]
+    fn clock() {
+        let e = |s| vec![("api".to_string(), s)];
+        assert_eq!(clock_check(&e(3)).status, Status::Pass);
+        assert_eq!(clock_check(&e(-90)).status, Status::Warn);
+        assert_eq!(clock_check(&e(400)).status, Status::Fail);
+        assert_eq!(clock_check(&[]).status, Status::Warn);
+    }
+
+    #[test]
+    fn distance() {
+        assert_eq!(edit_distance("us-wset-2", "us-west-2"), 2);
+        assert_eq!(edit_distance("", "ab"), 2);
+    }
+}

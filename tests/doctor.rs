@@ -1,0 +1,213 @@
+//! `ecr-edge doctor` against crafted configurations, helpers and clocks.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::support::{self, text, Sandbox};
+
+const HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
+
+/// Writes `~/.docker/config.json` with these credHelpers.
+fn docker_config(sb: &Sandbox, helpers: &[(&str, &str)]) {
+    let dir = sb.dir.path().join("home/.docker");
+    std::fs::create_dir_all(&dir).unwrap();
+    let map: serde_json::Map<String, Value> = helpers
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::json!({ "credHelpers": map }).to_string(),
+    )
+    .unwrap();
+}
+
+/// A PATH directory holding `docker-credential-ecr-edge` (the binary under test) and, for each
+/// extra name, a file with the given first bytes.
+fn path_with(sb: &mut Sandbox, extra: &[(&str, Vec<u8>)]) {
+    let bin = sb.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let link = bin.join("docker-credential-ecr-edge");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(support::binary(), &link).unwrap();
+    for (name, bytes) in extra {
+        let p = bin.join(format!("docker-credential-{name}"));
+        std::fs::write(&p, bytes).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    sb.set("PATH", Some(&path));
+}
+
+/// An ELF header for a machine no host here is (64-bit PowerPC).
+fn foreign_elf() -> Vec<u8> {
+    let mut h = vec![0u8; 64];
+    h[..4].copy_from_slice(b"\x7fELF");
+    h[4] = 2;
+    h[5] = 1;
+    h[18..20].copy_from_slice(&0x15u16.to_le_bytes());
+    h
+}
+
+fn doctor(sb: &Sandbox) -> (i32, Value) {
+    let mut c = sb.command_for(&support::binary(), "doctor");
+    c.arg("--json");
+    let out = support::run_with_input(c, b"");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}{}", text(&out.stdout), text(&out.stderr)));
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn find<'a>(v: &'a Value, name: &str, status: &str) -> Vec<&'a str> {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == name && c["status"] == status)
+        .map(|c| c["detail"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn healthy_device_passes_every_check() {
+    let mut sb = Sandbox::new();
+    path_with(&mut sb, &[]);
+    docker_config(&sb, &[(HOST, "ecr-edge")]);
+    let (code, v) = doctor(&sb);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["ok"], true);
+    assert_eq!(find(&v, "network", "pass").len(), 1, "{v:#}");
+    assert!(
+        find(&v, "network", "pass")[0].contains("via proxy http://127.0.0.1:"),
+        "{v:#}"
+    );
+    assert_eq!(find(&v, "clock", "pass").len(), 1, "{v:#}");
+    assert!(find(&v, "credentials", "pass")[0].contains("GetAuthorizationToken allowed"));
+    assert_eq!(
+        sb.fake.calls().iter().filter(|c| c.authentic).count(),
+        1,
+        "one real call"
+    );
+}
+
+#[test]
+fn wrong_architecture_and_missing_helpers_are_named() {
+    let mut sb = Sandbox::new();
+    path_with(
+        &mut sb,
+        &[
+            ("ppc", foreign_elf()),
+            ("script", b"#!/bin/sh\nexit 1\n".to_vec()),
+        ],
+    );
+    docker_config(
+        &sb,
+        &[
+            (HOST, "ppc"),
+            ("ghcr.io", "script"),
+            ("quay.io", "nosuchhelper"),
+        ],
+    );
+    let (code, v) = doctor(&sb);
+    assert_eq!(code, 1);
+    let fails = find(&v, "helper", "fail");
+    assert!(
+        fails
+            .iter()
+            .any(|d| d.contains("docker-credential-ppc is built for ELF machine 21")),
+        "{fails:?}"
+    );
+    assert!(
+        fails.iter().any(
+            |d| d.contains("docker-credential-nosuchhelper (for quay.io")
+                && d.contains("not on PATH")
+        ),
+        "{fails:?}"
+    );
+    assert!(find(&v, "helper", "pass")
+        .iter()
+        .any(|d| d.contains("docker-credential-script")));
+}
+
+#[test]
+fn near_miss_keys_get_suggestions() {
+    let mut sb = Sandbox::new();
+    path_with(&mut sb, &[]);
+    docker_config(
+        &sb,
+        &[
+            (&format!("https://{HOST}/"), "ecr-edge"),
+            ("123456789012.dkr.ecr.us-wset-2.amazonaws.com", "ecr-edge"),
+            ("123456789012.dkr.ecr.cn-north-1.amazonaws.com", "ecr-edge"),
+        ],
+    );
+    let (code, v) = doctor(&sb);
+    assert_eq!(code, 1);
+    let fails = find(&v, "credHelpers", "fail").join("\n");
+    assert!(fails.contains(&format!("use \"{HOST}\"")), "{fails}");
+    assert!(
+        fails.contains(&format!("did you mean \"{HOST}\"")),
+        "{fails}"
+    );
+    assert!(fails.contains("served under .amazonaws.com.cn"), "{fails}");
+}
+
+#[test]
+fn clock_skew_from_the_endpoint_date() {
+    for (offset, status) in [(-400i64, "fail"), (90, "warn")] {
+        let mut sb = Sandbox::new();
+        path_with(&mut sb, &[]);
+        docker_config(&sb, &[(HOST, "ecr-edge")]);
+        sb.fake.set_clock_offset(offset);
+        let (_, v) = doctor(&sb);
+        let found = find(&v, "clock", status);
+        assert_eq!(found.len(), 1, "{offset}: {v:#}");
+        let direction = if offset < 0 { "ahead of" } else { "behind" };
+        assert!(found[0].contains(direction), "{}", found[0]);
+    }
+}
+
+#[test]
+fn unreachable_endpoint_and_failing_credentials_fail() {
+    let mut sb = Sandbox::new();
+    path_with(&mut sb, &[]);
+    docker_config(&sb, &[(HOST, "ecr-edge")]);
+    sb.fake.set_mode(support::Mode::AccessDenied);
+    let (code, v) = doctor(&sb);
+    assert_eq!(code, 1);
+    assert!(
+        find(&v, "credentials", "fail")[0].contains("access denied"),
+        "{v:#}"
+    );
+    // A proxy that refuses connections.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    sb.set("HTTPS_PROXY", Some(&format!("http://{addr}")));
+    sb.set("ECR_EDGE_TIMEOUT", Some("2"));
+    let (code, v) = doctor(&sb);
+    assert_eq!(code, 1);
+    assert!(
+        find(&v, "network", "fail")[0].contains("not reachable via proxy"),
+        "{v:#}"
+    );
+    let _ = Path::new("");
+}
+
+#[test]
+fn human_output_and_exit_code() {
+    let mut sb = Sandbox::new();
+    path_with(&mut sb, &[]);
+    docker_config(&sb, &[("https://bad/", "ecr-edge")]);
+    let out = support::run_with_input(sb.command_for(&support::binary(), "doctor"), b"");
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out.stdout);
+    assert!(t.contains("FAIL  credHelpers"), "{t}");
+    assert!(t.lines().last().unwrap().contains("some checks failed"));
+}
