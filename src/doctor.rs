@@ -271,8 +271,14 @@ fn read_header(path: &Path) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// Judges a helper program named by a config: on PATH, executable, built for this CPU.
-pub fn check_helper(name: &str, host: Option<Arch>, used_by: &str) -> Check {
+/// Judges a helper program named by a config: on PATH, executable, built for a CPU this machine
+/// runs: the kernel's (a static binary) or the userland's (a 32-bit userland on a 64-bit kernel).
+pub fn check_helper(
+    name: &str,
+    kernel: Option<Arch>,
+    userland: Option<Arch>,
+    used_by: &str,
+) -> Check {
     use std::os::unix::fs::PermissionsExt;
     let program = format!("docker-credential-{name}");
     let Some(path) = find_on_path(&program) else {
@@ -290,8 +296,17 @@ pub fn check_helper(name: &str, host: Option<Arch>, used_by: &str) -> Check {
             format!("{} is not executable (chmod +x)", path.display()),
         );
     }
-    match (read_header(&path).as_deref().and_then(elf::arch_of), host) {
-        (Some(built), Some(host)) if !built.runs_on(host) => check(
+    let runs = |built: Arch| {
+        [kernel, userland]
+            .iter()
+            .flatten()
+            .any(|h| built.runs_on(*h))
+    };
+    match (
+        read_header(&path).as_deref().and_then(elf::arch_of),
+        userland.or(kernel),
+    ) {
+        (Some(built), Some(host)) if !runs(built) => check(
             "helper",
             Status::Fail,
             format!(
@@ -326,7 +341,6 @@ pub fn run(config_flag: Option<&Path>, deadline: Duration) -> Vec<Check> {
         Status::Pass,
         format!("{} for {this}", crate::version_line()),
     ));
-    let host = userland.or(kernel);
     match kernel {
         Some(k) if this.runs_on(k) => {
             let mut detail = format!("kernel {machine}");
@@ -400,7 +414,7 @@ pub fn run(config_flag: Option<&Path>, deadline: Duration) -> Vec<Check> {
     }
     for (name, used_by) in &helpers {
         if !name.is_empty() {
-            checks.push(check_helper(name, host, used_by));
+            checks.push(check_helper(name, kernel, userland, used_by));
         }
     }
 
