@@ -336,11 +336,26 @@ pub fn run(config_flag: Option<&Path>, deadline: Duration) -> Vec<Check> {
     let userland = read_header(Path::new("/bin/sh"))
         .as_deref()
         .and_then(elf::arch_of);
-    checks.push(check(
-        "binary",
-        Status::Pass,
-        format!("{} for {this}", crate::version_line()),
-    ));
+    // What the running file really is, not only what it was compiled as.
+    match read_header(Path::new("/proc/self/exe"))
+        .as_deref()
+        .and_then(elf::arch_of)
+    {
+        Some(exe) if exe == this => checks.push(check(
+            "binary",
+            Status::Pass,
+            format!("{} for {this}", crate::version_line()),
+        )),
+        other => checks.push(check(
+            "binary",
+            Status::Warn,
+            format!(
+                "{}: compiled for {this}, /proc/self/exe reads as {}",
+                crate::version_line(),
+                other.map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+            ),
+        )),
+    }
     match kernel {
         Some(k) if this.runs_on(k) => {
             let mut detail = format!("kernel {machine}");

@@ -201,6 +201,53 @@ mod tests {
         assert_eq!(Arch::from_uname("riscv64"), None);
     }
 
+    #[allow(dead_code)]
+    mod target_check {
+        include!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/build/target_check.rs"
+        ));
+    }
+
+    #[test]
+    fn build_refuses_unsupported_targets() {
+        use target_check::supported;
+        assert!(supported(
+            "aarch64-unknown-linux-musl",
+            "aarch64",
+            "linux",
+            ""
+        ));
+        assert!(supported(
+            "armv7-unknown-linux-musleabihf",
+            "arm",
+            "linux",
+            "eabihf"
+        ));
+        assert!(supported("x86_64-unknown-linux-gnu", "x86_64", "linux", ""));
+        assert!(!supported(
+            "armv7-unknown-linux-musleabi",
+            "arm",
+            "linux",
+            "eabi"
+        ));
+        assert!(!supported(
+            "arm-unknown-linux-gnueabihf",
+            "arm",
+            "linux",
+            "eabihf"
+        ));
+        assert!(!supported("i686-unknown-linux-gnu", "x86", "linux", ""));
+        assert!(!supported(
+            "riscv64gc-unknown-linux-gnu",
+            "riscv64",
+            "linux",
+            ""
+        ));
+        assert!(!supported("aarch64-apple-darwin", "aarch64", "macos", ""));
+        assert!(target_check::refusal("x").contains("aarch64, armv7"));
+    }
+
     #[test]
     fn this_binary_matches_its_own_header() {
         let exe = std::fs::read("/proc/self/exe").unwrap();
