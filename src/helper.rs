@@ -226,7 +226,7 @@ pub fn token_for(registry: &Registry, source: &Source) -> Result<Token, HelperEr
     };
     let cached = cache.as_ref().and_then(|c| c.get(host, &identity));
     if let Some(t) = &cached {
-        if !t.needs_refresh(token::now()) && t.is_usable(token::now()) {
+        if t.is_fresh(token::now()) {
             tracing::debug!(registry = host, expires_at = t.expires_at, "cache hit");
             return Ok(t.clone());
         }
@@ -260,7 +260,7 @@ pub fn token_for(registry: &Registry, source: &Source) -> Result<Token, HelperEr
         .and_then(|c| c.get(host, &identity))
         .or(cached);
     if let Some(t) = &cached {
-        if !t.needs_refresh(token::now()) && t.is_usable(token::now()) {
+        if t.is_fresh(token::now()) {
             return Ok(t.clone());
         }
     }

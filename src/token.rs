@@ -32,6 +32,11 @@ impl Token {
         now >= self.fetched_at.saturating_add(half) || now < self.fetched_at
     }
 
+    /// Whether the token can be served as it is: before half-life and usable.
+    pub fn is_fresh(&self, now: i64) -> bool {
+        !self.needs_refresh(now) && self.is_usable(now)
+    }
+
     /// Whether the token may still be handed to a client: at least [`MIN_REMAINING_SECS`] left.
     pub fn is_usable(&self, now: i64) -> bool {
         self.expires_at.saturating_sub(now) >= MIN_REMAINING_SECS

@@ -1,7 +1,6 @@
 //! `ecr-edge doctor` against crafted configurations, helpers and clocks.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 use serde_json::Value;
 
@@ -197,7 +196,6 @@ fn unreachable_endpoint_and_failing_credentials_fail() {
         find(&v, "network", "fail")[0].contains("not reachable via proxy"),
         "{v:#}"
     );
-    let _ = Path::new("");
 }
 
 #[test]

@@ -128,7 +128,6 @@ fn explicit_ca_file_is_used_for_the_endpoint() {
     let _ = std::fs::remove_dir_all(s.sb.cache_dir());
     let out = s.get();
     assert!(text(&out.stdout).contains("TLS"), "{}", text(&out.stdout));
-    let _ = &mut s;
 }
 
 #[test]
@@ -156,7 +155,6 @@ fn untrusted_client_certificate_is_refused_by_the_endpoint() {
     assert!(s.iot.calls().is_empty());
     assert!(s.iot.handshake_failures() >= 1);
     assert!(start.elapsed() < Duration::from_secs(10));
-    let _ = &s.device_ca;
 }
 
 #[test]
