@@ -14,6 +14,15 @@ fn main() {
         panic!("{}", target_check::refusal(&target));
     }
     println!("cargo:rustc-env=ECR_EDGE_TARGET={target}");
+    // Static release builds: the cached `get` path's functions first in .text (scripts/hot-path
+    // explains and regenerates the list). Halves the helper's peak RSS; GNU ld and lld both read
+    // this INSERT-style script, so `cross` builds get it too.
+    let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
+    if env == "musl" && std::env::var("PROFILE").as_deref() == Ok("release") {
+        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+        println!("cargo:rustc-link-arg-bins=-Wl,-T,{dir}/build/hot-path.ld");
+    }
+    println!("cargo:rerun-if-changed=build/hot-path.ld");
     // When the binary was built (SOURCE_DATE_EPOCH for reproducible builds): a device clock
     // earlier than this has certainly not been set, which `doctor` reports.
     let epoch = std::env::var("SOURCE_DATE_EPOCH")

@@ -35,6 +35,16 @@ enum Command {
     /// Print the device's exchanged IoT role credentials as credential_process JSON (for
     /// `credential_process = ecr-edge credentials` in ~/.aws/config).
     Credentials,
+    /// Run the refresher daemon: keep tokens warm, serve them on the local socket, write
+    /// sinks ([daemon] in the configuration). For systemd (Type=notify).
+    Daemon,
+    /// Ask the daemon for each registry's expiry, last refresh, last error and next attempt.
+    /// Exits 0 when every registry has a usable token, 1 when one has not, 2 without a daemon.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check this device: CPU and helpers, credHelpers keys, config, network, clock,
     /// credentials. Exits 0 only when nothing failed.
     Doctor {
@@ -73,7 +83,13 @@ const HELPER_PREFIX: &str = "docker-credential-";
 
 /// Runs the program with `args` (including the program name); returns the exit status.
 pub fn main(args: Vec<OsString>) -> u8 {
-    init_logging();
+    // The daemon logs its refreshes to the journal by default; everything else only warns.
+    let daemon = args.get(1).is_some_and(|a| a == "daemon");
+    init_logging(if daemon {
+        tracing_subscriber::filter::LevelFilter::INFO
+    } else {
+        tracing_subscriber::filter::LevelFilter::WARN
+    });
     let program = args
         .first()
         .and_then(|a| Path::new(a).file_name())
@@ -115,6 +131,15 @@ pub fn main(args: Vec<OsString>) -> u8 {
             dry_run,
         ),
         Some(Command::Doctor { json }) => doctor(cli.config.as_deref(), json),
+        Some(Command::Daemon) => match crate::daemon::run(cli.config.as_deref()) {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("ecr-edge daemon: {e}");
+                1
+            }
+        },
+        Some(Command::Status { json }) => crate::status::run(cli.config.as_deref(), json),
         Some(Command::Credentials) => match credentials(cli.config.as_deref()) {
             Ok(json) => {
                 println!("{json}");
@@ -288,14 +313,14 @@ fn credentials(config: Option<&Path>) -> Result<String, String> {
 /// the SDK and HTTP stack are held at `info` at most, since their debug and trace levels are
 /// hundreds of lines of request plumbing per call. No log line carries a secret (checked at
 /// `trace` by the `secrets_never_reach_stderr…` test).
-fn init_logging() {
+fn init_logging(default: tracing_subscriber::filter::LevelFilter) {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let level = std::env::var("ECR_EDGE_LOG")
         .ok()
         .and_then(|v| v.trim().parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::WARN);
+        .unwrap_or(default);
     if level == LevelFilter::OFF {
         return;
     }

@@ -26,6 +26,88 @@ pub struct Config {
     /// `[iot]`: take credentials from the AWS IoT credentials provider with the device
     /// certificate. Absent: the AWS default credential chain.
     pub iot: Option<IotConfig>,
+    /// `[daemon]`: the refresher daemon and the socket the helper asks first.
+    pub daemon: Option<DaemonConfig>,
+}
+
+impl Config {
+    /// The daemon's socket: `$ECR_EDGE_SOCKET` if set (empty: none), else `[daemon] socket`,
+    /// else [`DEFAULT_SOCKET`].
+    pub fn socket(&self) -> Option<PathBuf> {
+        if let Some(v) = std::env::var_os("ECR_EDGE_SOCKET") {
+            return (!v.is_empty()).then(|| PathBuf::from(v));
+        }
+        Some(match &self.daemon {
+            Some(d) => d.socket.clone(),
+            None => PathBuf::from(DEFAULT_SOCKET),
+        })
+    }
+}
+
+/// Where the daemon listens unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/ecr-edge/agent.sock";
+
+/// `[daemon]`: what the refresher keeps warm, who may ask it, and where it writes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Registry hosts refreshed from start-up (others are added when first asked for).
+    #[serde(default)]
+    pub registries: Vec<String>,
+    /// The Unix socket the helper asks (mode 0660).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// User IDs allowed to ask. Unset: root and the daemon's own user.
+    pub allowed_uids: Option<Vec<u32>>,
+    /// Group IDs allowed to ask (primary or supplementary). Unset: the socket's group.
+    pub allowed_gids: Option<Vec<u32>>,
+    /// Longest wait between retries after failures, in seconds (default 300).
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: u64,
+    /// Files written for consumers that cannot run a credential helper.
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> DaemonConfig {
+        DaemonConfig {
+            registries: Vec::new(),
+            socket: default_socket(),
+            allowed_uids: None,
+            allowed_gids: None,
+            backoff_max: default_backoff_max(),
+            sinks: Vec::new(),
+        }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+
+fn default_backoff_max() -> u64 {
+    300
+}
+
+/// `[[daemon.sink]]`: an auth file kept up to date with the daemon's tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// The file's format.
+    pub kind: SinkKind,
+    /// The file (other entries in it are kept).
+    pub path: PathBuf,
+}
+
+/// Auth file formats a sink can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkKind {
+    /// Docker's `config.json` (`auths.<host>.auth`), also read by k3s and nerdctl.
+    DockerAuths,
+    /// The containers auth file (`auth.json`: podman, skopeo, buildah, CRI-O).
+    ContainersAuth,
 }
 
 /// `[iot]`: the device's AWS IoT identity and how to exchange it for role credentials.
@@ -139,7 +221,50 @@ pub fn parse(text: &str) -> Result<Config, String> {
     if let Some(iot) = &config.iot {
         validate_iot(iot)?;
     }
+    if let Some(daemon) = &config.daemon {
+        validate_daemon(daemon)?;
+    }
     Ok(config)
+}
+
+fn validate_daemon(d: &DaemonConfig) -> Result<(), String> {
+    for r in &d.registries {
+        match crate::registry::Registry::parse(r) {
+            Some(reg) if reg.host() == r => {}
+            Some(reg) => {
+                return Err(format!(
+                    "[daemon] registries: write the bare host {:?}, not {r:?}",
+                    reg.host()
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "[daemon] registries: {r:?} is not an Amazon ECR registry host"
+                ))
+            }
+        }
+    }
+    if !d.socket.is_absolute() {
+        return Err(format!(
+            "[daemon] socket must be an absolute path, got {:?}",
+            d.socket
+        ));
+    }
+    if d.backoff_max == 0 || d.backoff_max > 86_400 {
+        return Err(format!(
+            "[daemon] backoff_max is in seconds, 1 to 86400, got {}",
+            d.backoff_max
+        ));
+    }
+    for sink in &d.sinks {
+        if !sink.path.is_absolute() {
+            return Err(format!(
+                "[daemon.sink] path must be absolute, got {:?}",
+                sink.path
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_iot(iot: &IotConfig) -> Result<(), String> {
@@ -238,6 +363,52 @@ key  = "/etc/ecr-edge/private.pem.key"
         assert!(parse(&GOOD.replace("edge-role-alias", "")).is_err());
         assert!(parse("[iot]\nendpoint = 3\n").is_err());
         assert!(parse("not toml at all [").is_err());
+    }
+
+    #[test]
+    fn daemon_section() {
+        let c = parse(
+            r#"
+[daemon]
+registries = ["123456789012.dkr.ecr.us-west-2.amazonaws.com", "public.ecr.aws"]
+allowed_uids = [0, 1000]
+backoff_max = 60
+[[daemon.sink]]
+kind = "docker-auths"
+path = "/etc/rancher/k3s/auth.json"
+[[daemon.sink]]
+kind = "containers-auth"
+path = "/run/containers/0/auth.json"
+"#,
+        )
+        .unwrap();
+        let d = c.daemon.unwrap();
+        assert_eq!(d.registries.len(), 2);
+        assert_eq!(d.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(d.allowed_uids, Some(vec![0, 1000]));
+        assert_eq!(d.allowed_gids, None);
+        assert_eq!(d.sinks[1].kind, SinkKind::ContainersAuth);
+        for (bad, says) in [
+            ("registries = [\"docker.io\"]", "not an Amazon ECR"),
+            (
+                "registries = [\"https://123456789012.dkr.ecr.us-east-1.amazonaws.com\"]",
+                "bare host",
+            ),
+            ("socket = \"agent.sock\"", "absolute"),
+            ("backoff_max = 0", "backoff_max"),
+            (
+                "[[daemon.sink]]\nkind = \"docker\"\npath = \"/x\"",
+                "docker",
+            ),
+            (
+                "[[daemon.sink]]\nkind = \"docker-auths\"\npath = \"x\"",
+                "absolute",
+            ),
+            ("registry = []", "registry"),
+        ] {
+            let err = parse(&format!("[daemon]\n{bad}\n")).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

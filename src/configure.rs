@@ -36,10 +36,13 @@ pub enum ConfigureError {
         /// The parser's message (with line and column).
         detail: String,
     },
-    /// `credHelpers` exists but is not an object; the file was left untouched.
-    BadCredHelpers {
+    /// A key ecr-edge edits (`credHelpers`, `auths`) is not an object; the file was left
+    /// untouched.
+    NotAnObject {
         /// The file.
         path: PathBuf,
+        /// The key.
+        key: &'static str,
     },
     /// Reading, locking or writing failed.
     Files(FilesError),
@@ -53,9 +56,9 @@ impl fmt::Display for ConfigureError {
                 "{} is not a valid JSON object ({detail}); left untouched",
                 path.display()
             ),
-            ConfigureError::BadCredHelpers { path } => write!(
+            ConfigureError::NotAnObject { path, key } => write!(
                 f,
-                "{}: \"credHelpers\" is not an object; left untouched",
+                "{}: \"{key}\" is not an object; left untouched",
                 path.display()
             ),
             ConfigureError::Files(e) => e.fmt(f),
@@ -109,25 +112,13 @@ impl fmt::Display for Change {
 /// # Errors
 /// A message when `old` is not a JSON object or its `credHelpers` is not an object.
 pub fn edit(old: &str, hosts: &[String], remove: bool) -> Result<(String, Vec<Change>), EditError> {
-    let mut root: Map<String, Value> = if old.trim().is_empty() {
-        Map::new()
-    } else {
-        match serde_json::from_str::<Value>(old) {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => {
-                return Err(EditError::NotObject(
-                    "the top level is not an object".into(),
-                ))
-            }
-            Err(e) => return Err(EditError::NotObject(e.to_string())),
-        }
-    };
+    let mut root = parse_object(old)?;
     let mut changes = Vec::new();
     let helpers = root
         .entry("credHelpers")
         .or_insert_with(|| Value::Object(Map::new()));
     let Value::Object(helpers) = helpers else {
-        return Err(EditError::BadCredHelpers);
+        return Err(EditError::NotAnObject("credHelpers"));
     };
     for host in hosts {
         match (remove, helpers.get(host)) {
@@ -153,13 +144,38 @@ pub fn edit(old: &str, hosts: &[String], remove: bool) -> Result<(String, Vec<Ch
     if helpers.is_empty() && remove {
         root.shift_remove("credHelpers");
     }
+    Ok((to_text(root)?, changes))
+}
+
+/// The JSON object in `old` (empty text: a new, empty object).
+///
+/// # Errors
+/// [`EditError::NotObject`] when `old` is not a JSON object.
+pub fn parse_object(old: &str) -> Result<Map<String, Value>, EditError> {
+    if old.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_str::<Value>(old) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(EditError::NotObject(
+            "the top level is not an object".into(),
+        )),
+        Err(e) => Err(EditError::NotObject(e.to_string())),
+    }
+}
+
+/// `root` as Docker writes its config: tab-indented, with a final newline.
+///
+/// # Errors
+/// [`EditError::NotObject`] if serialisation fails (it does not for parsed input).
+pub fn to_text(root: Map<String, Value>) -> Result<String, EditError> {
     let mut out = Vec::new();
     let formatter = serde_json::ser::PrettyFormatter::with_indent(b"\t");
     let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
     serde::Serialize::serialize(&Value::Object(root), &mut ser)
         .map_err(|e| EditError::NotObject(e.to_string()))?;
     out.push(b'\n');
-    Ok((String::from_utf8(out).unwrap_or_default(), changes))
+    Ok(String::from_utf8(out).unwrap_or_default())
 }
 
 /// Why [`edit`] refused a file.
@@ -167,8 +183,8 @@ pub fn edit(old: &str, hosts: &[String], remove: bool) -> Result<(String, Vec<Ch
 pub enum EditError {
     /// Not JSON, or not an object at the top.
     NotObject(String),
-    /// `credHelpers` is not an object.
-    BadCredHelpers,
+    /// This key is not an object.
+    NotAnObject(&'static str),
 }
 
 /// How long a run waits for another `configure` on the same directory.
@@ -188,6 +204,21 @@ pub fn apply(
     remove: bool,
     dry_run: bool,
 ) -> Result<Vec<Change>, ConfigureError> {
+    update(path, dry_run, |old| edit(old, hosts, remove))
+}
+
+/// Rewrites the JSON file at `path` with `edit` (old text in; new text and changes out) under
+/// the directory lock, atomically, keeping the file's mode and owner; writes nothing when there
+/// are no changes or with `dry_run`. A missing file is created (0600, its directory 0700); a
+/// symlink at `path` is refused.
+///
+/// # Errors
+/// [`ConfigureError`]; the file is unchanged in every error case.
+pub fn update<C>(
+    path: &Path,
+    dry_run: bool,
+    edit: impl FnOnce(&str) -> Result<(String, Vec<C>), EditError>,
+) -> Result<Vec<C>, ConfigureError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
@@ -234,13 +265,14 @@ pub fn apply(
         path: path.to_owned(),
         detail: "not UTF-8".into(),
     })?;
-    let (new, changes) = edit(&old, hosts, remove).map_err(|e| match e {
+    let (new, changes) = edit(&old).map_err(|e| match e {
         EditError::NotObject(detail) => ConfigureError::NotJson {
             path: path.to_owned(),
             detail,
         },
-        EditError::BadCredHelpers => ConfigureError::BadCredHelpers {
+        EditError::NotAnObject(key) => ConfigureError::NotAnObject {
             path: path.to_owned(),
+            key,
         },
     })?;
     if changes.is_empty() || dry_run {
@@ -348,7 +380,7 @@ mod tests {
         }
         assert_eq!(
             edit(r#"{"credHelpers":[]}"#, &hosts(&["h"]), false),
-            Err(EditError::BadCredHelpers)
+            Err(EditError::NotAnObject("credHelpers"))
         );
     }
 }

@@ -29,7 +29,11 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use crate::credentials::Source;
 use crate::iot::{Device, IotError, IotProvider};
 use crate::registry::Registry;
+use crate::schedule::Failure;
 use crate::token::{self, Token};
+
+/// Tries the helper gives each call within its deadline.
+pub const HELPER_ATTEMPTS: u32 = 5;
 
 /// Default overall deadline for obtaining a token, retries included.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
@@ -139,6 +143,33 @@ impl fmt::Display for FetchError {
 
 impl StdError for FetchError {}
 
+impl FetchError {
+    /// How this failure should be retried: soon (network, server), slower (throttled), or
+    /// rarely (needs a person: permissions, credentials, clock, device identity).
+    pub fn failure(&self) -> Failure {
+        match self {
+            FetchError::Unreachable { .. }
+            | FetchError::Timeout { .. }
+            | FetchError::Service { .. }
+            | FetchError::BadResponse { .. }
+            | FetchError::Runtime { .. } => Failure::Transient,
+            FetchError::Throttled { .. } => Failure::Throttled,
+            FetchError::NoCredentials { .. }
+            | FetchError::AccessDenied { .. }
+            | FetchError::InvalidCredentials { .. }
+            | FetchError::ClockSkew { .. } => Failure::Config,
+            FetchError::Iot(e) => match e {
+                IotError::Unavailable { status: 429, .. } => Failure::Throttled,
+                IotError::Unreachable { .. }
+                | IotError::Timeout { .. }
+                | IotError::Unavailable { .. }
+                | IotError::BadResponse(_) => Failure::Transient,
+                _ => Failure::Config,
+            },
+        }
+    }
+}
+
 /// Fetches a fresh token for `registry` with credentials from `source`, within `deadline`.
 ///
 /// Blocks the calling thread on a current-thread runtime created for this call.
@@ -153,18 +184,15 @@ pub fn fetch(
     Fetcher::new(source, registry.region(), deadline)?.fetch(registry)
 }
 
-/// Fetches tokens for any number of registries with one credential source: the credentials are
-/// resolved (an IoT exchange, an STS hop) once and reused until shortly before they expire.
+/// Fetches tokens for any number of registries with one credential source, blocking: a
+/// current-thread runtime around a [`Client`].
 pub struct Fetcher {
     runtime: tokio::runtime::Runtime,
-    sdk: aws_config::SdkConfig,
-    deadline: Duration,
+    client: Client,
 }
 
 impl Fetcher {
-    /// Sets up the runtime, the HTTP client and the credential provider for `source`. `region`
-    /// is where STS is called for a role hop. With `[iot]`, the device identity is checked here,
-    /// before any network call.
+    /// Sets up the runtime and a [`Client`] for `source`.
     ///
     /// # Errors
     /// [`FetchError::Iot`] for a device identity that cannot work; [`FetchError::Runtime`].
@@ -175,21 +203,8 @@ impl Fetcher {
             .map_err(|e| FetchError::Runtime {
                 detail: e.to_string(),
             })?;
-        let device = match source {
-            Source::Iot(cfg) => Some(Device::load(cfg, token::now()).map_err(FetchError::Iot)?),
-            Source::DefaultChain { .. } => None,
-        };
-        let sdk = runtime.block_on(sdk_config(
-            source,
-            device,
-            Region::new(region.to_owned()),
-            deadline,
-        ));
-        Ok(Fetcher {
-            runtime,
-            sdk,
-            deadline,
-        })
+        let client = runtime.block_on(Client::new(source, region, deadline, HELPER_ATTEMPTS))?;
+        Ok(Fetcher { runtime, client })
     }
 
     /// Fetches a fresh token for `registry`, within the deadline.
@@ -197,16 +212,7 @@ impl Fetcher {
     /// # Errors
     /// [`FetchError`] naming the cause when no token was obtained in time.
     pub fn fetch(&self, registry: &Registry) -> Result<Token, FetchError> {
-        let deadline = self.deadline;
-        self.runtime.block_on(async {
-            match tokio::time::timeout(deadline, self.fetch_async(registry)).await {
-                Ok(result) => result,
-                Err(_) => Err(FetchError::Timeout {
-                    endpoint: registry.endpoint().to_owned(),
-                    deadline,
-                }),
-            }
-        })
+        self.runtime.block_on(self.client.fetch(registry))
     }
 
     /// The resolved credentials (for `ecr-edge credentials`).
@@ -214,6 +220,67 @@ impl Fetcher {
     /// # Errors
     /// [`FetchError`] when the source yields none in time.
     pub fn credentials(&self) -> Result<aws_credential_types::Credentials, FetchError> {
+        self.runtime.block_on(self.client.credentials())
+    }
+}
+
+/// Fetches tokens for any number of registries with one credential source, inside a running
+/// tokio runtime (the daemon). The credentials are resolved (an IoT exchange, an STS hop) once
+/// and reused until shortly before they expire.
+pub struct Client {
+    sdk: aws_config::SdkConfig,
+    deadline: Duration,
+}
+
+impl Client {
+    /// Sets up the HTTP client and the credential provider for `source`. `region` is where STS
+    /// is called for a role hop; `attempts` is how many tries each call gets within the
+    /// deadline (the daemon makes one and schedules its own retries). With `[iot]`, the device identity is checked here, before any
+    /// network call.
+    ///
+    /// # Errors
+    /// [`FetchError::Iot`] for a device identity that cannot work.
+    pub async fn new(
+        source: &Source,
+        region: &str,
+        deadline: Duration,
+        attempts: u32,
+    ) -> Result<Client, FetchError> {
+        let device = match source {
+            Source::Iot(cfg) => Some(Device::load(cfg, token::now()).map_err(FetchError::Iot)?),
+            Source::DefaultChain { .. } => None,
+        };
+        let sdk = sdk_config(
+            source,
+            device,
+            Region::new(region.to_owned()),
+            deadline,
+            attempts,
+        )
+        .await;
+        Ok(Client { sdk, deadline })
+    }
+
+    /// Fetches a fresh token for `registry`, within the deadline.
+    ///
+    /// # Errors
+    /// [`FetchError`] naming the cause when no token was obtained in time.
+    pub async fn fetch(&self, registry: &Registry) -> Result<Token, FetchError> {
+        let deadline = self.deadline;
+        match tokio::time::timeout(deadline, self.fetch_async(registry)).await {
+            Ok(result) => result,
+            Err(_) => Err(FetchError::Timeout {
+                endpoint: registry.endpoint().to_owned(),
+                deadline,
+            }),
+        }
+    }
+
+    /// The resolved credentials, fresh from the provider.
+    ///
+    /// # Errors
+    /// [`FetchError`] when the source yields none in time.
+    pub async fn credentials(&self) -> Result<aws_credential_types::Credentials, FetchError> {
         use aws_credential_types::provider::ProvideCredentials;
         let provider =
             self.sdk
@@ -222,16 +289,14 @@ impl Fetcher {
                     detail: "no credentials provider".into(),
                 })?;
         let deadline = self.deadline;
-        self.runtime.block_on(async {
-            match tokio::time::timeout(deadline, provider.provide_credentials()).await {
-                Ok(Ok(c)) => Ok(c),
-                Ok(Err(e)) => Err(credentials_error(&e)),
-                Err(_) => Err(FetchError::Timeout {
-                    endpoint: "credentials provider".into(),
-                    deadline,
-                }),
-            }
-        })
+        match tokio::time::timeout(deadline, provider.provide_credentials()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(credentials_error(&e)),
+            Err(_) => Err(FetchError::Timeout {
+                endpoint: "credentials provider".into(),
+                deadline,
+            }),
+        }
     }
 }
 
@@ -250,6 +315,7 @@ async fn sdk_config(
     device: Option<Device>,
     region: Region,
     deadline: Duration,
+    attempts: u32,
 ) -> aws_config::SdkConfig {
     let http = http_client();
     let provider_config = ProviderConfig::without_region()
@@ -274,7 +340,7 @@ async fn sdk_config(
             )
             .retry_config(
                 RetryConfig::standard()
-                    .with_max_attempts(5)
+                    .with_max_attempts(attempts.max(1))
                     .with_initial_backoff(Duration::from_millis(200))
                     .with_max_backoff(Duration::from_secs(2)),
             )
@@ -337,7 +403,7 @@ fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     })
 }
 
-impl Fetcher {
+impl Client {
     async fn fetch_async(&self, registry: &Registry) -> Result<Token, FetchError> {
         let deadline = self.deadline;
         let sdk = &self.sdk;

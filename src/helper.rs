@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use std::path::Path;
 
+use crate::agent;
 use crate::cache::{self, Cache};
 use crate::config::{self, ConfigError};
 use crate::credentials::Source;
@@ -96,6 +97,13 @@ pub enum HelperError {
         /// The lock failure.
         cause: FilesError,
     },
+    /// The daemon answered for this registry and could not get a usable token.
+    Daemon {
+        /// The registry host.
+        registry: String,
+        /// The daemon's message.
+        message: String,
+    },
     /// Stdin or stdout failed.
     Io(std::io::Error),
 }
@@ -118,6 +126,9 @@ impl fmt::Display for HelperError {
             HelperError::Config(e) => write!(f, "ecr-edge: {e}"),
             HelperError::Fetch { registry, cause } => write!(f, "ecr-edge: {registry}: {cause}"),
             HelperError::Busy { registry, cause } => write!(f, "ecr-edge: {registry}: {cause}"),
+            HelperError::Daemon { registry, message } => {
+                write!(f, "ecr-edge: {registry}: {message} (from the ecr-edge daemon)")
+            }
             HelperError::Io(e) => write!(f, "ecr-edge: {e}"),
         }
     }
@@ -205,9 +216,55 @@ fn get(input: &str, config: Option<&Path>) -> Result<Vec<u8>, HelperError> {
         return Err(HelperError::NoServerUrl);
     }
     let registry = Registry::parse(server_url).ok_or(HelperError::NotEcr)?;
-    let source = source(config)?;
+    let config = config::load(config).map_err(HelperError::Config)?;
+    let source = Source::select(&config);
+    if let Some(password) = from_daemon(&config, &registry, &source)? {
+        return Ok(get_response(server_url, &password));
+    }
     let token = token_for(&registry, &source)?;
     Ok(get_response(server_url, &token.password))
+}
+
+/// The daemon's token, when a daemon answers for this credential source; `Ok(None)` when the
+/// helper should do the work itself (no daemon, no answer within [`agent::FIRST_REPLY`],
+/// refused, or another identity). A token the daemon serves is printed, never written to disk.
+fn from_daemon(
+    config: &config::Config,
+    registry: &Registry,
+    source: &Source,
+) -> Result<Option<String>, HelperError> {
+    let Some(socket) = config.socket() else {
+        return Ok(None);
+    };
+    let request = agent::Request::Get {
+        registry: registry.host().to_owned(),
+        identity: source.identity(),
+    };
+    match agent::ask(&socket, &request, agent::FIRST_REPLY, deadline_from_env()?) {
+        Ok(agent::Reply::Token {
+            password,
+            expires_at,
+        }) if token::usable(expires_at, token::now()) => {
+            tracing::debug!(registry = registry.host(), "served by the daemon");
+            Ok(Some(password))
+        }
+        Ok(agent::Reply::Error { message }) => Err(HelperError::Daemon {
+            registry: registry.host().to_owned(),
+            message,
+        }),
+        Ok(other) => {
+            tracing::debug!("daemon answered {other:?}; fetching here");
+            Ok(None)
+        }
+        Err(agent::AskError::NoDaemon(e)) => {
+            tracing::debug!("no daemon at {}: {e}", socket.display());
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::warn!("daemon at {}: {e}; fetching here", socket.display());
+            Ok(None)
+        }
+    }
 }
 
 /// A usable token for `registry`: from the cache while it is before half-life, else fetched.

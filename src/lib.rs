@@ -14,17 +14,23 @@
 //! - [`ecr`]: fetching a token (the only async and AWS SDK code on the helper path).
 //! - [`token`]: a token, its half-life and its expiry margin.
 //! - [`files`]: atomic, private, symlink-refusing file access and the cross-process lock.
+//! - [`daemon`]: the refresher daemon (timers, backoff, socket server, sinks, systemd).
+//! - [`schedule`]: when to refresh and when to retry (pure; shared with the fleet simulation).
+//! - [`agent`]: the daemon's socket protocol and the blocking client the helper uses.
+//! - [`status`]: `ecr-edge status`, the daemon's state for people and scripts.
 //! - [`cli`]: argument parsing and dispatch for the binary.
 
 #![forbid(unsafe_code)]
 // Input never panics the helper: library code handles every `Result` (tests may unwrap).
 #![warn(clippy::unwrap_used)]
 
+pub mod agent;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod configure;
 pub mod credentials;
+pub mod daemon;
 pub mod doctor;
 pub mod ecr;
 pub mod elf;
@@ -33,6 +39,8 @@ pub mod helper;
 pub mod https;
 pub mod iot;
 pub mod registry;
+pub mod schedule;
+pub mod status;
 pub mod token;
 
 /// Amazon Trust Services root certificates (Amazon Root CA 1-4, Starfield Services Root CA G2),

@@ -39,7 +39,7 @@ impl Token {
 
     /// Whether the token may still be handed to a client: at least [`MIN_REMAINING_SECS`] left.
     pub fn is_usable(&self, now: i64) -> bool {
-        self.expires_at.saturating_sub(now) >= MIN_REMAINING_SECS
+        usable(self.expires_at, now)
     }
 }
 
@@ -51,6 +51,12 @@ impl fmt::Debug for Token {
             .field("fetched_at", &self.fetched_at)
             .finish()
     }
+}
+
+/// Whether a token expiring at `expires_at` may be handed out at `now`: at least
+/// [`MIN_REMAINING_SECS`] left.
+pub fn usable(expires_at: i64, now: i64) -> bool {
+    expires_at.saturating_sub(now) >= MIN_REMAINING_SECS
 }
 
 /// Seconds since the Unix epoch by the system clock (0 if the clock is before 1970).

@@ -3,6 +3,7 @@
 //! run them against a cross-built binary under qemu-user.
 
 mod configure;
+mod daemon;
 mod doctor;
 mod helper;
 mod iot;

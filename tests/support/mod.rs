@@ -233,6 +233,11 @@ impl FakeEcr {
         self.state.lock().unwrap().password = pw.into();
     }
 
+    /// How long the next tokens are valid, in seconds.
+    pub fn set_lifetime(&self, secs: f64) {
+        self.state.lock().unwrap().lifetime_secs = secs;
+    }
+
     /// The password tokens currently carry.
     pub fn password(&self) -> String {
         self.state.lock().unwrap().password.clone()
@@ -693,6 +698,9 @@ impl Sandbox {
             ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
             ("HOME".into(), p(&home)),
             ("ECR_EDGE_CACHE_DIR".into(), p(&dir.path().join("cache"))),
+            // The daemon socket the helper asks first: this sandbox's own (no daemon unless a
+            // test starts one), never a daemon running on the test machine.
+            ("ECR_EDGE_SOCKET".into(), p(&dir.path().join("agent.sock"))),
             ("SSL_CERT_FILE".into(), p(&ca_file)),
             ("HTTPS_PROXY".into(), fake.proxy_url.clone()),
             ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY_ID.into()),

@@ -1,0 +1,274 @@
+//! The daemon's local socket protocol, and the blocking client that the helper and
+//! `ecr-edge status` use.
+//!
+//! One JSON request line; one JSON reply line, or `{"reply":"wait"}` first when the daemon must
+//! fetch before it can answer. The client is plain std (no async runtime), so asking the daemon
+//! costs the helper one `connect` when no daemon runs, and a round trip of a few microseconds
+//! when one does.
+
+use std::fmt;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// How long the helper waits for the daemon's first reply before doing the work itself.
+pub const FIRST_REPLY: Duration = Duration::from_millis(50);
+
+/// Longest request or reply line accepted.
+pub const MAX_LINE: u64 = 256 * 1024;
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// A token for `registry`, obtained with the credential source named `identity`.
+    Get {
+        /// The registry host.
+        registry: String,
+        /// The asking helper's credential-source identity; the daemon answers only for its own.
+        identity: String,
+    },
+    /// The daemon's state.
+    Status,
+}
+
+/// What the daemon answers.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// A usable token.
+    Token {
+        /// The registry password.
+        password: String,
+        /// When it expires (seconds since the epoch).
+        expires_at: i64,
+    },
+    /// The daemon is fetching; the answer follows.
+    Wait,
+    /// The daemon could not get a usable token; the message names the cause.
+    Error {
+        /// The cause.
+        message: String,
+    },
+    /// The daemon will not answer this client for this request (another identity, a peer not
+    /// allowed, too many registries). The helper does the work itself.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// The daemon's state.
+    Status(StatusReport),
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reply::Token { expires_at, .. } => f
+                .debug_struct("Token")
+                .field("password", &"<redacted>")
+                .field("expires_at", expires_at)
+                .finish(),
+            Reply::Wait => f.write_str("Wait"),
+            Reply::Error { message } => f.debug_struct("Error").field("message", message).finish(),
+            Reply::Refused { reason } => f.debug_struct("Refused").field("reason", reason).finish(),
+            Reply::Status(s) => f.debug_tuple("Status").field(s).finish(),
+        }
+    }
+}
+
+/// The daemon's state, for `ecr-edge status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// `ecr-edge <version> (<target>)`.
+    pub version: String,
+    /// The credential-source identity the daemon serves.
+    pub identity: String,
+    /// When the daemon started (seconds since the epoch).
+    pub started_at: i64,
+    /// One entry per registry.
+    pub registries: Vec<RegistryStatus>,
+}
+
+/// One registry's state in the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryStatus {
+    /// The registry host.
+    pub registry: String,
+    /// Whether it was added on demand (not in the configuration).
+    pub on_demand: bool,
+    /// When the held token expires.
+    pub expires_at: Option<i64>,
+    /// When the last successful refresh happened.
+    pub last_refresh: Option<i64>,
+    /// The last failure's message, cleared by a success.
+    pub last_error: Option<String>,
+    /// Failures since the last success.
+    pub failures: u32,
+    /// When the next refresh attempt is due.
+    pub next_attempt: Option<i64>,
+}
+
+/// Why asking the daemon gave no answer to use.
+#[derive(Debug)]
+pub enum AskError {
+    /// No daemon listens (no socket, connection refused, not allowed by the socket's mode).
+    NoDaemon(std::io::Error),
+    /// The daemon did not answer in time.
+    Timeout,
+    /// The answer was not this protocol.
+    Protocol(String),
+}
+
+impl fmt::Display for AskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AskError::NoDaemon(e) => write!(f, "no daemon: {e}"),
+            AskError::Timeout => f.write_str("the daemon did not answer in time"),
+            AskError::Protocol(m) => write!(f, "unexpected answer from the daemon: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for AskError {}
+
+/// Sends `request` to the daemon at `socket` and returns its final reply. The first reply must
+/// come within `first`; after a [`Reply::Wait`], the final one within `deadline` of the start.
+///
+/// # Errors
+/// [`AskError`] when no daemon answers usefully.
+pub fn ask(
+    socket: &Path,
+    request: &Request,
+    first: Duration,
+    deadline: Duration,
+) -> Result<Reply, AskError> {
+    let start = Instant::now();
+    let mut stream = UnixStream::connect(socket).map_err(AskError::NoDaemon)?;
+    let mut line = serde_json::to_vec(request).map_err(|e| AskError::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    stream
+        .set_write_timeout(Some(first))
+        .and_then(|()| stream.write_all(&line))
+        .map_err(|e| timeout_or(e, AskError::NoDaemon))?;
+    let mut reader = BufReader::new(std::io::Read::take(stream, MAX_LINE));
+    let mut wait = first;
+    loop {
+        reader
+            .get_ref()
+            .get_ref()
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+            .map_err(AskError::NoDaemon)?;
+        let mut buf = String::new();
+        let n = reader
+            .read_line(&mut buf)
+            .map_err(|e| timeout_or(e, |e| AskError::Protocol(e.to_string())))?;
+        if n == 0 || !buf.ends_with('\n') {
+            return Err(AskError::Protocol("connection closed".into()));
+        }
+        let reply: Reply =
+            serde_json::from_str(&buf).map_err(|e| AskError::Protocol(e.to_string()))?;
+        if reply != Reply::Wait {
+            return Ok(reply);
+        }
+        wait = deadline.saturating_sub(start.elapsed());
+        if wait.is_zero() {
+            return Err(AskError::Timeout);
+        }
+    }
+}
+
+fn timeout_or(e: std::io::Error, other: impl FnOnce(std::io::Error) -> AskError) -> AskError {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => AskError::Timeout,
+        _ => other(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let r = Request::Get {
+            registry: "public.ecr.aws".into(),
+            identity: "chain;profile=default;role=;key=".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"op":"get","registry":"public.ecr.aws","identity":"chain;profile=default;role=;key="}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"op":"status"}"#
+        );
+        let t: Reply =
+            serde_json::from_str(r#"{"reply":"token","password":"pw","expires_at":5}"#).unwrap();
+        assert_eq!(
+            t,
+            Reply::Token {
+                password: "pw".into(),
+                expires_at: 5
+            }
+        );
+        assert!(!format!("{t:?}").contains("pw"));
+        assert_eq!(
+            serde_json::to_string(&Reply::Wait).unwrap(),
+            r#"{"reply":"wait"}"#
+        );
+        assert!(serde_json::from_str::<Reply>(r#"{"reply":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn no_daemon_is_reported_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        let err = ask(
+            &dir.path().join("none.sock"),
+            &Request::Status,
+            FIRST_REPLY,
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(matches!(err, AskError::NoDaemon(_)), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn silent_daemon_times_out_and_wait_then_answer_is_followed() {
+        use std::os::unix::net::UnixListener;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            // First client: never answers. Second: waits, then answers.
+            let (silent, _) = listener.accept().unwrap();
+            let (mut s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            s.write_all(b"{\"reply\":\"wait\"}\n").unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            s.write_all(b"{\"reply\":\"error\",\"message\":\"down\"}\n")
+                .unwrap();
+            drop(silent);
+            line
+        });
+        let start = Instant::now();
+        let err = ask(&path, &Request::Status, FIRST_REPLY, Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(err, AskError::Timeout), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(1));
+        let reply = ask(&path, &Request::Status, FIRST_REPLY, Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            reply,
+            Reply::Error {
+                message: "down".into()
+            }
+        );
+        assert_eq!(server.join().unwrap(), "{\"op\":\"status\"}\n");
+    }
+}

@@ -1,0 +1,769 @@
+//! `ecr-edge daemon`: keeps tokens warm and serves them to the helper over a Unix socket.
+//!
+//! One current-thread tokio runtime runs four kinds of task: one refresh task per registry,
+//! started by the scheduler when its timer fires (no polling: an idle daemon sleeps until the
+//! earliest refresh); the socket server, one task per connection; the signal handler (SIGHUP
+//! reloads the configuration, SIGTERM and SIGINT stop); and the systemd watchdog. State lives in
+//! one [`State`] behind a mutex that is never held across an `.await`.
+//!
+//! Token lifetimes are tracked on the monotonic clock from the moment a token arrives (at most
+//! the 12 hours ECR grants), so a wall clock that jumps (a device without an RTC setting its
+//! time from NTP after boot) neither expires nor prolongs a token. Tokens live in memory only;
+//! nothing the daemon serves is written to disk except by a configured sink.
+
+mod notify;
+mod peer;
+pub mod sink;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::agent::{self, RegistryStatus, Reply, Request, StatusReport};
+use crate::config::{self, Config, ConfigError, DaemonConfig, SinkConfig};
+use crate::credentials::Source;
+use crate::ecr::{Client, FetchError};
+use crate::registry::Registry;
+use crate::schedule::{self, Backoff, SystemJitter};
+use crate::token::{self, Token, MIN_REMAINING_SECS};
+
+use self::notify::Notifier;
+use self::peer::Policy;
+
+/// Registries added on demand beyond the configured ones, at most.
+pub const MAX_ON_DEMAND: usize = 32;
+
+/// Why the daemon could not start.
+#[derive(Debug)]
+pub enum DaemonError {
+    /// The configuration is missing, unreadable or invalid.
+    Config(ConfigError),
+    /// The credential source cannot work (device identity files, …).
+    Credentials(FetchError),
+    /// The socket could not be set up.
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// The runtime or signal handlers could not be set up.
+    Runtime(std::io::Error),
+}
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonError::Config(e) => e.fmt(f),
+            DaemonError::Credentials(e) => write!(f, "credentials: {e}"),
+            DaemonError::Socket { path, detail } => {
+                write!(f, "socket {}: {detail}", path.display())
+            }
+            DaemonError::Runtime(e) => write!(f, "runtime: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+/// Runs the daemon until SIGTERM or SIGINT. `config` is the `--config` path, if any.
+///
+/// # Errors
+/// [`DaemonError`] when it cannot start; once running, failures are logged and retried.
+pub fn run(config: Option<&Path>) -> Result<(), DaemonError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    runtime.block_on(serve(config.map(Path::to_owned)))
+}
+
+/// A token and when it stops being usable, on the monotonic clock.
+#[derive(Clone)]
+struct Held {
+    token: Token,
+    expires: Instant,
+}
+
+impl Held {
+    fn usable(&self, now: Instant) -> bool {
+        self.expires.saturating_duration_since(now)
+            >= Duration::from_secs(MIN_REMAINING_SECS as u64)
+    }
+}
+
+struct Entry {
+    registry: Registry,
+    on_demand: bool,
+    held: Option<Held>,
+    last_refresh: Option<i64>,
+    last_error: Option<String>,
+    backoff: Backoff,
+    next: Instant,
+    in_flight: bool,
+    /// Attempts completed; a waiting client watches it move.
+    attempts: u64,
+}
+
+impl Entry {
+    fn new(registry: Registry, on_demand: bool, cap: Duration) -> Entry {
+        Entry {
+            registry,
+            on_demand,
+            held: None,
+            last_refresh: None,
+            last_error: None,
+            backoff: Backoff::new(cap),
+            next: Instant::now(),
+            in_flight: false,
+            attempts: 0,
+        }
+    }
+
+    fn usable(&self, now: Instant) -> Option<&Held> {
+        self.held.as_ref().filter(|h| h.usable(now))
+    }
+}
+
+struct Settings {
+    identity: String,
+    policy: Policy,
+    sinks: Vec<SinkConfig>,
+    backoff_cap: Duration,
+    configured: Vec<String>,
+}
+
+struct State {
+    entries: BTreeMap<String, Entry>,
+    settings: Settings,
+    client: Arc<Client>,
+    ready: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the scheduler: a new entry, a finished attempt, a reload.
+    wake: Notify,
+    /// Wakes clients waiting for an attempt to finish.
+    changed: Notify,
+    notifier: Notifier,
+    started_at: i64,
+    config_path: Option<PathBuf>,
+    socket_gid: u32,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic aborts the process (panic = "abort"), so the lock is never poisoned in use.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn daemon_config(config: &Config) -> DaemonConfig {
+    config.daemon.clone().unwrap_or_default()
+}
+
+/// The region a client calls STS in: the IoT endpoint's, else the environment's, else the
+/// first registry's.
+fn home_region(source: &Source, daemon: &DaemonConfig) -> String {
+    if let Source::Iot(iot) = source {
+        if let Some(r) = crate::iot::endpoint_region(&iot.endpoint) {
+            return r.to_owned();
+        }
+    }
+    std::env::var("AWS_REGION")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .or_else(|| {
+            daemon
+                .registries
+                .iter()
+                .find_map(|r| Registry::parse(r))
+                .map(|r| r.region().to_owned())
+        })
+        .unwrap_or_else(|| "us-east-1".into())
+}
+
+fn settings(source: &Source, daemon: &DaemonConfig, socket_gid: u32) -> Settings {
+    let own_uid = nix::unistd::geteuid().as_raw();
+    let mut uids = daemon
+        .allowed_uids
+        .clone()
+        .unwrap_or_else(|| vec![0, own_uid]);
+    uids.dedup();
+    Settings {
+        identity: source.identity(),
+        policy: Policy {
+            uids,
+            gids: daemon
+                .allowed_gids
+                .clone()
+                .unwrap_or_else(|| vec![socket_gid]),
+        },
+        sinks: daemon.sinks.clone(),
+        backoff_cap: Duration::from_secs(daemon.backoff_max),
+        configured: daemon.registries.clone(),
+    }
+}
+
+async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
+    let config = config::load(config_path.as_deref()).map_err(DaemonError::Config)?;
+    let daemon = daemon_config(&config);
+    let source = Source::select(&config);
+    let deadline = crate::helper::deadline_from_env().unwrap_or(crate::ecr::DEFAULT_DEADLINE);
+    let client = Client::new(&source, &home_region(&source, &daemon), deadline, 1)
+        .await
+        .map_err(DaemonError::Credentials)?;
+    let socket_path = config
+        .socket()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
+    let listener = bind(&socket_path)?;
+    let socket_gid = std::fs::metadata(&socket_path)
+        .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+        .unwrap_or(0);
+    let settings = settings(&source, &daemon, socket_gid);
+    let mut entries = BTreeMap::new();
+    for host in &settings.configured {
+        if let Some(r) = Registry::parse(host) {
+            entries.insert(host.clone(), Entry::new(r, false, settings.backoff_cap));
+        }
+    }
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            entries,
+            settings,
+            client: Arc::new(client),
+            ready: false,
+        }),
+        wake: Notify::new(),
+        changed: Notify::new(),
+        notifier: Notifier::from_env(),
+        started_at: token::now(),
+        config_path,
+        socket_gid,
+    });
+    let (registries, identity) = {
+        let st = shared.lock();
+        (st.entries.len(), st.settings.identity.clone())
+    };
+    tracing::info!(
+        socket = %socket_path.display(),
+        registries,
+        identity = %identity,
+        "{} started",
+        crate::version_line()
+    );
+    mark_ready_if_done(&shared);
+
+    let scheduler = tokio::spawn(schedule_loop(shared.clone()));
+    let server = tokio::spawn(accept_loop(listener, shared.clone()));
+    let watchdog = notify::watchdog_interval().map(|every| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                shared.notifier.send("WATCHDOG=1");
+            }
+        })
+    });
+
+    let result = signals(&shared).await;
+    shared.notifier.send("STOPPING=1");
+    server.abort();
+    scheduler.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    remove_socket(&socket_path);
+    tracing::info!("stopped");
+    result
+}
+
+/// Waits for SIGTERM/SIGINT (returns) and handles SIGHUP (reload) meanwhile.
+async fn signals(shared: &Arc<Shared>) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload(shared).await,
+        }
+    }
+}
+
+/// SIGHUP: re-reads the configuration. An invalid file is reported and the running
+/// configuration kept. A changed credential source replaces the client and drops the tokens
+/// obtained with the old one.
+async fn reload(shared: &Arc<Shared>) {
+    shared.notifier.send("RELOADING=1");
+    let result = async {
+        let config = config::load(shared.config_path.as_deref()).map_err(DaemonError::Config)?;
+        let daemon = daemon_config(&config);
+        let source = Source::select(&config);
+        let new = settings(&source, &daemon, shared.socket_gid);
+        let client = if new.identity != shared.lock().settings.identity {
+            let deadline =
+                crate::helper::deadline_from_env().unwrap_or(crate::ecr::DEFAULT_DEADLINE);
+            Some(
+                Client::new(&source, &home_region(&source, &daemon), deadline, 1)
+                    .await
+                    .map_err(DaemonError::Credentials)?,
+            )
+        } else {
+            None
+        };
+        let mut st = shared.lock();
+        if let Some(client) = client {
+            st.client = Arc::new(client);
+            st.entries.clear();
+        }
+        st.entries
+            .retain(|host, e| e.on_demand || new.configured.contains(host));
+        for host in &new.configured {
+            match st.entries.get_mut(host) {
+                Some(e) => e.on_demand = false,
+                None => {
+                    if let Some(r) = Registry::parse(host) {
+                        st.entries
+                            .insert(host.clone(), Entry::new(r, false, new.backoff_cap));
+                    }
+                }
+            }
+        }
+        for e in st.entries.values_mut() {
+            e.backoff = Backoff::new(new.backoff_cap);
+        }
+        st.settings = new;
+        Ok::<usize, DaemonError>(st.entries.len())
+    }
+    .await;
+    match result {
+        Ok(n) => tracing::info!(registries = n, "configuration reloaded"),
+        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+    }
+    shared.wake.notify_one();
+    shared
+        .notifier
+        .send(&format!("READY=1\nSTATUS={}", status_line(shared)));
+}
+
+/// Starts a refresh for every due registry, then sleeps until the next one is due or something
+/// changes.
+async fn schedule_loop(shared: Arc<Shared>) {
+    loop {
+        let now = Instant::now();
+        let mut next_due: Option<Instant> = None;
+        let mut due = Vec::new();
+        {
+            let mut st = shared.lock();
+            let client = st.client.clone();
+            for (host, e) in st.entries.iter_mut() {
+                if e.in_flight {
+                    continue;
+                }
+                if e.next <= now {
+                    e.in_flight = true;
+                    due.push((host.clone(), e.registry.clone(), client.clone()));
+                } else {
+                    next_due = Some(next_due.map_or(e.next, |n| n.min(e.next)));
+                }
+            }
+        }
+        for (host, registry, client) in due {
+            tokio::spawn(refresh(shared.clone(), host, registry, client));
+        }
+        let wake = shared.wake.notified();
+        match next_due {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = wake => {}
+                }
+            }
+            None => wake.await,
+        }
+    }
+}
+
+/// One refresh attempt for `host`, then its next time.
+async fn refresh(shared: Arc<Shared>, host: String, registry: Registry, client: Arc<Client>) {
+    tracing::debug!(registry = %host, "refreshing");
+    let result = client.fetch(&registry).await;
+    let now = Instant::now();
+    let wall = token::now();
+    let mut jitter = SystemJitter;
+    {
+        let mut st = shared.lock();
+        if !Arc::ptr_eq(&st.client, &client) {
+            // The credential source changed while this ran; its result is for the old one.
+            if let Some(e) = st.entries.get_mut(&host) {
+                e.in_flight = false;
+            }
+            drop(st);
+            shared.wake.notify_one();
+            return;
+        }
+        let Some(e) = st.entries.get_mut(&host) else {
+            return;
+        };
+        e.in_flight = false;
+        e.attempts += 1;
+        match result {
+            Ok(token) => {
+                let life = schedule::token_life(token.expires_at, wall);
+                let delay = schedule::refresh_delay(life, &mut jitter);
+                tracing::info!(
+                    registry = %host,
+                    expires_at = token.expires_at,
+                    next_refresh_in_s = delay.as_secs(),
+                    "token refreshed"
+                );
+                e.held = Some(Held {
+                    token,
+                    expires: now + life,
+                });
+                e.backoff.reset();
+                e.last_refresh = Some(wall);
+                e.last_error = None;
+                e.next = now + delay;
+            }
+            Err(err) => {
+                let delay = e.backoff.next(err.failure(), &mut jitter);
+                let still = e.usable(now).map(|h| h.expires - now);
+                tracing::warn!(
+                    registry = %host,
+                    failures = e.backoff.failures(),
+                    retry_in_s = delay.as_secs_f32(),
+                    token_valid_for_s = still.map(|d| d.as_secs()),
+                    "refresh failed: {err}"
+                );
+                if still.is_none() {
+                    e.held = None;
+                }
+                e.last_error = Some(err.to_string());
+                e.next = now + delay;
+            }
+        }
+    }
+    write_sinks(&shared);
+    mark_ready_if_done(&shared);
+    shared.changed.notify_waiters();
+    shared.wake.notify_one();
+}
+
+/// After the first round (every configured registry tried once): `READY=1`. Always refreshes
+/// `STATUS=`.
+fn mark_ready_if_done(shared: &Shared) {
+    let became_ready = {
+        let mut st = shared.lock();
+        let done = st
+            .entries
+            .values()
+            .filter(|e| !e.on_demand)
+            .all(|e| e.attempts > 0);
+        let became = done && !st.ready;
+        st.ready |= done;
+        became
+    };
+    let status = status_line(shared);
+    if became_ready {
+        shared.notifier.send(&format!("READY=1\nSTATUS={status}"));
+    } else {
+        shared.notifier.send(&format!("STATUS={status}"));
+    }
+}
+
+fn status_line(shared: &Shared) -> String {
+    let st = shared.lock();
+    let now = Instant::now();
+    let total = st.entries.len();
+    let good = st
+        .entries
+        .values()
+        .filter(|e| e.usable(now).is_some())
+        .count();
+    let failing = st
+        .entries
+        .values()
+        .filter(|e| e.last_error.is_some())
+        .count();
+    let next = st
+        .entries
+        .values()
+        .map(|e| e.next.saturating_duration_since(now))
+        .min();
+    let mut s = format!("{good}/{total} registries have a token");
+    if failing > 0 {
+        s.push_str(&format!(", {failing} failing"));
+    }
+    if let Some(n) = next {
+        s.push_str(&format!(", next refresh in {}s", n.as_secs()));
+    }
+    s
+}
+
+/// Brings every sink file up to date with the usable tokens (and removes entries whose token
+/// is gone). Failures are logged; the next refresh tries again.
+fn write_sinks(shared: &Shared) {
+    let (sinks, tokens) = {
+        let st = shared.lock();
+        if st.settings.sinks.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let tokens: Vec<(String, Option<String>)> = st
+            .entries
+            .iter()
+            .map(|(h, e)| (h.clone(), e.usable(now).map(|h| h.token.password.clone())))
+            .collect();
+        (st.settings.sinks.clone(), tokens)
+    };
+    let entries: Vec<sink::SinkEntry<'_>> = tokens
+        .iter()
+        .map(|(h, p)| (h.as_str(), p.as_deref()))
+        .collect();
+    for s in &sinks {
+        match sink::write(&s.path, &entries) {
+            Ok(changed) if !changed.is_empty() => {
+                tracing::info!(sink = %s.path.display(), registries = changed.len(), "sink updated")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("sink {:?} not updated: {e}", s.kind),
+        }
+    }
+}
+
+/// Binds the socket: refuses a path that is something other than a stale socket, refuses to
+/// start beside a running daemon, creates the directory if missing, and makes the socket 0660.
+fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+    let fail = |detail: String| DaemonError::Socket {
+        path: path.to_owned(),
+        detail,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !m.file_type().is_socket() {
+                return Err(fail(
+                    "exists and is not a socket; refusing to replace it".into(),
+                ));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(fail("another daemon is answering on it".into()));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| fail(format!("cannot remove stale socket: {e}")))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(|e| fail(format!("cannot create its directory: {e}")))?;
+        }
+    }
+    // The socket is created with the umask applied; keep it from ever being wider than 0660.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(|e| fail(e.to_string()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(listener)
+}
+
+fn remove_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, shared.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One client: peer check, one request, its reply (after a `wait` line if the daemon has to
+/// fetch first).
+async fn connection(stream: UnixStream, shared: Arc<Shared>) {
+    let peer = match peer::peer_of(&stream) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("cannot identify socket peer: {e}");
+            return;
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    let allowed = shared.lock().settings.policy.allows(&peer);
+    if !allowed {
+        tracing::warn!(
+            uid = peer.uid,
+            gid = peer.gid,
+            pid = peer.pid,
+            "refused a client not in allowed_uids/allowed_gids"
+        );
+        let reply = Reply::Refused {
+            reason: format!("uid {} is not allowed to use this daemon", peer.uid),
+        };
+        let _ = send(&mut write, &reply).await;
+        return;
+    }
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(agent::MAX_LINE));
+    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        return;
+    }
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Reply::Error {
+            message: format!("bad request: {e}"),
+        },
+        Ok(Request::Status) => Reply::Status(report(&shared)),
+        Ok(Request::Get { registry, identity }) => {
+            get(&shared, &registry, &identity, &mut write).await
+        }
+    };
+    let _ = send(&mut write, &reply).await;
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await
+}
+
+/// Answers a `get`: the held token while usable; otherwise waits for the attempt in flight
+/// (or due now), telling the client to wait; otherwise the last error.
+async fn get(
+    shared: &Shared,
+    host: &str,
+    identity: &str,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Reply {
+    let Some(registry) = Registry::parse(host).filter(|r| r.host() == host) else {
+        return Reply::Error {
+            message: format!("{host:?} is not an Amazon ECR registry host"),
+        };
+    };
+    let deadline = Instant::now()
+        + crate::helper::deadline_from_env().unwrap_or(crate::ecr::DEFAULT_DEADLINE)
+        + Duration::from_secs(1);
+    let mut told_to_wait = false;
+    let mut seen_attempts = None;
+    loop {
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        {
+            let mut st = shared.lock();
+            if st.settings.identity != identity {
+                return Reply::Refused {
+                    reason: "the daemon serves another credential source".into(),
+                };
+            }
+            let on_demand = st.entries.values().filter(|e| e.on_demand).count();
+            let cap = st.settings.backoff_cap;
+            if !st.entries.contains_key(host) {
+                if on_demand >= MAX_ON_DEMAND {
+                    return Reply::Refused {
+                        reason: format!(
+                            "the daemon already holds {MAX_ON_DEMAND} on-demand registries"
+                        ),
+                    };
+                }
+                tracing::info!(registry = host, "added on demand");
+                st.entries
+                    .insert(host.to_owned(), Entry::new(registry.clone(), true, cap));
+                shared.wake.notify_one();
+            }
+            let now = Instant::now();
+            let Some(e) = st.entries.get(host) else {
+                continue;
+            };
+            if let Some(h) = e.usable(now) {
+                return Reply::Token {
+                    password: h.token.password.clone(),
+                    expires_at: h.token.expires_at,
+                };
+            }
+            let attempts = *seen_attempts.get_or_insert(e.attempts);
+            let finished_one = e.attempts > attempts;
+            let pending = e.in_flight || e.next <= now;
+            if finished_one || !pending {
+                return Reply::Error {
+                    message: e
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "no token yet".into()),
+                };
+            }
+        }
+        if !told_to_wait {
+            told_to_wait = true;
+            if send(write, &Reply::Wait).await.is_err() {
+                return Reply::Wait;
+            }
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return Reply::Error {
+                message: "timed out waiting for the refresh".into(),
+            };
+        }
+    }
+}
+
+fn report(shared: &Shared) -> StatusReport {
+    let st = shared.lock();
+    let now = Instant::now();
+    let wall = token::now();
+    let at = |i: Instant| {
+        let d = i.saturating_duration_since(now).as_secs();
+        wall.saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
+    };
+    StatusReport {
+        version: crate::version_line(),
+        identity: st.settings.identity.clone(),
+        started_at: shared.started_at,
+        registries: st
+            .entries
+            .iter()
+            .map(|(host, e)| RegistryStatus {
+                registry: host.clone(),
+                on_demand: e.on_demand,
+                expires_at: e.usable(now).map(|h| h.token.expires_at),
+                last_refresh: e.last_refresh,
+                last_error: e.last_error.clone(),
+                failures: e.backoff.failures(),
+                next_attempt: (!e.in_flight).then(|| at(e.next)),
+            })
+            .collect(),
+    }
+}

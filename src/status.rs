@@ -1,0 +1,140 @@
+//! `ecr-edge status`: asks the daemon for its state and prints it, a line per registry (or
+//! the daemon's JSON with `--json`). Exit 0 when every registry holds a usable token, 1 when
+//! one does not, 2 when no daemon answers.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::agent::{self, Reply, Request, StatusReport};
+
+/// Runs `ecr-edge status`; returns the exit status.
+pub fn run(config: Option<&Path>, json: bool) -> u8 {
+    let socket = match crate::config::load(config) {
+        Ok(c) => c.socket(),
+        Err(e) => {
+            eprintln!("ecr-edge status: {e}");
+            return 2;
+        }
+    };
+    let Some(socket) = socket else {
+        eprintln!("ecr-edge status: ECR_EDGE_SOCKET is empty: no daemon to ask");
+        return 2;
+    };
+    let wait = Duration::from_secs(2);
+    let report = match agent::ask(&socket, &Request::Status, wait, wait) {
+        Ok(Reply::Status(r)) => r,
+        Ok(other) => {
+            eprintln!("ecr-edge status: unexpected answer from the daemon: {other:?}");
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("ecr-edge status: {} : {e}", socket.display());
+            return 2;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("ecr-edge status: {e}");
+                return 2;
+            }
+        }
+    } else {
+        print!("{}", render(&report, crate::token::now()));
+    }
+    u8::from(report.registries.iter().any(|r| r.expires_at.is_none()))
+}
+
+/// The report as text, times relative to `now`.
+pub fn render(r: &StatusReport, now: i64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} up {}, serving {}",
+        r.version,
+        span(now - r.started_at),
+        r.identity
+    );
+    if r.registries.is_empty() {
+        out.push_str("no registries yet (none configured, none asked for)\n");
+    }
+    for reg in &r.registries {
+        let _ = writeln!(
+            out,
+            "{}{}",
+            reg.registry,
+            if reg.on_demand { " (on demand)" } else { "" }
+        );
+        let expiry = match reg.expires_at {
+            Some(t) => format!("expires in {}", span(t - now)),
+            None => "no usable token".into(),
+        };
+        let refreshed = match reg.last_refresh {
+            Some(t) => format!("refreshed {} ago", span(now - t)),
+            None => "never refreshed".into(),
+        };
+        let next = match reg.next_attempt {
+            Some(t) => format!("next attempt in {}", span(t - now)),
+            None => "refreshing now".into(),
+        };
+        let _ = writeln!(out, "  {expiry}; {refreshed}; {next}");
+        if let Some(e) = &reg.last_error {
+            let _ = writeln!(out, "  last error ({} in a row): {e}", reg.failures);
+        }
+    }
+    out
+}
+
+/// `3h05m`, `4m10s`, `12s`.
+fn span(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::RegistryStatus;
+
+    #[test]
+    fn renders_each_registry() {
+        let r = StatusReport {
+            version: "ecr-edge 0.1.0 (x86_64-unknown-linux-musl)".into(),
+            identity: "chain;profile=default;role=;key=".into(),
+            started_at: 1000,
+            registries: vec![
+                RegistryStatus {
+                    registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com".into(),
+                    on_demand: false,
+                    expires_at: Some(1000 + 43_200),
+                    last_refresh: Some(1000),
+                    last_error: None,
+                    failures: 0,
+                    next_attempt: Some(1000 + 20_000),
+                },
+                RegistryStatus {
+                    registry: "public.ecr.aws".into(),
+                    on_demand: true,
+                    expires_at: None,
+                    last_refresh: None,
+                    last_error: Some("cannot reach api.ecr-public.us-east-1.amazonaws.com".into()),
+                    failures: 3,
+                    next_attempt: None,
+                },
+            ],
+        };
+        let text = render(&r, 1130);
+        assert_eq!(
+            text,
+            "ecr-edge 0.1.0 (x86_64-unknown-linux-musl) up 2m10s, serving chain;profile=default;role=;key=\n\
+             123456789012.dkr.ecr.us-west-2.amazonaws.com\n  expires in 11h57m; refreshed 2m10s ago; next attempt in 5h31m\n\
+             public.ecr.aws (on demand)\n  no usable token; never refreshed; refreshing now\n  last error (3 in a row): cannot reach api.ecr-public.us-east-1.amazonaws.com\n"
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! The refresher daemon as a real process: systemd's notify socket, the helper over the Unix
+//! socket, peer credentials, an upstream outage and recovery, sinks, SIGHUP and SIGTERM.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::support::{self, text, Mode, Sandbox};
+
+const REG: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
+const OTHER: &str = "210987654321.dkr.ecr.eu-central-1.amazonaws.com";
+
+/// A running `ecr-edge daemon` with its notify socket; killed when dropped.
+struct Daemon {
+    child: Child,
+    notify: UnixDatagram,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon with `config` in the sandbox (the helper gets the same file).
+    fn start(sb: &mut Sandbox, config: &str) -> Daemon {
+        let path = sb.dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        sb.set("ECR_EDGE_CONFIG", Some(path.to_str().unwrap()));
+        let notify_path = sb.dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let log = sb.dir.path().join("daemon.log");
+        let mut cmd = support::command(&support::binary());
+        cmd.arg("daemon")
+            .env_clear()
+            .envs(sb.vars.iter().map(|(k, v)| (k, v)))
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("ECR_EDGE_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().unwrap();
+        Daemon { child, notify, log }
+    }
+
+    /// Waits for a notify message containing `what`; returns every message seen.
+    fn wait_notify(&self, what: &str, within: Duration) -> Vec<String> {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while start.elapsed() < within {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = msg.contains(what);
+                seen.push(msg);
+                if done {
+                    return seen;
+                }
+            }
+        }
+        panic!(
+            "no {what} within {within:?}; saw {seen:?}; log:\n{}",
+            self.log()
+        );
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(sb: &Sandbox, host: &str) -> (bool, String) {
+    let out = sb.helper("get", host.as_bytes());
+    (out.status.success(), text(&out.stdout))
+}
+
+fn ecr_calls(sb: &Sandbox) -> usize {
+    sb.fake
+        .calls()
+        .iter()
+        .filter(|c| c.target.ends_with("GetAuthorizationToken"))
+        .count()
+}
+
+fn status_json(sb: &Sandbox) -> serde_json::Value {
+    let mut c = support::command(&support::binary());
+    c.args(["status", "--json"])
+        .env_clear()
+        .envs(sb.vars.iter().map(|(k, v)| (k, v)));
+    let out = c.output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json: {e}: {} {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn daemon_serves_the_helper_from_memory_and_adds_registries_on_demand() {
+    let mut sb = Sandbox::new();
+    let d = Daemon::start(&mut sb, &format!("[daemon]\nregistries = [\"{REG}\"]\n"));
+    let seen = d.wait_notify("READY=1", Duration::from_secs(20));
+    assert!(
+        seen.iter()
+            .any(|m| m.contains("STATUS=1/1 registries have a token")),
+        "{seen:?}"
+    );
+    assert_eq!(ecr_calls(&sb), 1, "one fetch in the first round");
+
+    for _ in 0..5 {
+        let (ok, out) = get(&sb, REG);
+        assert!(ok, "{out}\n{}", d.log());
+        assert!(
+            out.contains(&format!("\"Secret\":\"{}\"", sb.fake.password())),
+            "{out}"
+        );
+    }
+    assert_eq!(ecr_calls(&sb), 1, "the daemon served all five from memory");
+    // Served tokens never touch disk: the helper's cache was not even created.
+    assert!(!sb.cache_dir().exists() || std::fs::read_dir(sb.cache_dir()).unwrap().count() == 0);
+
+    // A registry not in the list: fetched on demand, then kept.
+    let (ok, out) = get(&sb, OTHER);
+    assert!(ok, "{out}\n{}", d.log());
+    assert_eq!(ecr_calls(&sb), 2);
+    let (ok, _) = get(&sb, OTHER);
+    assert!(ok);
+    assert_eq!(ecr_calls(&sb), 2);
+
+    let status = status_json(&sb);
+    let regs = status["registries"].as_array().unwrap();
+    assert_eq!(regs.len(), 2, "{status}");
+    let other = regs.iter().find(|r| r["registry"] == OTHER).unwrap();
+    assert_eq!(other["on_demand"], true);
+    assert!(other["expires_at"].as_i64().unwrap() > ecr_edge::token::now() + 40_000);
+    assert!(other["next_attempt"].as_i64().unwrap() > ecr_edge::token::now() + 3600);
+
+    // Human-readable status, exit 0 when every registry has a token.
+    let mut c = support::command(&support::binary());
+    c.arg("status")
+        .env_clear()
+        .envs(sb.vars.iter().map(|(k, v)| (k, v)));
+    let out = c.output().unwrap();
+    assert!(out.status.success());
+    let t = text(&out.stdout);
+    assert!(t.contains(&format!("{OTHER} (on demand)")), "{t}");
+    assert!(
+        t.contains("expires in 12h00m") || t.contains("expires in 11h59m"),
+        "{t}"
+    );
+    assert!(
+        !t.contains(&sb.fake.password()),
+        "status never shows a token"
+    );
+    assert!(
+        !d.log().contains(&sb.fake.password()),
+        "the log never shows a token"
+    );
+}
+
+#[test]
+fn sigterm_stops_within_a_second_and_removes_the_socket() {
+    let mut sb = Sandbox::new();
+    let mut d = Daemon::start(&mut sb, &format!("[daemon]\nregistries = [\"{REG}\"]\n"));
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let socket = sb.dir.path().join("agent.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660);
+    let start = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "still running after 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    assert!(!socket.exists());
+    // The helper does the work itself once the daemon is gone.
+    let (ok, out) = get(&sb, REG);
+    assert!(ok, "{out}");
+    assert_eq!(ecr_calls(&sb), 2);
+}
+
+#[test]
+fn sighup_reloads_and_sinks_keep_unrelated_entries() {
+    let mut sb = Sandbox::new();
+    let sink = sb.dir.path().join("k3s").join("auth.json");
+    std::fs::create_dir_all(sink.parent().unwrap()).unwrap();
+    std::fs::write(
+        &sink,
+        "{\n\t\"auths\": {\"docker.io\": {\"auth\": \"dXNlcjpwYXNz\"}},\n\t\"credsStore\": \"pass\"\n}\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&sink, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let d = Daemon::start(&mut sb, &format!("[daemon]\nregistries = [\"{REG}\"]\n"));
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let config = sb.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nregistries = [\"{REG}\", \"{OTHER}\"]\n\
+             [[daemon.sink]]\nkind = \"docker-auths\"\npath = \"{}\"\n",
+            sink.display()
+        ),
+    )
+    .unwrap();
+    d.signal(Signal::SIGHUP);
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let start = Instant::now();
+    let v: serde_json::Value = loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&sink).unwrap()).unwrap();
+        if v["auths"].as_object().unwrap().len() == 3 {
+            break v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{v}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(v["auths"]["docker.io"]["auth"], "dXNlcjpwYXNz");
+    assert_eq!(v["credsStore"], "pass");
+    let want = aws_smithy_types::base64::encode(format!("AWS:{}", sb.fake.password()));
+    assert_eq!(v["auths"][REG]["auth"], want.as_str());
+    assert_eq!(v["auths"][OTHER]["auth"], want.as_str());
+    // The file kept its mode.
+    assert_eq!(
+        std::fs::metadata(&sink).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    assert!(d.log().contains("configuration reloaded"), "{}", d.log());
+
+    // A broken configuration on reload is reported and the running one kept.
+    std::fs::write(&config, "[daemon]\nregistries = [\"docker.io\"]\n").unwrap();
+    d.signal(Signal::SIGHUP);
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    assert!(d.log().contains("reload failed"), "{}", d.log());
+    // Still serving with the running configuration (the helper needs a valid file to read).
+    let calls = ecr_calls(&sb);
+    std::fs::write(&config, format!("[daemon]\nregistries = [\"{REG}\"]\n")).unwrap();
+    let (ok, out) = get(&sb, OTHER);
+    assert!(ok, "{out}");
+    assert_eq!(ecr_calls(&sb), calls);
+}
+
+#[test]
+fn outage_keeps_valid_tokens_never_serves_expired_ones_and_recovers_within_the_cap() {
+    let mut sb = Sandbox::new();
+    // 330-second tokens: usable (>= 300 s left) for 30 s, refreshed 12-15 s after issue.
+    sb.fake.set_lifetime(330.0);
+    sb.fake.set_password("before-outage");
+    let d = Daemon::start(
+        &mut sb,
+        &format!("[daemon]\nregistries = [\"{REG}\"]\nbackoff_max = 2\n"),
+    );
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let issued = Instant::now();
+    sb.fake.set_mode(Mode::Reset);
+    sb.fake.set_password("after-outage");
+
+    // While the link is down: the held token is served until it has 300 s left, then the
+    // daemon's error, never the old token.
+    let mut served = 0;
+    let mut refused_after_expiry = 0;
+    while issued.elapsed() < Duration::from_secs(38) {
+        let (ok, out) = get(&sb, REG);
+        let age = issued.elapsed();
+        if ok {
+            assert!(out.contains("before-outage"), "{out}");
+            assert!(
+                age < Duration::from_secs(31),
+                "token served {age:?} after issue"
+            );
+            served += 1;
+        } else {
+            assert!(
+                age > Duration::from_secs(28),
+                "failed while valid at {age:?}: {out}"
+            );
+            assert!(
+                out.contains("cannot reach") || out.contains("no answer"),
+                "{out}"
+            );
+            refused_after_expiry += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        served > 20 && refused_after_expiry > 5,
+        "{served} {refused_after_expiry}"
+    );
+    // Retried through the outage, one call per attempt, with backoff (cap 2 s): not a tight
+    // loop. Over ~37 s: at least 1 s and at most 2 s apart, plus each attempt's own time.
+    let attempts = ecr_calls(&sb);
+    assert!(
+        (10..=40).contains(&attempts),
+        "{attempts} attempts\n{}",
+        d.log()
+    );
+
+    // The link returns: the next attempt (within the 2 s cap) succeeds.
+    sb.fake.set_mode(Mode::Ok);
+    let back = Instant::now();
+    loop {
+        let (ok, out) = get(&sb, REG);
+        if ok {
+            assert!(out.contains("after-outage"), "{out}");
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "not recovered: {out}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = status_json(&sb);
+    assert_eq!(
+        status["registries"][0]["last_error"],
+        serde_json::Value::Null
+    );
+    assert_eq!(status["registries"][0]["failures"], 0);
+}
+
+#[test]
+fn a_peer_outside_the_allowed_lists_is_refused_and_the_helper_fetches_itself() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the helper as another user");
+        return;
+    }
+    let mut sb = Sandbox::new();
+    // The other user must reach the socket, the CA bundle and a cache directory of its own.
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    sb.set(
+        "ECR_EDGE_CACHE_DIR",
+        Some(cache.path().join("nobody").to_str().unwrap()),
+    );
+    let d = Daemon::start(
+        &mut sb,
+        &format!("[daemon]\nregistries = [\"{REG}\"]\nallowed_uids = [0]\nallowed_gids = []\n"),
+    );
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    std::fs::set_permissions(
+        sb.dir.path().join("config.toml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    assert_eq!(ecr_calls(&sb), 1);
+
+    // uid 65534 with primary group 0: the socket's mode (0660 root:root) lets it connect, so
+    // the refusal is the daemon's peer check.
+    let mut cmd = sb.helper_command("get");
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    std::os::unix::process::CommandExt::gid(&mut cmd, 0);
+    let out = support::run_with_input(cmd, REG.as_bytes());
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), d.log());
+    assert_eq!(ecr_calls(&sb), 2, "the refused helper fetched for itself");
+    assert!(
+        d.log().contains("refused a client") && d.log().contains("uid=65534"),
+        "{}",
+        d.log()
+    );
+    // Root is allowed and served from memory.
+    let (ok, _) = get(&sb, REG);
+    assert!(ok);
+    assert_eq!(ecr_calls(&sb), 2);
+}
+
+#[test]
+fn a_stray_file_at_the_socket_path_is_not_replaced() {
+    let mut sb = Sandbox::new();
+    let socket = sb.dir.path().join("agent.sock");
+    std::fs::write(&socket, "mine").unwrap();
+    let mut d = Daemon::start(&mut sb, "[daemon]\n");
+    let status = d.child.wait().unwrap();
+    assert!(!status.success());
+    assert!(d.log().contains("not a socket"), "{}", d.log());
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "mine");
+    // And a helper with no daemon still works.
+    let (ok, _) = get(&sb, REG);
+    assert!(ok);
+}
