@@ -139,6 +139,7 @@ fn main() {
         "upstream calls for 32 concurrent cold gets: ecr-edge {}, incumbent {}",
         e.burst_calls, i.burst_calls
     );
+    daemon_section(&mut sb, runs);
     let floor = {
         let mut c = Command::new(probe_path());
         c.arg("/bin/true").stdout(Stdio::piped());
@@ -234,4 +235,94 @@ fn rss(sb: &Sandbox, program: &Path) -> i64 {
         .stderr(Stdio::piped());
     let out = support::run_with_input(c, HOST.as_bytes());
     support::text(&out.stdout).trim().parse().unwrap_or(-1)
+}
+
+/// The daemon: `get` served over its socket (latency, helper peak RSS), and the daemon's own
+/// idle RSS, natively and (when built) the aarch64 binary under qemu-user.
+fn daemon_section(sb: &mut Sandbox, runs: usize) {
+    let config = sb.dir.path().join("daemon.toml");
+    std::fs::write(&config, format!("[daemon]\nregistries = [\"{HOST}\"]\n")).unwrap();
+    sb.set("ECR_EDGE_CONFIG", Some(config.to_str().unwrap()));
+    let _ = std::fs::remove_dir_all(sb.cache_dir());
+    println!("\ndaemon (x86_64 musl, one registry, token held in memory):");
+    let native = start_daemon(sb, None, &support::binary());
+    let before = sb.fake.calls().len();
+    let served = time_runs(runs, || {
+        run(sb, &sb.helper);
+    });
+    assert_eq!(
+        sb.fake.calls().len(),
+        before,
+        "gets were not served by the daemon"
+    );
+    let rss_served = rss(sb, &sb.helper);
+    std::thread::sleep(Duration::from_secs(3));
+    let (rss, hwm) = proc_rss(native.id());
+    println!(
+        "  get served by the daemon: p50 {:.2} ms, p99 {:.2} ms; helper peak RSS {rss_served} KiB",
+        ms(served.0),
+        ms(served.1)
+    );
+    println!("  daemon idle RSS {rss} KiB (peak {hwm} KiB), target < 6144 KiB");
+    stop(native);
+    let arm = PathBuf::from("target/aarch64-unknown-linux-musl/release/ecr-edge");
+    if arm.exists() && Path::new("/usr/bin/qemu-aarch64-static").exists() {
+        let d = start_daemon(sb, Some("/usr/bin/qemu-aarch64-static"), &arm);
+        std::thread::sleep(Duration::from_secs(3));
+        let (rss, hwm) = proc_rss(d.id());
+        println!(
+            "  aarch64 daemon under qemu-aarch64-static: RSS {rss} KiB (peak {hwm} KiB), \
+             including the emulator's own memory"
+        );
+        stop(d);
+    }
+    sb.set("ECR_EDGE_CONFIG", None);
+}
+
+/// Starts the daemon and waits until a `get` is served by it.
+fn start_daemon(sb: &Sandbox, runner: Option<&str>, program: &Path) -> std::process::Child {
+    let mut c = match runner {
+        Some(r) => {
+            let mut c = Command::new(r);
+            c.arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    c.arg("daemon")
+        .env_clear()
+        .envs(sb.vars.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = c.spawn().unwrap();
+    let socket = sb.dir.path().join("agent.sock");
+    let start = Instant::now();
+    while !socket.exists() || !run(sb, &sb.helper).0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
+
+/// VmRSS and VmHWM of a process, KiB.
+fn proc_rss(pid: u32) -> (i64, i64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }

@@ -88,6 +88,9 @@ pub struct StatusReport {
     pub identity: String,
     /// When the daemon started (seconds since the epoch).
     pub started_at: i64,
+    /// When the role credentials held for the local credentials endpoint expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_expire_at: Option<i64>,
     /// One entry per registry.
     pub registries: Vec<RegistryStatus>,
 }

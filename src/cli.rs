@@ -293,11 +293,7 @@ fn credentials(config: Option<&Path>) -> Result<String, String> {
     let fetcher =
         crate::ecr::Fetcher::new(&source, &region, deadline).map_err(|e| e.to_string())?;
     let creds = fetcher.credentials().map_err(|e| e.to_string())?;
-    let expiration = creds.expiry().and_then(|t| {
-        aws_smithy_types::DateTime::from(t)
-            .fmt(aws_smithy_types::date_time::Format::DateTime)
-            .ok()
-    });
+    let expiration = crate::ecr::expiration_rfc3339(&creds);
     let out = serde_json::json!({
         "Version": 1,
         "AccessKeyId": creds.access_key_id(),

@@ -67,6 +67,12 @@ pub struct DaemonConfig {
     /// Files written for consumers that cannot run a credential helper.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<SinkConfig>,
+    /// `127.0.0.1:PORT`: serve the `[iot]` role credentials to local AWS SDK programs in the
+    /// container-credentials format. Off when unset.
+    pub credentials_endpoint: Option<String>,
+    /// The endpoint's authorization token, written 0600 at start-up.
+    #[serde(default = "default_token_file")]
+    pub credentials_token_file: PathBuf,
 }
 
 impl Default for DaemonConfig {
@@ -78,8 +84,14 @@ impl Default for DaemonConfig {
             allowed_gids: None,
             backoff_max: default_backoff_max(),
             sinks: Vec::new(),
+            credentials_endpoint: None,
+            credentials_token_file: default_token_file(),
         }
     }
+}
+
+fn default_token_file() -> PathBuf {
+    PathBuf::from("/run/ecr-edge/credentials-token")
 }
 
 fn default_socket() -> PathBuf {
@@ -223,6 +235,11 @@ pub fn parse(text: &str) -> Result<Config, String> {
     }
     if let Some(daemon) = &config.daemon {
         validate_daemon(daemon)?;
+        if daemon.credentials_endpoint.is_some() && config.iot.is_none() {
+            return Err(
+                "[daemon] credentials_endpoint serves the [iot] role credentials: add [iot]".into(),
+            );
+        }
     }
     Ok(config)
 }
@@ -255,6 +272,20 @@ fn validate_daemon(d: &DaemonConfig) -> Result<(), String> {
             "[daemon] backoff_max is in seconds, 1 to 86400, got {}",
             d.backoff_max
         ));
+    }
+    if let Some(addr) = &d.credentials_endpoint {
+        match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => {}
+            _ => {
+                return Err(format!(
+                    "[daemon] credentials_endpoint must be a loopback address and port such as \
+                     127.0.0.1:9911, got {addr:?}"
+                ))
+            }
+        }
+    }
+    if !d.credentials_token_file.is_absolute() {
+        return Err("[daemon] credentials_token_file must be an absolute path".into());
     }
     for sink in &d.sinks {
         if !sink.path.is_absolute() {
@@ -405,6 +436,8 @@ path = "/run/containers/0/auth.json"
                 "absolute",
             ),
             ("registry = []", "registry"),
+            ("credentials_endpoint = \"0.0.0.0:9911\"", "loopback"),
+            ("credentials_endpoint = \"127.0.0.1:9911\"", "add [iot]"),
         ] {
             let err = parse(&format!("[daemon]\n{bad}\n")).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");

@@ -300,6 +300,15 @@ impl Client {
     }
 }
 
+/// When `creds` expire, as RFC 3339 (`2026-11-22T06:00:00Z`), the form AWS SDKs read.
+pub fn expiration_rfc3339(creds: &aws_credential_types::Credentials) -> Option<String> {
+    creds.expiry().and_then(|t| {
+        aws_smithy_types::DateTime::from(t)
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .ok()
+    })
+}
+
 /// Maps a credentials failure: the IoT exchange's own error when that is the cause.
 fn credentials_error(e: &CredentialsError) -> FetchError {
     match find_source::<IotError>(e) {

@@ -57,6 +57,13 @@ pub fn render(r: &StatusReport, now: i64) -> String {
         span(now - r.started_at),
         r.identity
     );
+    if let Some(t) = r.credentials_expire_at {
+        let _ = writeln!(
+            out,
+            "role credentials (local endpoint) expire in {}",
+            span(t - now)
+        );
+    }
     if r.registries.is_empty() {
         out.push_str("no registries yet (none configured, none asked for)\n");
     }
@@ -108,6 +115,7 @@ mod tests {
             version: "ecr-edge 0.1.0 (x86_64-unknown-linux-musl)".into(),
             identity: "chain;profile=default;role=;key=".into(),
             started_at: 1000,
+            credentials_expire_at: None,
             registries: vec![
                 RegistryStatus {
                     registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com".into(),

@@ -16,7 +16,7 @@ const REG: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
 const OTHER: &str = "210987654321.dkr.ecr.eu-central-1.amazonaws.com";
 
 /// A running `ecr-edge daemon` with its notify socket; killed when dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     notify: UnixDatagram,
     log: PathBuf,
@@ -24,7 +24,7 @@ struct Daemon {
 
 impl Daemon {
     /// Starts the daemon with `config` in the sandbox (the helper gets the same file).
-    fn start(sb: &mut Sandbox, config: &str) -> Daemon {
+    pub(crate) fn start(sb: &mut Sandbox, config: &str) -> Daemon {
         let path = sb.dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
         sb.set("ECR_EDGE_CONFIG", Some(path.to_str().unwrap()));
@@ -49,7 +49,7 @@ impl Daemon {
     }
 
     /// Waits for a notify message containing `what`; returns every message seen.
-    fn wait_notify(&self, what: &str, within: Duration) -> Vec<String> {
+    pub(crate) fn wait_notify(&self, what: &str, within: Duration) -> Vec<String> {
         let start = Instant::now();
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
@@ -69,7 +69,7 @@ impl Daemon {
         );
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

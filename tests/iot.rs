@@ -45,13 +45,16 @@ impl IotSandbox {
     }
 
     fn write_config(&self, extra: &str) {
-        let text = format!(
+        std::fs::write(self.sb.dir.path().join("config.toml"), self.config(extra)).unwrap();
+    }
+
+    fn config(&self, extra: &str) -> String {
+        format!(
             "[iot]\nendpoint = \"{}\"\nrole_alias = \"{ROLE_ALIAS}\"\nthing_name = \"{THING_NAME}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
             self.iot.endpoint,
             self.cert.display(),
             self.key.display()
-        );
-        std::fs::write(self.sb.dir.path().join("config.toml"), text).unwrap();
+        )
     }
 
     fn get(&self) -> std::process::Output {
@@ -343,4 +346,85 @@ fn no_secret_from_the_iot_path_reaches_output() {
     let _ = std::fs::remove_dir_all(s.sb.cache_dir());
     let bad = s.get();
     assert!(!text(&bad.stderr).contains(support::SECRET_ACCESS_KEY));
+}
+
+/// A raw HTTP/1.1 GET to the daemon's credentials endpoint; returns status and body.
+fn http_get(port: u16, path: &str, auth: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn daemon_serves_role_credentials_locally_only_with_the_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token_file = s.sb.dir.path().join("credentials-token");
+    let config = s.config(&format!(
+        "[daemon]\nregistries = [\"{HOST}\"]\ncredentials_endpoint = \"127.0.0.1:{port}\"\n\
+         credentials_token_file = \"{}\"\n",
+        token_file.display()
+    ));
+    let d = crate::daemon::Daemon::start(&mut s.sb, &config);
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let start = Instant::now();
+    while !d.log().contains("role credentials refreshed") {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert_eq!(token.len(), 64);
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let (status, body) = http_get(port, "/credentials", Some(&token));
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["AccessKeyId"], support::ACCESS_KEY_ID);
+    assert_eq!(v["SecretAccessKey"], support::SECRET_ACCESS_KEY);
+    assert_eq!(v["Token"], support::SESSION_TOKEN);
+    assert!(v["Expiration"].as_str().unwrap().ends_with('Z'), "{body}");
+
+    for (path, auth, want) in [
+        ("/credentials", None, 401),
+        ("/credentials", Some("0".repeat(64)), 401),
+        ("/credentials", Some(format!("{token}x")), 401),
+        ("/other", Some(token.clone()), 404),
+    ] {
+        let (status, body) = http_get(port, path, auth.as_deref());
+        assert_eq!(status, want, "{path} {auth:?}: {body}");
+        assert!(!body.contains(support::SECRET_ACCESS_KEY));
+    }
+    // The helper is still served by the same daemon, and no secret reached the log.
+    let out = s.get();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(!d.log().contains(support::SECRET_ACCESS_KEY));
+    assert!(!d.log().contains(&token));
 }

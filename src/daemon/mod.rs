@@ -11,6 +11,7 @@
 //! time from NTP after boot) neither expires nor prolongs a token. Tokens live in memory only;
 //! nothing the daemon serves is written to disk except by a configured sink.
 
+mod endpoint;
 mod notify;
 mod peer;
 pub mod sink;
@@ -145,6 +146,8 @@ struct State {
     settings: Settings,
     client: Arc<Client>,
     ready: bool,
+    /// Role credentials for the local credentials endpoint, when it is on.
+    credentials: Option<endpoint::HeldCredentials>,
 }
 
 struct Shared {
@@ -241,6 +244,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
             settings,
             client: Arc::new(client),
             ready: false,
+            credentials: None,
         }),
         wake: Notify::new(),
         changed: Notify::new(),
@@ -262,6 +266,28 @@ async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     );
     mark_ready_if_done(&shared);
 
+    let mut credentials_tasks = Vec::new();
+    if let Some(addr) = &daemon.credentials_endpoint {
+        let fail = |detail: String| DaemonError::Socket {
+            path: PathBuf::from(addr),
+            detail,
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let token = endpoint::write_token(&daemon.credentials_token_file).map_err(fail)?;
+        tracing::info!(
+            endpoint = %addr,
+            token_file = %daemon.credentials_token_file.display(),
+            "credentials endpoint listening"
+        );
+        credentials_tasks.push(tokio::spawn(endpoint::refresh_loop(shared.clone())));
+        credentials_tasks.push(tokio::spawn(endpoint::serve(
+            listener,
+            shared.clone(),
+            Arc::from(token),
+        )));
+    }
     let scheduler = tokio::spawn(schedule_loop(shared.clone()));
     let server = tokio::spawn(accept_loop(listener, shared.clone()));
     let watchdog = notify::watchdog_interval().map(|every| {
@@ -281,6 +307,12 @@ async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     scheduler.abort();
     if let Some(w) = watchdog {
         w.abort();
+    }
+    if !credentials_tasks.is_empty() {
+        for t in credentials_tasks {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&daemon.credentials_token_file);
     }
     remove_socket(&socket_path);
     tracing::info!("stopped");
@@ -752,6 +784,10 @@ fn report(shared: &Shared) -> StatusReport {
         version: crate::version_line(),
         identity: st.settings.identity.clone(),
         started_at: shared.started_at,
+        credentials_expire_at: st.credentials.as_ref().map(|c| {
+            let d = c.expires.saturating_duration_since(now).as_secs();
+            wall.saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
+        }),
         registries: st
             .entries
             .iter()
