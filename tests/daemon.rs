@@ -376,7 +376,16 @@ fn a_peer_outside_the_allowed_lists_is_refused_and_the_helper_fetches_itself() {
 
     // uid 65534 with primary group 0: the socket's mode (0660 root:root) lets it connect, so
     // the refusal is the daemon's peer check.
-    let mut cmd = sb.helper_command("get");
+    // A copy of the binary where that user can reach it (the checkout may sit in a private
+    // directory).
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("ecr-edge");
+    std::fs::copy(support::binary(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let helper = bin_dir.path().join("docker-credential-ecr-edge");
+    std::os::unix::fs::symlink(&bin, &helper).unwrap();
+    let mut cmd = sb.command_for(&helper, "get");
     std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
     std::os::unix::process::CommandExt::gid(&mut cmd, 0);
     let out = support::run_with_input(cmd, REG.as_bytes());
