@@ -219,10 +219,7 @@ mod tests {
             }
         );
         assert!(!format!("{t:?}").contains("pw"));
-        assert_eq!(
-            serde_json::to_string(&Reply::Wait).unwrap(),
-            r#""wait""#
-        );
+        assert_eq!(serde_json::to_string(&Reply::Wait).unwrap(), r#""wait""#);
         assert!(serde_json::from_str::<Reply>(r#""nope""#).is_err());
     }
 
