@@ -15,8 +15,20 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// How long the helper waits for the daemon's first reply before doing the work itself.
-pub const FIRST_REPLY: Duration = Duration::from_millis(50);
+/// How long the helper waits for the daemon's first reply before doing the work itself, unless
+/// `ECR_EDGE_DAEMON_WAIT` (seconds) says otherwise. A healthy daemon answers in well under a
+/// millisecond; this bounds the cost of a hung one without racing a daemon that is busy in a
+/// TLS handshake on a slow CPU.
+pub const FIRST_REPLY: Duration = Duration::from_millis(200);
+
+/// [`FIRST_REPLY`], or `ECR_EDGE_DAEMON_WAIT` in seconds (0 to 60) when set and valid.
+pub fn first_reply_from_env() -> Duration {
+    std::env::var("ECR_EDGE_DAEMON_WAIT")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 60.0)
+        .map_or(FIRST_REPLY, Duration::from_secs_f64)
+}
 
 /// Longest request or reply line accepted.
 pub const MAX_LINE: u64 = 256 * 1024;

@@ -226,7 +226,7 @@ fn get(input: &str, config: Option<&Path>) -> Result<Vec<u8>, HelperError> {
 }
 
 /// The daemon's token, when a daemon answers for this credential source; `Ok(None)` when the
-/// helper should do the work itself (no daemon, no answer within [`agent::FIRST_REPLY`],
+/// helper should do the work itself (no daemon, no answer within [`agent::first_reply_from_env`],
 /// refused, or another identity). A token the daemon serves is printed, never written to disk.
 fn from_daemon(
     config: &config::Config,
@@ -240,7 +240,12 @@ fn from_daemon(
         registry: registry.host().to_owned(),
         identity: source.identity(),
     };
-    match agent::ask(&socket, &request, agent::FIRST_REPLY, deadline_from_env()?) {
+    match agent::ask(
+        &socket,
+        &request,
+        agent::first_reply_from_env(),
+        deadline_from_env()?,
+    ) {
         Ok(agent::Reply::Token {
             password,
             expires_at,

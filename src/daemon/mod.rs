@@ -160,6 +160,8 @@ struct Shared {
     started_at: i64,
     config_path: Option<PathBuf>,
     socket_gid: u32,
+    /// What only a restart changes: the socket and the credentials endpoint.
+    fixed: (Option<PathBuf>, Option<String>),
 }
 
 impl Shared {
@@ -252,6 +254,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         started_at: token::now(),
         config_path,
         socket_gid,
+        fixed: (config.socket(), daemon.credentials_endpoint.clone()),
     });
     let (registries, identity) = {
         let st = shared.lock();
@@ -344,6 +347,11 @@ async fn reload(shared: &Arc<Shared>) {
         let daemon = daemon_config(&config);
         let source = Source::select(&config);
         let new = settings(&source, &daemon, shared.socket_gid);
+        if (config.socket(), daemon.credentials_endpoint.clone()) != shared.fixed {
+            tracing::warn!(
+                "socket and credentials_endpoint changes take effect at the next restart"
+            );
+        }
         let client = if new.identity != shared.lock().settings.identity {
             let deadline =
                 crate::helper::deadline_from_env().unwrap_or(crate::ecr::DEFAULT_DEADLINE);

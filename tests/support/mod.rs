@@ -713,6 +713,12 @@ impl Sandbox {
                 p(&dir.path().join("aws-credentials")),
             ),
         ];
+        let mut vars = vars;
+        if std::env::var_os("ECR_EDGE_TEST_RUNNER").is_some_and(|r| !r.is_empty()) {
+            // Emulated, a daemon busy in a TLS handshake can take longer than the default wait
+            // for its first reply; the helper would then do the work itself.
+            vars.push(("ECR_EDGE_DAEMON_WAIT".into(), "3".into()));
+        }
         Sandbox {
             dir,
             ca,
