@@ -161,8 +161,29 @@ pub fn ask(
     first: Duration,
     deadline: Duration,
 ) -> Result<Reply, AskError> {
+    exchange(connect(socket)?, request, first, deadline)
+}
+
+/// Connects to the daemon's socket.
+///
+/// # Errors
+/// [`AskError::NoDaemon`] when nothing listens there (or the socket's mode refuses us).
+pub fn connect(socket: &Path) -> Result<UnixStream, AskError> {
+    UnixStream::connect(socket).map_err(AskError::NoDaemon)
+}
+
+/// [`ask`] over an already connected `stream` (the helper connects first, so that with no
+/// daemon it builds no request and reads no settings).
+///
+/// # Errors
+/// [`AskError`] when the daemon does not answer usefully.
+pub fn exchange(
+    mut stream: UnixStream,
+    request: &Request,
+    first: Duration,
+    deadline: Duration,
+) -> Result<Reply, AskError> {
     let start = Instant::now();
-    let mut stream = UnixStream::connect(socket).map_err(AskError::NoDaemon)?;
     let mut line = serde_json::to_vec(request).map_err(|e| AskError::Protocol(e.to_string()))?;
     line.push(b'\n');
     stream

@@ -236,12 +236,19 @@ fn from_daemon(
     let Some(socket) = config.socket() else {
         return Ok(None);
     };
+    let stream = match agent::connect(&socket) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("{e} at {}", socket.display());
+            return Ok(None);
+        }
+    };
     let request = agent::Request::Get {
         registry: registry.host().to_owned(),
         identity: source.identity(),
     };
-    match agent::ask(
-        &socket,
+    match agent::exchange(
+        stream,
         &request,
         agent::first_reply_from_env(),
         deadline_from_env()?,
@@ -259,10 +266,6 @@ fn from_daemon(
         }),
         Ok(other) => {
             tracing::debug!("daemon answered {other:?}; fetching here");
-            Ok(None)
-        }
-        Err(agent::AskError::NoDaemon(e)) => {
-            tracing::debug!("no daemon at {}: {e}", socket.display());
             Ok(None)
         }
         Err(e) => {

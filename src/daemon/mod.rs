@@ -160,6 +160,8 @@ struct Shared {
     started_at: i64,
     config_path: Option<PathBuf>,
     socket_gid: u32,
+    /// The deadline of one refresh attempt (`ECR_EDGE_TIMEOUT`, default 10 s).
+    deadline: Duration,
     /// What only a restart changes: the socket and the credentials endpoint.
     fixed: (Option<PathBuf>, Option<String>),
 }
@@ -173,6 +175,18 @@ impl Shared {
 
 fn daemon_config(config: &Config) -> DaemonConfig {
     config.daemon.clone().unwrap_or_default()
+}
+
+/// The daemon's client for `source`: one SDK attempt per refresh (the daemon schedules its own
+/// retries).
+async fn client_for(
+    source: &Source,
+    daemon: &DaemonConfig,
+    deadline: Duration,
+) -> Result<Client, DaemonError> {
+    Client::new(source, &home_region(source, daemon), deadline, 1)
+        .await
+        .map_err(DaemonError::Credentials)
 }
 
 /// The region a client calls STS in: the IoT endpoint's, else the environment's, else the
@@ -223,9 +237,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     let daemon = daemon_config(&config);
     let source = Source::select(&config);
     let deadline = crate::helper::deadline_from_env().unwrap_or(crate::ecr::DEFAULT_DEADLINE);
-    let client = Client::new(&source, &home_region(&source, &daemon), deadline, 1)
-        .await
-        .map_err(DaemonError::Credentials)?;
+    let client = client_for(&source, &daemon, deadline).await?;
     let socket_path = config
         .socket()
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
@@ -254,6 +266,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         started_at: token::now(),
         config_path,
         socket_gid,
+        deadline,
         fixed: (config.socket(), daemon.credentials_endpoint.clone()),
     });
     let (registries, identity) = {
@@ -353,13 +366,7 @@ async fn reload(shared: &Arc<Shared>) {
             );
         }
         let client = if new.identity != shared.lock().settings.identity {
-            let deadline =
-                crate::helper::deadline_from_env().unwrap_or(crate::ecr::DEFAULT_DEADLINE);
-            Some(
-                Client::new(&source, &home_region(&source, &daemon), deadline, 1)
-                    .await
-                    .map_err(DaemonError::Credentials)?,
-            )
+            Some(client_for(&source, &daemon, shared.deadline).await?)
         } else {
             None
         };
@@ -713,9 +720,7 @@ async fn get(
             message: format!("{host:?} is not an Amazon ECR registry host"),
         };
     };
-    let deadline = Instant::now()
-        + crate::helper::deadline_from_env().unwrap_or(crate::ecr::DEFAULT_DEADLINE)
-        + Duration::from_secs(1);
+    let deadline = Instant::now() + shared.deadline + Duration::from_secs(1);
     let mut told_to_wait = false;
     let mut seen_attempts = None;
     loop {
@@ -792,10 +797,7 @@ fn report(shared: &Shared) -> StatusReport {
         version: crate::version_line(),
         identity: st.settings.identity.clone(),
         started_at: shared.started_at,
-        credentials_expire_at: st.credentials.as_ref().map(|c| {
-            let d = c.expires.saturating_duration_since(now).as_secs();
-            wall.saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
-        }),
+        credentials_expire_at: st.credentials.as_ref().map(|c| at(c.expires)),
         registries: st
             .entries
             .iter()
