@@ -6,7 +6,12 @@ pub fn supported(target: &str, arch: &str, os: &str, abi: &str) -> bool {
     os == "linux"
         && match arch {
             "x86_64" | "aarch64" => true,
-            "arm" => target.starts_with("armv7") && abi.ends_with("hf"),
+            // Yocto's generated target specs carry no `abi`; their triple says it
+            // (`armv7-poky-linux-gnueabihf` for a callconvention-hard tune).
+            "arm" => {
+                target.starts_with("armv7")
+                    && (abi.ends_with("hf") || (abi.is_empty() && target.ends_with("hf")))
+            }
             _ => false,
         }
 }

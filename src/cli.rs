@@ -37,7 +37,13 @@ enum Command {
     Credentials,
     /// Run the refresher daemon: keep tokens warm, serve them on the local socket, write
     /// sinks ([daemon] in the configuration). For systemd (Type=notify).
-    Daemon,
+    Daemon {
+        /// Only check whether the daemon is configured, for systemd's ExecCondition=: exit 0
+        /// when the configuration has a [daemon] section, 1 (the service is skipped, not
+        /// failed) when it has none, 255 (the start fails) when the file is invalid.
+        #[arg(long)]
+        check: bool,
+    },
     /// Ask the daemon for each registry's expiry, last refresh, last error and next attempt.
     /// Exits 0 when every registry has a usable token, 1 when one has not, 2 without a daemon.
     Status {
@@ -77,6 +83,12 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// The command-line definition, for generating the man pages and shell completions
+/// (examples/gen-docs.rs); the binary itself never calls it, so none of that is linked in.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 const HELPER_PREFIX: &str = "docker-credential-";
@@ -131,7 +143,8 @@ pub fn main(args: Vec<OsString>) -> u8 {
             dry_run,
         ),
         Some(Command::Doctor { json }) => doctor(cli.config.as_deref(), json),
-        Some(Command::Daemon) => match crate::daemon::run(cli.config.as_deref()) {
+        Some(Command::Daemon { check: true }) => daemon_configured(cli.config.as_deref()),
+        Some(Command::Daemon { check: false }) => match crate::daemon::run(cli.config.as_deref()) {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("{e}");
@@ -170,6 +183,27 @@ fn run_helper(program: &str, action: Option<&str>, argc: usize, config: Option<&
             // Same place and shape as docker-credential-helpers' usage message.
             println!("Usage: {program} <store|get|erase|list|version>");
             1
+        }
+    }
+}
+
+/// `ecr-edge daemon --check`: whether the service should start. The packaged configuration
+/// file sets nothing, so a fresh install stays stopped (not failed) until it is configured.
+fn daemon_configured(config: Option<&Path>) -> u8 {
+    match crate::config::load(config) {
+        Ok(c) if c.daemon.is_some() => 0,
+        Ok(_) => {
+            let (path, _) = crate::config::locate(config);
+            eprintln!(
+                "ecr-edge daemon: not configured: {} has no [daemon] section; the service \
+                 starts once it has one",
+                path.display()
+            );
+            1
+        }
+        Err(e) => {
+            eprintln!("ecr-edge daemon: {e}");
+            255
         }
     }
 }

@@ -459,4 +459,59 @@ path = "/run/containers/0/auth.json"
             Err(ConfigError::TooLarge { .. })
         ));
     }
+
+    /// The packaged `/etc/ecr-edge/config.toml` sets nothing as shipped, and with every option
+    /// uncommented it parses, sets every field (the exhaustive patterns stop compiling when a
+    /// field is added and not documented there), and shows the real defaults.
+    #[test]
+    fn packaged_config_documents_every_option() {
+        const SHIPPED: &str = include_str!("../packaging/config.toml");
+        assert_eq!(parse(SHIPPED).unwrap(), Config::default());
+        let uncommented: String = SHIPPED
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
+                    rest
+                }
+                _ => l,
+            })
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        let Config { iot, daemon } = parse(&uncommented).unwrap();
+        let IotConfig {
+            endpoint,
+            role_alias,
+            thing_name,
+            cert,
+            key,
+            ca,
+            role_arn,
+            allow_insecure_key_permissions,
+        } = iot.unwrap();
+        for s in [&endpoint, &role_alias, &thing_name] {
+            assert!(!s.is_empty());
+        }
+        assert!(cert.is_absolute() && key.is_absolute());
+        assert!(ca.is_some() && role_arn.is_some());
+        assert!(!allow_insecure_key_permissions, "the safe default is shown");
+        let DaemonConfig {
+            registries,
+            socket,
+            allowed_uids,
+            allowed_gids,
+            backoff_max,
+            sinks,
+            credentials_endpoint,
+            credentials_token_file,
+        } = daemon.unwrap();
+        let defaults = DaemonConfig::default();
+        assert!(!registries.is_empty());
+        assert_eq!(socket, defaults.socket);
+        assert!(allowed_uids.is_some() && allowed_gids.is_some());
+        assert_eq!(backoff_max, defaults.backoff_max);
+        let SinkConfig { kind: _, path } = &sinks[0];
+        assert!(path.is_absolute());
+        assert!(credentials_endpoint.is_some());
+        assert_eq!(credentials_token_file, defaults.credentials_token_file);
+    }
 }

@@ -101,6 +101,14 @@ pub enum FetchError {
         /// What the system said.
         detail: String,
     },
+    /// This build leaves out what the registry needs (a Cargo feature, e.g. for a small
+    /// Yocto image).
+    NotBuilt {
+        /// What is missing.
+        what: &'static str,
+        /// The Cargo feature (Yocto PACKAGECONFIG) that adds it.
+        feature: &'static str,
+    },
 }
 
 impl fmt::Display for FetchError {
@@ -137,6 +145,11 @@ impl fmt::Display for FetchError {
             FetchError::BadResponse { detail } => write!(f, "unusable answer from ECR: {detail}"),
             FetchError::Iot(e) => write!(f, "IoT credentials: {e}"),
             FetchError::Runtime { detail } => write!(f, "cannot start async runtime: {detail}"),
+            FetchError::NotBuilt { what, feature } => write!(
+                f,
+                "this ecr-edge was built without {what} support (Cargo feature {feature:?}); \
+                 remove the registry's credHelpers entry to pull anonymously"
+            ),
         }
     }
 }
@@ -157,7 +170,8 @@ impl FetchError {
             FetchError::NoCredentials { .. }
             | FetchError::AccessDenied { .. }
             | FetchError::InvalidCredentials { .. }
-            | FetchError::ClockSkew { .. } => Failure::Config,
+            | FetchError::ClockSkew { .. }
+            | FetchError::NotBuilt { .. } => Failure::Config,
             FetchError::Iot(e) => match e {
                 IotError::Unavailable { status: 429, .. } => Failure::Throttled,
                 IotError::Unreachable { .. }
@@ -420,25 +434,7 @@ impl Client {
         let endpoint = registry.endpoint().to_owned();
         let now = token::now();
         let (encoded, expires_at) = if registry.is_public() {
-            let mut conf = aws_sdk_ecrpublic::config::Builder::from(sdk).region(region.clone());
-            if !endpoint_from_env("ECR_PUBLIC") {
-                conf = conf.endpoint_url(&endpoint);
-            }
-            let client = aws_sdk_ecrpublic::Client::from_conf(conf.build());
-            let out = client
-                .get_authorization_token()
-                .send()
-                .await
-                .map_err(|e| classify(e, &endpoint, deadline, true))?;
-            let data = out
-                .authorization_data()
-                .ok_or_else(|| FetchError::BadResponse {
-                    detail: "no authorizationData".into(),
-                })?;
-            (
-                data.authorization_token().map(str::to_owned),
-                data.expires_at().map(|t| t.secs()),
-            )
+            public_token(sdk, region, &endpoint, deadline).await?
         } else {
             let mut conf = aws_sdk_ecr::config::Builder::from(sdk).region(region);
             if !endpoint_from_env("ECR") {
@@ -463,6 +459,49 @@ impl Client {
         };
         token_from(encoded.as_deref(), expires_at, now)
     }
+}
+
+/// GetAuthorizationToken from the `ecr-public` service: the encoded token and its expiry.
+#[cfg(feature = "ecr-public")]
+async fn public_token(
+    sdk: &aws_config::SdkConfig,
+    region: Region,
+    endpoint: &str,
+    deadline: Duration,
+) -> Result<(Option<String>, Option<i64>), FetchError> {
+    let mut conf = aws_sdk_ecrpublic::config::Builder::from(sdk).region(region);
+    if !endpoint_from_env("ECR_PUBLIC") {
+        conf = conf.endpoint_url(endpoint);
+    }
+    let client = aws_sdk_ecrpublic::Client::from_conf(conf.build());
+    let out = client
+        .get_authorization_token()
+        .send()
+        .await
+        .map_err(|e| classify(e, endpoint, deadline, true))?;
+    let data = out
+        .authorization_data()
+        .ok_or_else(|| FetchError::BadResponse {
+            detail: "no authorizationData".into(),
+        })?;
+    Ok((
+        data.authorization_token().map(str::to_owned),
+        data.expires_at().map(|t| t.secs()),
+    ))
+}
+
+/// Built without ECR Public: say so rather than fail as anything else.
+#[cfg(not(feature = "ecr-public"))]
+async fn public_token(
+    _: &aws_config::SdkConfig,
+    _: Region,
+    _: &str,
+    _: Duration,
+) -> Result<(Option<String>, Option<i64>), FetchError> {
+    Err(FetchError::NotBuilt {
+        what: "ECR Public",
+        feature: "ecr-public",
+    })
 }
 
 /// Whether the user pointed the SDK at an endpoint through the standard variables
@@ -593,6 +632,30 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A build without ECR Public (Yocto PACKAGECONFIG off) names what is missing and is not
+    /// retried as if the network were at fault.
+    #[cfg(not(feature = "ecr-public"))]
+    #[test]
+    fn public_registry_without_the_feature_says_so() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let sdk = aws_config::SdkConfig::builder().build();
+        let err = rt
+            .block_on(public_token(
+                &sdk,
+                Region::new("us-east-1"),
+                "https://api.ecr-public.us-east-1.amazonaws.com",
+                Duration::from_secs(1),
+            ))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("built without ECR Public"),
+            "{err}"
+        );
+        assert_eq!(err.failure(), Failure::Config);
+    }
 
     #[test]
     fn token_parsing() {

@@ -225,6 +225,11 @@ mod tests {
             "eabihf"
         ));
         assert!(supported("x86_64-unknown-linux-gnu", "x86_64", "linux", ""));
+        // Yocto (meta-ecr-edge): custom target specs without an `abi` field.
+        assert!(supported("armv7-poky-linux-gnueabihf", "arm", "linux", ""));
+        assert!(!supported("armv7-poky-linux-gnueabi", "arm", "linux", ""));
+        assert!(!supported("arm-poky-linux-gnueabi", "arm", "linux", ""));
+        assert!(supported("aarch64-poky-linux", "aarch64", "linux", ""));
         assert!(!supported(
             "armv7-unknown-linux-musleabi",
             "arm",

@@ -432,3 +432,30 @@ fn a_stray_file_at_the_socket_path_is_not_replaced() {
     let (ok, _) = get(&sb, REG);
     assert!(ok);
 }
+
+/// `ecr-edge daemon --check` is the unit's ExecCondition: 1 (skip) for the packaged file, which
+/// sets nothing; 0 once a [daemon] section exists; 255 (fail, with the reason) when invalid.
+#[test]
+fn check_tells_systemd_whether_the_daemon_is_configured() {
+    let sb = Sandbox::new();
+    let check = |config: &str| {
+        let path = sb.dir.path().join("check.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = sb.command_for(&support::binary(), "daemon");
+        let out = cmd
+            .arg("--check")
+            .env("ECR_EDGE_CONFIG", &path)
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stderr))
+    };
+    let shipped = include_str!("../packaging/config.toml");
+    let (code, err) = check(shipped);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no [daemon] section"), "{err}");
+    let (code, err) = check(&format!("{shipped}\n[daemon]\n"));
+    assert_eq!((code, err.as_str()), (Some(0), ""));
+    let (code, err) = check("[daemon]\nbackoff_max = 0\n");
+    assert_eq!(code, Some(255), "{err}");
+    assert!(err.contains("backoff_max"), "{err}");
+}

@@ -690,8 +690,16 @@ impl Sandbox {
         for empty in ["aws-config", "aws-credentials"] {
             std::fs::write(dir.path().join(empty), b"").unwrap();
         }
-        let helper = dir.path().join("docker-credential-ecr-edge");
-        std::os::unix::fs::symlink(binary(), &helper).unwrap();
+        // ECR_EDGE_TEST_HELPER: an installed helper name (a package's own symlink); else a
+        // link to the binary under test made here.
+        let helper = match std::env::var_os("ECR_EDGE_TEST_HELPER").filter(|h| !h.is_empty()) {
+            Some(installed) => PathBuf::from(installed),
+            None => {
+                let link = dir.path().join("docker-credential-ecr-edge");
+                std::os::unix::fs::symlink(binary(), &link).unwrap();
+                link
+            }
+        };
         let fake = FakeEcr::start(ca.clone());
         let p = |s: &Path| s.to_string_lossy().into_owned();
         let vars = vec![

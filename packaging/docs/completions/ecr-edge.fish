@@ -1,0 +1,57 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_ecr_edge_global_optspecs
+    string join \n V/version config= h/help
+end
+
+function __fish_ecr_edge_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_ecr_edge_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_ecr_edge_using_subcommand
+    set -l cmd (__fish_ecr_edge_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -s V -l version -d 'Print version and target triple'
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "helper" -d 'Docker credential helper actions (what docker-credential-ecr-edge runs)'
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "credentials" -d 'Print the device\'s exchanged IoT role credentials as credential_process JSON (for `credential_process = ecr-edge credentials` in ~/.aws/config)'
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "daemon" -d 'Run the refresher daemon: keep tokens warm, serve them on the local socket, write sinks ([daemon] in the configuration). For systemd (Type=notify)'
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "status" -d 'Ask the daemon for each registry\'s expiry, last refresh, last error and next attempt. Exits 0 when every registry has a usable token, 1 when one has not, 2 without a daemon'
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "doctor" -d 'Check this device: CPU and helpers, credHelpers keys, config, network, clock, credentials. Exits 0 only when nothing failed'
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "configure" -d 'Add exact credHelpers entries naming ecr-edge to the Docker config (and, with --containers, the containers auth file), keeping everything else in the file'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand helper" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand helper" -s h -l help -d 'Print help'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand credentials" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand credentials" -s h -l help -d 'Print help'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand daemon" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand daemon" -l check -d 'Only check whether the daemon is configured, for systemd\'s ExecCondition=: exit 0 when the configuration has a [daemon] section, 1 (the service is skipped, not failed) when it has none, 255 (the start fails) when the file is invalid'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand daemon" -s h -l help -d 'Print help'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand status" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand status" -l json -d 'Machine-readable output'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand status" -s h -l help -d 'Print help'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand doctor" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand doctor" -l json -d 'Machine-readable output'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand doctor" -s h -l help -d 'Print help'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l registry -d 'Registry host (repeatable); URLs are reduced to the bare host' -r
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l account -d 'With --region: the private registry of this 12-digit account' -r
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l region -d 'With --account: the registry\'s region' -r
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l docker-config -d 'The Docker config file [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l containers -d 'Also the containers auth file ($REGISTRY_AUTH_FILE or ~/.config/containers/auth.json)'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l remove -d 'Take the entries out instead (only entries naming ecr-edge)'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l dry-run -d 'Print the changes without writing'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -s h -l help -d 'Print help'

@@ -1,0 +1,143 @@
+//! Files the packages and the Yocto layer are built from, checked against their sources of
+//! truth: the man pages and completions against the CLI definition, the recipe's crate list
+//! against Cargo.lock. (Building, linting and installing the packages is scripts/package and
+//! scripts/package-test, run by scripts/test.)
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[path = "../examples/gen-docs.rs"]
+#[allow(dead_code)]
+mod gen_docs;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.insert(path.strip_prefix(dir).unwrap().to_owned(), bytes);
+            }
+        }
+    }
+    out
+}
+
+/// packaging/docs is exactly what examples/gen-docs.rs makes from today's CLI definition.
+#[test]
+fn generated_docs_are_current() {
+    let fresh = tempfile::tempdir().unwrap();
+    gen_docs::generate(fresh.path()).unwrap();
+    let fresh = files_under(fresh.path());
+    let committed = files_under(&Path::new(ROOT).join("packaging/docs"));
+    assert!(fresh.contains_key(Path::new("man/ecr-edge-daemon.1")));
+    assert!(fresh.contains_key(Path::new("completions/_ecr-edge")));
+    let names = |m: &BTreeMap<PathBuf, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        names(&committed),
+        names(&fresh),
+        "run `cargo run --example gen-docs`"
+    );
+    for (name, bytes) in &fresh {
+        assert!(
+            committed[name] == *bytes,
+            "packaging/docs/{} is stale: run `cargo run --example gen-docs`",
+            name.display()
+        );
+    }
+}
+
+/// (name, version) -> sha256 of every crates.io package in Cargo.lock.
+fn lock_crates() -> BTreeMap<(String, String), String> {
+    let lock: toml::Table =
+        toml::from_str(&std::fs::read_to_string(Path::new(ROOT).join("Cargo.lock")).unwrap())
+            .unwrap();
+    let mut out = BTreeMap::new();
+    for p in lock["package"].as_array().unwrap() {
+        let field = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let Some(source) = field("source") else {
+            continue; // ecr-edge itself
+        };
+        assert!(
+            source.starts_with("registry+https://github.com/rust-lang/crates.io-index"),
+            "{source}: the recipe can only fetch crates.io packages"
+        );
+        let key = (field("name").unwrap(), field("version").unwrap());
+        out.insert(key, field("checksum").unwrap());
+    }
+    out
+}
+
+/// The Yocto recipe fetches exactly Cargo.lock's crates, with the same checksums: a build from
+/// the download cache needs every one, and a stale checksum fails the fetch.
+#[test]
+fn yocto_crate_list_matches_cargo_lock() {
+    let inc = std::fs::read_to_string(
+        Path::new(ROOT).join("yocto/meta-ecr-edge/recipes-containers/ecr-edge/ecr-edge-crates.inc"),
+    )
+    .unwrap();
+    let mut uris = BTreeMap::new();
+    let mut sums = BTreeMap::new();
+    for line in inc.lines() {
+        let line = line.trim();
+        if let Some(at) = line.find("crate://crates.io/") {
+            let rest = line[at + "crate://crates.io/".len()..].trim_end_matches(['\\', ' ']);
+            let (name, version) = rest
+                .split_once('/')
+                .expect("crate://crates.io/NAME/VERSION");
+            assert!(
+                uris.insert((name.to_owned(), version.to_owned()), ())
+                    .is_none(),
+                "{rest} listed twice"
+            );
+        } else if let Some(rest) = line.strip_prefix("SRC_URI[") {
+            let (key, value) = rest.split_once(".sha256sum] = ").expect("sha256sum line");
+            sums.insert(key.to_owned(), value.trim_matches('"').to_owned());
+        }
+    }
+    let lock = lock_crates();
+    let listed: Vec<_> = uris.keys().cloned().collect();
+    let locked: Vec<_> = lock.keys().cloned().collect();
+    assert_eq!(
+        listed, locked,
+        "ecr-edge-crates.inc differs from Cargo.lock: run scripts/yocto-crates"
+    );
+    for ((name, version), checksum) in &lock {
+        assert_eq!(
+            sums.get(&format!("{name}-{version}")),
+            Some(checksum),
+            "checksum of {name} {version}: run scripts/yocto-crates"
+        );
+    }
+    assert_eq!(
+        sums.len(),
+        lock.len(),
+        "extra checksums in ecr-edge-crates.inc"
+    );
+    // The recipe's version is the package's.
+    let recipe = Path::new(ROOT).join(format!(
+        "yocto/meta-ecr-edge/recipes-containers/ecr-edge/ecr-edge_{}.bb",
+        env!("CARGO_PKG_VERSION")
+    ));
+    assert!(recipe.exists(), "{} missing", recipe.display());
+}
+
+/// The Yocto example's fleet configuration is valid once provisioning puts a thing name in.
+#[test]
+fn yocto_example_config_is_valid_after_provisioning() {
+    let template = std::fs::read_to_string(
+        Path::new(ROOT).join("yocto/meta-ecr-edge/examples/ecr-edge-config/files/config.toml.in"),
+    )
+    .unwrap();
+    assert!(template.contains("\"@THING_NAME@\""));
+    let config = ecr_edge::config::parse(&template.replace("@THING_NAME@", "edge-thing-0001"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.iot.unwrap().thing_name, "edge-thing-0001");
+    assert!(!config.daemon.unwrap().registries.is_empty());
+}
