@@ -51,6 +51,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The kubelet image credential provider: a CredentialProviderRequest on stdin, the
+    /// response on stdout (what ecr-edge-credential-provider runs; see configure --k3s).
+    KubeletCredentialProvider,
     /// Check this device: CPU and helpers, credHelpers keys, config, network, clock,
     /// credentials. Exits 0 only when nothing failed.
     Doctor {
@@ -82,6 +85,17 @@ enum Command {
         /// Print the changes without writing.
         #[arg(long)]
         dry_run: bool,
+        /// Install the kubelet image credential provider for k3s: the provider link and
+        /// config.yaml in /var/lib/rancher/credentialprovider (k3s uses them when both exist).
+        #[arg(long)]
+        k3s: bool,
+        /// Write a kubelet CredentialProviderConfig to PATH (plain kubelets), and the provider
+        /// link in /usr/libexec/ecr-edge.
+        #[arg(long, value_name = "PATH")]
+        kubelet_config: Option<PathBuf>,
+        /// With --k3s or --kubelet-config: install under DIR (an image's root file system).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
     },
 }
 
@@ -107,6 +121,9 @@ pub fn main(args: Vec<OsString>) -> u8 {
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if program == crate::kubelet::PROVIDER_NAME {
+        return kubelet_provider(None);
+    }
     if program.starts_with(HELPER_PREFIX) {
         let action = args.get(1).and_then(|a| a.to_str());
         return run_helper(&program, action, args.len(), None);
@@ -134,14 +151,51 @@ pub fn main(args: Vec<OsString>) -> u8 {
             docker_config,
             remove,
             dry_run,
-        }) => configure(
-            registries,
-            account.zip(region),
-            containers,
-            docker_config,
-            remove,
-            dry_run,
-        ),
+            k3s,
+            kubelet_config,
+            root,
+        }) => {
+            let kubelet = k3s || kubelet_config.is_some();
+            let mut status = 0;
+            if k3s {
+                status = status.max(install_provider(
+                    &crate::kubelet::Layout::k3s(&root),
+                    &root,
+                    dry_run,
+                ));
+            }
+            if let Some(path) = kubelet_config {
+                let layout = crate::kubelet::Layout::kubelet(&root, &path);
+                status = status.max(install_provider(&layout, &root, dry_run));
+                if status == 0 {
+                    println!(
+                        "start the kubelet with --image-credential-provider-config={} \
+                         --image-credential-provider-bin-dir={}",
+                        path.display(),
+                        Path::new("/")
+                            .join(
+                                layout
+                                    .bin_dir
+                                    .strip_prefix(&root)
+                                    .unwrap_or(&layout.bin_dir)
+                            )
+                            .display()
+                    );
+                }
+            }
+            if kubelet && registries.is_empty() && account.is_none() {
+                return status;
+            }
+            status.max(configure(
+                registries,
+                account.zip(region),
+                containers,
+                docker_config,
+                remove,
+                dry_run,
+            ))
+        }
+        Some(Command::KubeletCredentialProvider) => kubelet_provider(cli.config.as_deref()),
         Some(Command::Doctor { json }) => doctor(cli.config.as_deref(), json),
         Some(Command::Daemon { check: true }) => daemon_configured(cli.config.as_deref()),
         Some(Command::Daemon { check: false }) => match crate::daemon::run(cli.config.as_deref()) {
@@ -182,6 +236,59 @@ fn run_helper(program: &str, action: Option<&str>, argc: usize, config: Option<&
         _ => {
             // Same place and shape as docker-credential-helpers' usage message.
             println!("Usage: {program} <store|get|erase|list|version>");
+            1
+        }
+    }
+}
+
+/// The kubelet credential provider on this process's stdin, stdout and stderr.
+fn kubelet_provider(config: Option<&Path>) -> u8 {
+    crate::kubelet::run(
+        config,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    )
+}
+
+/// `configure --k3s` / `--kubelet-config`: links the provider name to this binary and writes
+/// the provider configuration.
+fn install_provider(layout: &crate::kubelet::Layout, root: &Path, dry_run: bool) -> u8 {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ecr-edge configure: cannot find this binary: {e}");
+            return 1;
+        }
+    };
+    // The link must name the binary as the target system sees it.
+    let binary = match exe.strip_prefix(root) {
+        Ok(rest) if root != Path::new("/") => Path::new("/").join(rest),
+        _ => exe,
+    };
+    if dry_run {
+        println!(
+            "would link {} -> {} and write {}:\n{}",
+            layout.bin_dir.join(crate::kubelet::PROVIDER_NAME).display(),
+            binary.display(),
+            layout.config.display(),
+            crate::kubelet::provider_config()
+        );
+        return 0;
+    }
+    match crate::kubelet::install(layout, &binary) {
+        Ok(changes) if changes.is_empty() => {
+            println!("{}: already up to date", layout.config.display());
+            0
+        }
+        Ok(changes) => {
+            for c in changes {
+                println!("{c}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("ecr-edge configure: {e}");
             1
         }
     }

@@ -172,15 +172,21 @@ pub fn run(
 
 /// Reads all of stdin up to [`MAX_INPUT_BYTES`] as UTF-8.
 fn read_input(stdin: &mut dyn Read) -> Result<String, HelperError> {
-    let mut buf = Vec::new();
-    stdin
-        .take(MAX_INPUT_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(HelperError::Io)?;
-    if buf.len() as u64 > MAX_INPUT_BYTES {
-        return Err(HelperError::InputTooLarge);
-    }
+    let buf = read_capped(stdin, MAX_INPUT_BYTES)
+        .map_err(HelperError::Io)?
+        .ok_or(HelperError::InputTooLarge)?;
     String::from_utf8(buf).map_err(|_| HelperError::BadInput("not UTF-8".into()))
+}
+
+/// All of `input` if it is at most `limit` bytes, `None` if longer (reading stops just past the
+/// limit, so an endless stdin cannot exhaust memory).
+///
+/// # Errors
+/// What reading reported.
+pub fn read_capped(input: &mut dyn Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    input.take(limit + 1).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= limit).then_some(buf))
 }
 
 /// The credential source the configuration selects (read on every call: the cache key depends
@@ -217,22 +223,37 @@ fn get(input: &str, config: Option<&Path>) -> Result<Vec<u8>, HelperError> {
     }
     let registry = Registry::parse(server_url).ok_or(HelperError::NotEcr)?;
     let config = config::load(config).map_err(HelperError::Config)?;
-    let source = Source::select(&config);
-    if let Some(password) = from_daemon(&config, &registry, &source)? {
-        return Ok(get_response(server_url, &password));
-    }
-    let token = token_for(&registry, &source)?;
-    Ok(get_response(server_url, &token.password))
+    let (password, _) = credentials(&registry, &config)?;
+    Ok(get_response(server_url, &password))
 }
 
-/// The daemon's token, when a daemon answers for this credential source; `Ok(None)` when the
-/// helper should do the work itself (no daemon, no answer within [`agent::first_reply_from_env`],
-/// refused, or another identity). A token the daemon serves is printed, never written to disk.
+/// A usable password for `registry` and when it expires (seconds since the epoch): from the
+/// daemon when one answers for this configuration's credential source, else [`token_for`].
+/// Shared by the Docker helper and the kubelet credential provider.
+///
+/// # Errors
+/// [`HelperError`] naming why no usable token could be had; never an expired token.
+pub fn credentials(
+    registry: &Registry,
+    config: &config::Config,
+) -> Result<(String, i64), HelperError> {
+    let source = Source::select(config);
+    if let Some(served) = from_daemon(config, registry, &source)? {
+        return Ok(served);
+    }
+    let token = token_for(registry, &source)?;
+    Ok((token.password, token.expires_at))
+}
+
+/// The daemon's token and its expiry, when a daemon answers for this credential source;
+/// `Ok(None)` when the helper should do the work itself (no daemon, no answer within
+/// [`agent::first_reply_from_env`], refused, or another identity). A token the daemon serves is
+/// printed, never written to disk.
 fn from_daemon(
     config: &config::Config,
     registry: &Registry,
     source: &Source,
-) -> Result<Option<String>, HelperError> {
+) -> Result<Option<(String, i64)>, HelperError> {
     let Some(socket) = config.socket() else {
         return Ok(None);
     };
@@ -258,7 +279,7 @@ fn from_daemon(
             expires_at,
         }) if token::usable(expires_at, token::now()) => {
             tracing::debug!(registry = registry.host(), "served by the daemon");
-            Ok(Some(password))
+            Ok(Some((password, expires_at)))
         }
         Ok(agent::Reply::Error { message }) => Err(HelperError::Daemon {
             registry: registry.host().to_owned(),

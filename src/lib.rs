@@ -11,6 +11,7 @@
 //! - [`elf`]: which CPU an executable was built for.
 //! - [`iot`]: the AWS IoT certificate-for-credentials exchange (mutual TLS).
 //! - [`doctor`]: diagnose a device that cannot pull.
+//! - [`kubelet`]: the kubelet image credential provider, and its k3s/kubelet configuration.
 //! - [`ecr`]: fetching a token (the only async and AWS SDK code on the helper path).
 //! - [`token`]: a token, its half-life and its expiry margin.
 //! - [`files`]: atomic, private, symlink-refusing file access and the cross-process lock.
@@ -38,6 +39,7 @@ pub mod files;
 pub mod helper;
 pub mod https;
 pub mod iot;
+pub mod kubelet;
 pub mod registry;
 pub mod schedule;
 pub mod status;

@@ -459,3 +459,35 @@ fn check_tells_systemd_whether_the_daemon_is_configured() {
     assert_eq!(code, Some(255), "{err}");
     assert!(err.contains("backoff_max"), "{err}");
 }
+
+/// The kubelet provider asks the daemon first too: served from memory, never written to disk,
+/// and cached by the kubelet for half of the daemon's token's remaining life.
+#[test]
+fn the_kubelet_provider_is_served_by_the_daemon() {
+    let mut sb = Sandbox::new();
+    let d = Daemon::start(&mut sb, &format!("[daemon]\nregistries = [\"{REG}\"]\n"));
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    assert_eq!(ecr_calls(&sb), 1);
+    let link = sb.dir.path().join("ecr-edge-credential-provider");
+    std::os::unix::fs::symlink(support::binary(), &link).unwrap();
+    let mut cmd = support::command(&link);
+    cmd.env_clear()
+        .envs(sb.vars.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let request = format!(
+        r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"{REG}/app:1"}}"#
+    );
+    let out = support::run_with_input(cmd, request.as_bytes());
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), d.log());
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["auth"][REG]["password"], sb.fake.password().as_str());
+    let duration = body["cacheDuration"].as_str().unwrap();
+    assert!(
+        duration.starts_with("5h59m") || duration == "6h0m0s",
+        "{duration}"
+    );
+    assert_eq!(ecr_calls(&sb), 1, "served from the daemon's memory");
+    assert!(!sb.cache_dir().exists() || std::fs::read_dir(sb.cache_dir()).unwrap().count() == 0);
+}

@@ -7,4 +7,5 @@ mod daemon;
 mod doctor;
 mod helper;
 mod iot;
+mod kubelet;
 mod support;

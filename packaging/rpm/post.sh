@@ -2,10 +2,14 @@
 if command -v systemd-sysusers >/dev/null 2>&1; then
 	systemd-sysusers /usr/lib/sysusers.d/ecr-edge.conf || :
 fi
-# cargo-generate-rpm cannot package a symlink: make docker-credential-ecr-edge here, and only
-# where nothing else is (an administrator's own file of that name is left alone).
+# cargo-generate-rpm cannot package a symlink: make the helper name and the kubelet provider
+# name here, and only where nothing else is (an administrator's own file is left alone).
 if [ ! -e /usr/bin/docker-credential-ecr-edge ] && [ ! -L /usr/bin/docker-credential-ecr-edge ]; then
 	ln -s ecr-edge /usr/bin/docker-credential-ecr-edge
+fi
+mkdir -p /usr/libexec/ecr-edge
+if [ ! -e /usr/libexec/ecr-edge/ecr-edge-credential-provider ] && [ ! -L /usr/libexec/ecr-edge/ecr-edge-credential-provider ]; then
+	ln -s ../../bin/ecr-edge /usr/libexec/ecr-edge/ecr-edge-credential-provider
 fi
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload >/dev/null 2>&1 || :

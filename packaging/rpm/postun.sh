@@ -1,10 +1,14 @@
-# ecr-edge %postun: on erase, the helper symlink %post made (only if it is still ours); on
+# ecr-edge %postun: on erase, the links %post made (only if they are still ours); on
 # upgrade, restart a running daemon on the new binary. The system user stays, as Fedora's
 # packaging guidelines require (files it owned may remain).
 if [ "$1" -eq 0 ]; then
 	if [ "$(readlink /usr/bin/docker-credential-ecr-edge 2>/dev/null)" = ecr-edge ]; then
 		rm -f /usr/bin/docker-credential-ecr-edge
 	fi
+	if [ "$(readlink /usr/libexec/ecr-edge/ecr-edge-credential-provider 2>/dev/null)" = ../../bin/ecr-edge ]; then
+		rm -f /usr/libexec/ecr-edge/ecr-edge-credential-provider
+	fi
+	rmdir /usr/libexec/ecr-edge 2>/dev/null || :
 fi
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload >/dev/null 2>&1 || :

@@ -31,6 +31,9 @@ _ecr__edge() {
             ecr__edge,helper)
                 cmd="ecr__edge__subcmd__helper"
                 ;;
+            ecr__edge,kubelet-credential-provider)
+                cmd="ecr__edge__subcmd__kubelet__subcmd__credential__subcmd__provider"
+                ;;
             ecr__edge,status)
                 cmd="ecr__edge__subcmd__status"
                 ;;
@@ -41,7 +44,7 @@ _ecr__edge() {
 
     case "${cmd}" in
         ecr__edge)
-            opts="-V -h --version --config --help helper credentials daemon status doctor configure"
+            opts="-V -h --version --config --help helper credentials daemon status kubelet-credential-provider doctor configure"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -59,7 +62,7 @@ _ecr__edge() {
             return 0
             ;;
         ecr__subcmd__edge__subcmd__configure)
-            opts="-h --registry --account --region --containers --docker-config --remove --dry-run --config --help"
+            opts="-h --registry --account --region --containers --docker-config --remove --dry-run --k3s --kubelet-config --root --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -78,6 +81,14 @@ _ecr__edge() {
                     return 0
                     ;;
                 --docker-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kubelet-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --root)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -147,6 +158,24 @@ _ecr__edge() {
             return 0
             ;;
         ecr__subcmd__edge__subcmd__helper)
+            opts="-h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ecr__subcmd__edge__subcmd__kubelet__subcmd__credential__subcmd__provider)
             opts="-h --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

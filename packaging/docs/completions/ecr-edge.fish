@@ -31,6 +31,7 @@ complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "helper" -d 'Docke
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "credentials" -d 'Print the device\'s exchanged IoT role credentials as credential_process JSON (for `credential_process = ecr-edge credentials` in ~/.aws/config)'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "daemon" -d 'Run the refresher daemon: keep tokens warm, serve them on the local socket, write sinks ([daemon] in the configuration). For systemd (Type=notify)'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "status" -d 'Ask the daemon for each registry\'s expiry, last refresh, last error and next attempt. Exits 0 when every registry has a usable token, 1 when one has not, 2 without a daemon'
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "kubelet-credential-provider" -d 'The kubelet image credential provider: a CredentialProviderRequest on stdin, the response on stdout (what ecr-edge-credential-provider runs; see configure --k3s)'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "doctor" -d 'Check this device: CPU and helpers, credHelpers keys, config, network, clock, credentials. Exits 0 only when nothing failed'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "configure" -d 'Add exact credHelpers entries naming ecr-edge to the Docker config (and, with --containers, the containers auth file), keeping everything else in the file'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand helper" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
@@ -43,6 +44,8 @@ complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand daemon" -s h -l help -
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand status" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand status" -l json -d 'Machine-readable output'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand status" -s h -l help -d 'Print help'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand kubelet-credential-provider" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand kubelet-credential-provider" -s h -l help -d 'Print help'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand doctor" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand doctor" -l json -d 'Machine-readable output'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand doctor" -s h -l help -d 'Print help'
@@ -50,8 +53,11 @@ complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l registry
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l account -d 'With --region: the private registry of this 12-digit account' -r
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l region -d 'With --account: the registry\'s region' -r
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l docker-config -d 'The Docker config file [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l kubelet-config -d 'Write a kubelet CredentialProviderConfig to PATH (plain kubelets), and the provider link in /usr/libexec/ecr-edge' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l root -d 'With --k3s or --kubelet-config: install under DIR (an image\'s root file system)' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l containers -d 'Also the containers auth file ($REGISTRY_AUTH_FILE or ~/.config/containers/auth.json)'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l remove -d 'Take the entries out instead (only entries naming ecr-edge)'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l dry-run -d 'Print the changes without writing'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l k3s -d 'Install the kubelet image credential provider for k3s: the provider link and config.yaml in /var/lib/rancher/credentialprovider (k3s uses them when both exist)'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -s h -l help -d 'Print help'

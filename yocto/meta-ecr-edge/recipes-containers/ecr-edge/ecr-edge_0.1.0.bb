@@ -38,6 +38,8 @@ COMPATIBLE_HOST = "(x86_64|aarch64|armv7).*-linux.*"
 
 do_install:append() {
     ln -sf ecr-edge ${D}${bindir}/docker-credential-ecr-edge
+    install -d ${D}${libexecdir}/ecr-edge
+    ln -sf ../../bin/ecr-edge ${D}${libexecdir}/ecr-edge/ecr-edge-credential-provider
 
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${S}/packaging/ecr-edge.service ${D}${systemd_system_unitdir}/ecr-edge.service
@@ -72,4 +74,4 @@ SYSTEMD_SERVICE:${PN} = "ecr-edge.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 CONFFILES:${PN} = "${sysconfdir}/ecr-edge/config.toml"
-FILES:${PN} += "${nonarch_libdir}/sysusers.d ${datadir}/zsh ${datadir}/fish"
+FILES:${PN} += "${libexecdir}/ecr-edge ${nonarch_libdir}/sysusers.d ${datadir}/zsh ${datadir}/fish"

@@ -1,0 +1,658 @@
+//! The kubelet image credential provider (REFERENCE.md section 5): containerd under k3s or
+//! Kubernetes never calls Docker helpers, the kubelet runs a provider plugin instead.
+//!
+//! `ecr-edge kubelet-credential-provider` (also when started as `ecr-edge-credential-provider`)
+//! reads one `CredentialProviderRequest` on stdin and writes one `CredentialProviderResponse`
+//! on stdout, in the API version asked (`credentialprovider.kubelet.k8s.io/v1`, or `v1beta1`
+//! for kubelets before 1.26). The token comes from the same place as the Docker helper's: the
+//! daemon when it answers, else the cache, IoT or default credentials
+//! ([`helper::credentials`]). Every failure is one line on stderr and exit status 1, which the
+//! kubelet logs and treats as "no credentials from this provider".
+//!
+//! [`install`] writes the provider configuration for k3s or a plain kubelet
+//! (`ecr-edge configure --k3s` / `--kubelet-config`).
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config;
+use crate::files::{self, FilesError};
+use crate::helper::{self, HelperError};
+use crate::registry::Registry;
+
+/// The current API version (Kubernetes 1.26 and later).
+pub const API_V1: &str = "credentialprovider.kubelet.k8s.io/v1";
+/// The beta API version of older kubelets (1.20–1.25, still accepted by later ones).
+pub const API_V1BETA1: &str = "credentialprovider.kubelet.k8s.io/v1beta1";
+/// The name the kubelet runs the provider by (a link to the ecr-edge binary in its bin dir).
+pub const PROVIDER_NAME: &str = "ecr-edge-credential-provider";
+/// Largest request read: a real one is an image name plus, on newer kubelets, a service
+/// account token (a few KiB).
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// Image patterns of the provider configuration: every ECR registry host form (private,
+/// FIPS, dual-stack, China, European Sovereign Cloud) and ECR Public. In the kubelet's
+/// matching, `*` stands for exactly one DNS label.
+pub const MATCH_IMAGES: &[&str] = &[
+    "*.dkr.ecr.*.amazonaws.com",
+    "*.dkr.ecr-fips.*.amazonaws.com",
+    "*.dkr-ecr.*.on.aws",
+    "*.dkr-ecr-fips.*.on.aws",
+    "*.dkr.ecr.*.amazonaws.com.cn",
+    "*.dkr-ecr.*.on.amazonwebservices.com.cn",
+    "*.dkr.ecr.*.amazonaws.eu",
+    "public.ecr.aws",
+    "ecr-public.aws.com",
+];
+
+/// The fields of a `CredentialProviderRequest` that matter here. Others (`serviceAccountToken`
+/// and `serviceAccountAnnotations` from newer kubelets) are accepted and ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    api_version: Option<String>,
+    kind: Option<String>,
+    image: Option<String>,
+}
+
+/// A `CredentialProviderResponse`, field names as in the kubelet's API types.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Response<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    cache_key_type: &'static str,
+    cache_duration: String,
+    auth: std::collections::BTreeMap<&'a str, AuthConfig<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct AuthConfig<'a> {
+    username: &'static str,
+    password: &'a str,
+}
+
+/// Why no credentials were given to the kubelet. [`fmt::Display`] is the line on stderr.
+#[derive(Debug)]
+pub enum KubeletError {
+    /// Stdin was not a JSON object of the request's shape.
+    Malformed(String),
+    /// Stdin was larger than [`MAX_REQUEST_BYTES`].
+    TooLarge,
+    /// An `apiVersion` this provider does not speak.
+    UnknownApiVersion(String),
+    /// A `kind` other than `CredentialProviderRequest`.
+    WrongKind(String),
+    /// No `image`, or an empty one.
+    NoImage,
+    /// The image's registry is not an Amazon ECR registry (the configuration's `matchImages`
+    /// should not have sent it here).
+    NotEcr(String),
+    /// The configuration file is unusable, or no token could be had.
+    Credentials(HelperError),
+    /// Reading stdin or writing stdout failed.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for KubeletError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KubeletError::Malformed(why) => {
+                write!(f, "ecr-edge: not a CredentialProviderRequest: {why}")
+            }
+            KubeletError::TooLarge => {
+                write!(
+                    f,
+                    "ecr-edge: request larger than {MAX_REQUEST_BYTES} bytes refused"
+                )
+            }
+            KubeletError::UnknownApiVersion(v) => write!(
+                f,
+                "ecr-edge: unsupported apiVersion {v:?}: this provider speaks {API_V1} and \
+                 {API_V1BETA1}"
+            ),
+            KubeletError::WrongKind(k) => {
+                write!(f, "ecr-edge: kind {k:?} is not CredentialProviderRequest")
+            }
+            KubeletError::NoImage => f.write_str("ecr-edge: the request names no image"),
+            KubeletError::NotEcr(image) => write!(
+                f,
+                "ecr-edge: {image:?} is not in an Amazon ECR registry; narrow matchImages in \
+                 the kubelet's CredentialProviderConfig to ECR hosts"
+            ),
+            KubeletError::Credentials(e) => {
+                // HelperError's lines start with "ecr-edge: " already.
+                fmt::Display::fmt(e, f)
+            }
+            KubeletError::Io(e) => write!(f, "ecr-edge: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for KubeletError {}
+
+/// Runs the provider: request on `stdin`, response on `stdout`, the error line on `stderr`.
+/// Returns the exit status (0, or 1 on any failure).
+pub fn run(
+    config: Option<&Path>,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> u8 {
+    let result = read_request(stdin).and_then(|(api_version, registry)| {
+        let config =
+            config::load(config).map_err(|e| KubeletError::Credentials(HelperError::Config(e)))?;
+        let (password, expires_at) =
+            helper::credentials(&registry, &config).map_err(KubeletError::Credentials)?;
+        Ok(response(
+            &api_version,
+            registry.host(),
+            &password,
+            expires_at,
+            crate::token::now(),
+        ))
+    });
+    let written = result.and_then(|bytes| {
+        stdout
+            .write_all(&bytes)
+            .and_then(|()| stdout.flush())
+            .map_err(KubeletError::Io)
+    });
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(stderr, "{e}");
+            1
+        }
+    }
+}
+
+fn read_request(stdin: &mut dyn Read) -> Result<(String, Registry), KubeletError> {
+    let buf = helper::read_capped(stdin, MAX_REQUEST_BYTES)
+        .map_err(KubeletError::Io)?
+        .ok_or(KubeletError::TooLarge)?;
+    parse_request(&buf)
+}
+
+/// The request's API version and the registry of its image.
+///
+/// # Errors
+/// [`KubeletError`] for anything but a well-formed request for an ECR image.
+pub fn parse_request(bytes: &[u8]) -> Result<(String, Registry), KubeletError> {
+    // serde_json's messages name a position, never the input's content (a service account
+    // token must not reach the kubelet's log).
+    let req: Request =
+        serde_json::from_slice(bytes).map_err(|e| KubeletError::Malformed(e.to_string()))?;
+    let api_version = req.api_version.unwrap_or_default();
+    if api_version != API_V1 && api_version != API_V1BETA1 {
+        return Err(KubeletError::UnknownApiVersion(api_version));
+    }
+    match req.kind.as_deref() {
+        Some("CredentialProviderRequest") => {}
+        other => return Err(KubeletError::WrongKind(other.unwrap_or("").to_owned())),
+    }
+    let image = req
+        .image
+        .filter(|i| !i.trim().is_empty())
+        .ok_or(KubeletError::NoImage)?;
+    let registry = image_registry(&image)
+        .and_then(|host| Registry::parse(&host))
+        .ok_or_else(|| KubeletError::NotEcr(image.clone()))?;
+    Ok((api_version, registry))
+}
+
+/// The registry host of an image reference (`host[:port]/path[:tag][@digest]`), by the
+/// distribution reference rule: the part before the first `/` is a host only if it contains a
+/// `.` or `:` or is `localhost`; otherwise the image is on Docker Hub (`None`).
+pub fn image_registry(image: &str) -> Option<String> {
+    let (first, rest) = image.trim().split_once('/')?;
+    if rest.is_empty() || !(first.contains(['.', ':']) || first == "localhost") {
+        return None;
+    }
+    crate::registry::host_of(first)
+}
+
+/// The response JSON for a token, in `api_version`, cached for half the token's remaining life.
+pub fn response(
+    api_version: &str,
+    host: &str,
+    password: &str,
+    expires_at: i64,
+    now: i64,
+) -> Vec<u8> {
+    let mut auth = std::collections::BTreeMap::new();
+    auth.insert(
+        host,
+        AuthConfig {
+            username: "AWS",
+            password,
+        },
+    );
+    let response = Response {
+        api_version,
+        kind: "CredentialProviderResponse",
+        cache_key_type: "Registry",
+        cache_duration: go_duration(cache_seconds(expires_at, now)),
+        auth,
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+/// How long the kubelet may keep a token: half of its remaining life, as the reference AWS
+/// provider does, so it asks again well before expiry. Whole seconds, never negative.
+pub fn cache_seconds(expires_at: i64, now: i64) -> u64 {
+    u64::try_from(expires_at.saturating_sub(now) / 2).unwrap_or(0)
+}
+
+/// `seconds` as Go's `time.Duration.String` writes whole seconds (`6h0m0s`, `30m0s`, `45s`,
+/// `0s`), the form the kubelet's `metav1.Duration` parses.
+pub fn go_duration(seconds: u64) -> String {
+    let (h, m, s) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The first line of every configuration file [`install`] writes: a file without it is
+/// someone else's and is never overwritten.
+pub const MARKER: &str = "# Written by `ecr-edge configure`; rerun it to update this file.";
+
+/// A `CredentialProviderConfig` naming ecr-edge for every ECR host form.
+pub fn provider_config() -> String {
+    let mut out = format!(
+        "{MARKER}\napiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\n\
+         providers:\n  - name: {PROVIDER_NAME}\n    apiVersion: {API_V1}\n    matchImages:\n"
+    );
+    for pattern in MATCH_IMAGES {
+        out.push_str(&format!("      - \"{pattern}\"\n"));
+    }
+    // Used only if a response had no cacheDuration; ecr-edge always sends one.
+    out.push_str("    defaultCacheDuration: \"6h\"\n");
+    out
+}
+
+/// Where [`install`] puts things.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The `CredentialProviderConfig` file.
+    pub config: PathBuf,
+    /// The directory the kubelet runs providers from; gets the [`PROVIDER_NAME`] link.
+    pub bin_dir: PathBuf,
+}
+
+impl Layout {
+    /// k3s's fixed paths under `root` (k3s enables the provider flags when both exist).
+    pub fn k3s(root: &Path) -> Layout {
+        let base = root.join("var/lib/rancher/credentialprovider");
+        Layout {
+            config: base.join("config.yaml"),
+            bin_dir: base.join("bin"),
+        }
+    }
+
+    /// A plain kubelet: `config` as given, the link in `/usr/libexec/ecr-edge` under `root`
+    /// (the packages install the same link).
+    pub fn kubelet(root: &Path, config: &Path) -> Layout {
+        Layout {
+            config: config.to_owned(),
+            bin_dir: root.join("usr/libexec/ecr-edge"),
+        }
+    }
+}
+
+/// Why [`install`] changed nothing.
+#[derive(Debug)]
+pub enum InstallError {
+    /// A file or link at our path was not written by ecr-edge; it is left as it is.
+    NotOurs {
+        /// The file.
+        path: PathBuf,
+        /// What to do instead.
+        hint: String,
+    },
+    /// A file operation failed.
+    Files(FilesError),
+}
+
+impl fmt::Display for InstallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InstallError::NotOurs { path, hint } => write!(
+                f,
+                "{} exists and was not written by ecr-edge; left unchanged. {hint}",
+                path.display()
+            ),
+            InstallError::Files(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for InstallError {}
+
+impl From<FilesError> for InstallError {
+    fn from(e: FilesError) -> InstallError {
+        InstallError::Files(e)
+    }
+}
+
+/// Installs the provider: `layout.bin_dir/ecr-edge-credential-provider` as a symlink to
+/// `binary`, and the configuration file (0600). The bin directory must be a real directory of
+/// this user's (created 0700 with missing parents at the default mode); the configuration's
+/// directory is created 0700 when missing and otherwise left as it is. Idempotent; both are written atomically (temp name, then rename). An existing
+/// file or link that ecr-edge did not write is never replaced. Returns what changed.
+///
+/// # Errors
+/// [`InstallError`]; what was already in place stays as it was.
+pub fn install(layout: &Layout, binary: &Path) -> Result<Vec<String>, InstallError> {
+    let link = layout.bin_dir.join(PROVIDER_NAME);
+    let text = provider_config();
+    let mut changed = Vec::new();
+    // Check both before touching either.
+    let link_state = existing_link(&link, binary)?;
+    let config_state = existing_config(&layout.config, &text)?;
+    if link_state.is_none() {
+        files::ensure_private_dir(&layout.bin_dir)?;
+        let tmp = layout
+            .bin_dir
+            .join(format!(".{PROVIDER_NAME}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(binary, &tmp).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &link).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(&link)(e)
+        })?;
+        changed.push(format!("{} -> {}", link.display(), binary.display()));
+    }
+    if config_state.is_none() {
+        let dir = parent(&layout.config);
+        if !dir.exists() {
+            files::ensure_private_dir(&dir)?;
+        }
+        files::write_atomic(&layout.config, text.as_bytes(), 0o600)?;
+        changed.push(format!("{} written", layout.config.display()));
+    }
+    Ok(changed)
+}
+
+/// `Some(())` when the link is already ours and right, `None` when it must be (re)made.
+fn existing_link(link: &Path, binary: &Path) -> Result<Option<()>, InstallError> {
+    match std::fs::symlink_metadata(link) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(link)(e).into()),
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::read_link(link).map_err(io(link))?;
+            if target == binary {
+                Ok(Some(()))
+            } else if target.is_absolute() && target.file_name().is_some_and(|n| n == "ecr-edge") {
+                Ok(None) // an earlier install of ecr-edge elsewhere: repoint it
+            } else {
+                Err(InstallError::NotOurs {
+                    path: link.to_owned(),
+                    hint: format!(
+                        "It points to {}; remove it to use ecr-edge.",
+                        target.display()
+                    ),
+                })
+            }
+        }
+        Ok(_) => Err(InstallError::NotOurs {
+            path: link.to_owned(),
+            hint: "Remove it to use ecr-edge.".into(),
+        }),
+    }
+}
+
+/// `Some(())` when the file already says exactly `text`, `None` when it must be written.
+fn existing_config(path: &Path, text: &str) -> Result<Option<()>, InstallError> {
+    let old = match files::read_limited(path, 256 * 1024) {
+        Ok(old) => old,
+        Err(FilesError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if old == text.as_bytes() {
+        return Ok(Some(()));
+    }
+    if old.starts_with(MARKER.as_bytes()) {
+        return Ok(None);
+    }
+    Err(InstallError::NotOurs {
+        path: path.to_owned(),
+        hint: format!(
+            "Add this provider to its providers list:\n{}",
+            text.lines()
+                .skip_while(|l| !l.starts_with("  - "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    })
+}
+
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> FilesError + '_ {
+    move |source| FilesError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
+
+    #[test]
+    fn cache_duration_is_half_the_remaining_life_in_go_form() {
+        for (secs, text) in [
+            (0, "0s"),
+            (45, "45s"),
+            (60, "1m0s"),
+            (3599, "59m59s"),
+            (3600, "1h0m0s"),
+            (6 * 3600, "6h0m0s"),
+            (12 * 3600 - 1, "11h59m59s"),
+            (100 * 3600 + 61, "100h1m1s"),
+        ] {
+            assert_eq!(go_duration(secs), text);
+        }
+        let now = 1_700_000_000;
+        assert_eq!(cache_seconds(now + 12 * 3600, now), 6 * 3600);
+        assert_eq!(
+            cache_seconds(now + 7, now),
+            3,
+            "whole seconds, rounded down"
+        );
+        assert_eq!(cache_seconds(now - 5, now), 0, "never negative");
+        assert_eq!(cache_seconds(i64::MIN, i64::MAX), 0);
+        assert_eq!(
+            cache_seconds(i64::MAX, i64::MIN),
+            i64::MAX as u64 / 2,
+            "saturates"
+        );
+    }
+
+    #[test]
+    fn image_registry_follows_the_reference_grammar() {
+        for (image, host) in [
+            (
+                "123456789012.dkr.ecr.us-west-2.amazonaws.com/app:1.2",
+                Some(HOST),
+            ),
+            (
+                "123456789012.dkr.ecr.us-west-2.amazonaws.com/team/app@sha256:abcd",
+                Some(HOST),
+            ),
+            (
+                "123456789012.dkr.ecr.us-west-2.amazonaws.com:443/app",
+                Some(HOST),
+            ),
+            ("public.ecr.aws/nginx/nginx:latest", Some("public.ecr.aws")),
+            ("localhost/app", Some("localhost")),
+            ("nginx:latest", None),
+            ("library/nginx", None),
+            ("123456789012.dkr.ecr.us-west-2.amazonaws.com", None),
+            ("123456789012.dkr.ecr.us-west-2.amazonaws.com/", None),
+            ("", None),
+        ] {
+            assert_eq!(image_registry(image).as_deref(), host, "{image}");
+        }
+    }
+
+    #[test]
+    fn requests_of_both_versions_parse_and_extra_fields_are_ignored() {
+        for api in [API_V1, API_V1BETA1] {
+            let body = format!(
+                r#"{{"apiVersion":"{api}","kind":"CredentialProviderRequest","image":"{HOST}/app:1","serviceAccountToken":"eyJ...","serviceAccountAnnotations":{{"a":"b"}},"futureField":[1]}}"#
+            );
+            let (version, registry) = parse_request(body.as_bytes()).unwrap();
+            assert_eq!(version, api);
+            assert_eq!(registry.host(), HOST);
+        }
+    }
+
+    #[test]
+    fn every_bad_request_is_a_named_error() {
+        let cases: &[(&str, &str)] = &[
+            ("", "not a CredentialProviderRequest"),
+            ("[]", "not a CredentialProviderRequest"),
+            ("{\"apiVersion\": 3}", "not a CredentialProviderRequest"),
+            (
+                r#"{"kind":"CredentialProviderRequest","image":"x"}"#,
+                "unsupported apiVersion \"\"",
+            ),
+            (
+                r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v2","kind":"CredentialProviderRequest","image":"x"}"#,
+                "unsupported apiVersion \"credentialprovider.kubelet.k8s.io/v2\"",
+            ),
+            (
+                r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","image":"x"}"#,
+                "is not CredentialProviderRequest",
+            ),
+            (
+                r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest"}"#,
+                "names no image",
+            ),
+            (
+                r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":" "}"#,
+                "names no image",
+            ),
+            (
+                r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.io/library/nginx"}"#,
+                "is not in an Amazon ECR registry",
+            ),
+            (
+                r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"123456789012.dkr.ecr.us-west-2.amazonaws.com.evil.example/app"}"#,
+                "is not in an Amazon ECR registry",
+            ),
+        ];
+        for (input, says) in cases {
+            let err = parse_request(input.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(says), "{input}: {err}");
+        }
+        // The error never repeats a service account token from the input.
+        let err = parse_request(br#"{"serviceAccountToken":"SECRET-TOKEN","apiVersion":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("SECRET-TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn response_bytes() {
+        let now = 1_700_000_000;
+        let out = response(API_V1BETA1, HOST, "pw\"1", now + 3 * 3600 + 1, now);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(
+                "{{\"apiVersion\":\"{API_V1BETA1}\",\"kind\":\"CredentialProviderResponse\",\
+                 \"cacheKeyType\":\"Registry\",\"cacheDuration\":\"1h30m0s\",\
+                 \"auth\":{{\"{HOST}\":{{\"username\":\"AWS\",\"password\":\"pw\\\"1\"}}}}}}\n"
+            )
+        );
+    }
+
+    #[test]
+    fn provider_config_lists_every_pattern_and_the_packaged_example_agrees() {
+        let text = provider_config();
+        assert!(text.starts_with(MARKER));
+        for p in MATCH_IMAGES {
+            assert!(text.contains(&format!("- \"{p}\"")), "{p}");
+        }
+        let example = include_str!("../packaging/kubelet-credential-provider.yaml");
+        for p in MATCH_IMAGES {
+            assert!(example.contains(&format!("- \"{p}\"")), "example lacks {p}");
+        }
+        assert_eq!(
+            example.matches("      - \"").count(),
+            MATCH_IMAGES.len(),
+            "example has patterns the provider does not list"
+        );
+        assert!(example.contains(&format!("name: {PROVIDER_NAME}")));
+    }
+
+    /// The kubelet's matching: a pattern and a host match when they have the same number of
+    /// labels and each pattern label (with `*` globbing) matches its host label.
+    fn kubelet_matches(pattern: &str, host: &str) -> bool {
+        fn glob(p: &[u8], s: &[u8]) -> bool {
+            match (p.first(), s.first()) {
+                (None, None) => true,
+                (Some(b'*'), _) => glob(&p[1..], s) || (!s.is_empty() && glob(p, &s[1..])),
+                (Some(a), Some(b)) if a == b => glob(&p[1..], &s[1..]),
+                _ => false,
+            }
+        }
+        let (p, h): (Vec<_>, Vec<_>) = (pattern.split('.').collect(), host.split('.').collect());
+        p.len() == h.len()
+            && p.iter()
+                .zip(&h)
+                .all(|(p, h)| glob(p.as_bytes(), h.as_bytes()))
+    }
+
+    #[test]
+    fn match_images_cover_every_ecr_host_form_and_nothing_else() {
+        for host in [
+            HOST,
+            "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com",
+            "123456789012.dkr-ecr.us-west-2.on.aws",
+            "123456789012.dkr-ecr-fips.us-east-1.on.aws",
+            "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+            "123456789012.dkr-ecr.cn-north-1.on.amazonwebservices.com.cn",
+            "123456789012.dkr.ecr.eusc-de-east-1.amazonaws.eu",
+            "public.ecr.aws",
+            "ecr-public.aws.com",
+        ] {
+            assert!(Registry::parse(host).is_some(), "{host} is ECR");
+            assert!(
+                MATCH_IMAGES.iter().any(|p| kubelet_matches(p, host)),
+                "{host} matched by no pattern"
+            );
+        }
+        for host in [
+            "docker.io",
+            "123456789012.dkr.ecr.us-west-2.amazonaws.com.evil.example",
+            "public.ecr.aws.example.com",
+            "ghcr.io",
+        ] {
+            assert!(
+                !MATCH_IMAGES.iter().any(|p| kubelet_matches(p, host)),
+                "{host} matched"
+            );
+        }
+    }
+}
