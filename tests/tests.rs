@@ -8,4 +8,5 @@ mod doctor;
 mod helper;
 mod iot;
 mod kubelet;
+mod realclients;
 mod support;

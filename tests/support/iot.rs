@@ -88,6 +88,12 @@ impl FakeIot {
     /// Starts the fake: server certificate for `localhost` from `server_ca`, client
     /// certificates must chain to `device_ca`.
     pub fn start(server_ca: &TestCa, device_ca: &TestCa) -> FakeIot {
+        FakeIot::start_named(server_ca, device_ca, "localhost", "127.0.0.1:0")
+    }
+
+    /// [`FakeIot::start`] presenting a certificate for `name`, listening on `addr`; the
+    /// endpoint is `name:port`.
+    pub fn start_named(server_ca: &TestCa, device_ca: &TestCa, name: &str, addr: &str) -> FakeIot {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(device_ca.der()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -97,7 +103,7 @@ impl FakeIot {
         )
         .build()
         .unwrap();
-        let (chain, key) = server_ca.issue("localhost");
+        let (chain, key) = server_ca.issue(name);
         let config = Arc::new(
             rustls::ServerConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
@@ -106,8 +112,8 @@ impl FakeIot {
                 .with_single_cert(chain, key)
                 .unwrap(),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("localhost:{}", listener.local_addr().unwrap().port());
+        let listener = TcpListener::bind(addr).unwrap();
+        let endpoint = format!("{name}:{}", listener.local_addr().unwrap().port());
         let state = Arc::new(Mutex::new(State {
             faults: Faults::new(IotMode::Ok),
             calls: Vec::new(),

@@ -60,6 +60,24 @@ impl TestCa {
         TestCa { issuer, pem }
     }
 
+    /// A certificate for `name` signed by this CA and its private key, both PEM (for servers
+    /// that read files, such as the registry).
+    pub fn issue_pem(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let der = self.sign(&params, &key);
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            aws_smithy_types::base64::encode(&der)
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        (pem, key.serialize_pem())
+    }
+
     /// A TLS server configuration presenting a certificate for `name` signed by this CA.
     pub fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
         let (chain, key) = self.issue(name);
@@ -218,6 +236,26 @@ impl FakeEcr {
         }
     }
 
+    /// Also answers TLS connections on `addr` directly, as the real endpoint `host` (for tests
+    /// whose clients resolve AWS names to loopback instead of using the proxy).
+    pub fn listen_direct(&self, addr: &str, host: &str, ca: Arc<TestCa>) {
+        let listener = TcpListener::bind(addr).unwrap();
+        let (st, sp, host) = (self.state.clone(), self.stop.clone(), host.to_owned());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if sp.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (st, sp, ca, host) = (st.clone(), sp.clone(), ca.clone(), host.clone());
+                thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                    let _ = serve_tls(conn, &host, &st, &sp, &ca);
+                });
+            }
+        });
+    }
+
     /// Answers every request with `mode` from now on.
     pub fn set_mode(&self, mode: Mode) {
         self.state.lock().unwrap().faults.always(mode);
@@ -317,8 +355,19 @@ fn handle(
         return splice(raw, upstream);
     }
     raw.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+    serve_tls(raw, &host, state, stop, ca)
+}
+
+/// One TLS connection for `host`, answered as ECR would.
+fn serve_tls(
+    mut raw: TcpStream,
+    host: &str,
+    state: &Mutex<State>,
+    stop: &AtomicBool,
+    ca: &TestCa,
+) -> std::io::Result<()> {
     let mut tls =
-        rustls::ServerConnection::new(ca.server_config(&host)).map_err(std::io::Error::other)?;
+        rustls::ServerConnection::new(ca.server_config(host)).map_err(std::io::Error::other)?;
     let mut stream = rustls::Stream::new(&mut tls, &mut raw);
     let mut reader = BufReader::new(&mut stream);
     let (request_line, headers) = read_head(&mut reader)?;
@@ -332,7 +381,7 @@ fn handle(
     let (mode, response) = {
         let mut s = state.lock().unwrap();
         let mode = s.faults.take(Mode::Ok);
-        let (call, denial) = verify(&host, &request_line, &headers, &body, &s);
+        let (call, denial) = verify(host, &request_line, &headers, &body, &s);
         s.calls.push(call.clone());
         let response = match denial {
             Some(resp) => resp,

@@ -1,0 +1,17 @@
+//! The Docker helper's stdin for `store` (JSON) and the server-URL checks every action shares;
+//! `get` and `erase` go on to the cache and network, which this target does not reach.
+#![no_main]
+use ecr_edge::helper::{run, Action};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut out = Vec::new();
+    let code = run(Action::Store, None, &mut &data[..], &mut out);
+    // Exactly one line, success or failure, and never the input echoed back as a secret.
+    assert!(code == 0 || code == 1);
+    if code == 1 {
+        assert!(out.ends_with(b"\n") && out.iter().filter(|&&b| b == b'\n').count() == 1);
+    } else {
+        assert!(out.is_empty());
+    }
+});

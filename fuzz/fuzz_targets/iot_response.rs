@@ -1,0 +1,22 @@
+//! The AWS IoT credentials provider's answer (any status, any body).
+#![no_main]
+use ecr_edge::iot::parse_response;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let (status, body) = match data.split_first_chunk::<2>() {
+        Some((s, rest)) => (u16::from_be_bytes(*s) % 600, rest),
+        None => return,
+    };
+    match parse_response(status, body) {
+        Ok(c) => {
+            assert_eq!(status, 200);
+            assert!(!c.access_key_id.is_empty() && !c.session_token.is_empty());
+        }
+        // Error text is bounded and free of control characters (it reaches logs).
+        Err(e) => {
+            let s = e.to_string();
+            assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
+        }
+    }
+});

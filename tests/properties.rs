@@ -1,0 +1,203 @@
+//! Property tests for every parser that reads outside input (the same ones the cargo-fuzz
+//! targets in fuzz/ attack): arbitrary input never panics, and generated valid input parses to
+//! what it says.
+
+use proptest::prelude::*;
+
+use ecr_edge::registry::{host_of, Registry};
+
+/// A region label as AWS writes them (`us-west-2`, `eusc-de-east-1`, `us-gov-west-1`).
+fn region() -> impl Strategy<Value = String> {
+    "(us|eu|ap|sa|ca|me|af|il|mx|cn|eusc-de|us-gov)-(north|south|east|west|central|northeast|southeast)-[1-9]"
+}
+
+fn account() -> impl Strategy<Value = String> {
+    "[0-9]{12}"
+}
+
+/// (host, is FIPS, is dual-stack) for every private host form.
+fn private_host() -> impl Strategy<Value = (String, String, String)> {
+    (account(), region(), 0..7usize).prop_map(|(a, r, form)| {
+        let host = match form {
+            0 => format!("{a}.dkr.ecr.{r}.amazonaws.com"),
+            1 => format!("{a}.dkr.ecr-fips.{r}.amazonaws.com"),
+            2 => format!("{a}.dkr-ecr.{r}.on.aws"),
+            3 => format!("{a}.dkr-ecr-fips.{r}.on.aws"),
+            4 => format!("{a}.dkr.ecr.{r}.amazonaws.com.cn"),
+            5 => format!("{a}.dkr-ecr.{r}.on.amazonwebservices.com.cn"),
+            _ => format!("{a}.dkr.ecr.{r}.amazonaws.eu"),
+        };
+        (host, a, r)
+    })
+}
+
+proptest! {
+    #[test]
+    fn registry_parsing_never_panics_and_agrees_with_host_of(s in ".{0,300}") {
+        let host = host_of(&s);
+        if let Some(r) = Registry::parse(&s) {
+            prop_assert_eq!(Some(r.host()), host.as_deref());
+            prop_assert_eq!(Registry::parse(r.host()), Some(r.clone()));
+        }
+    }
+
+    #[test]
+    fn every_private_form_parses_with_its_account_and_region_however_written(
+        (host, account, region) in private_host(),
+        scheme in prop::sample::select(vec!["", "https://", "HTTPS://"]),
+        port in prop::sample::select(vec!["", ":443", ":5000"]),
+        path in prop::sample::select(vec!["", "/", "/v2/", "/v2/app/manifests/1.0"]),
+        upper in any::<bool>(),
+    ) {
+        let written = if upper { host.to_ascii_uppercase() } else { host.clone() };
+        let input = format!("{scheme}{written}{port}{path}");
+        let r = Registry::parse(&input).unwrap();
+        prop_assert_eq!(r.host(), host.as_str());
+        prop_assert_eq!(r.region(), region.as_str());
+        match r.service() {
+            ecr_edge::registry::Service::Private { account: a, .. } => prop_assert_eq!(a, &account),
+            other => prop_assert!(false, "{:?}", other),
+        }
+        // A look-alike under someone else's domain is never ECR.
+        let lookalike = format!("{}.example.com", host);
+        prop_assert!(Registry::parse(&lookalike).is_none());
+    }
+
+    #[test]
+    fn kubelet_requests_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = ecr_edge::kubelet::parse_request(&bytes);
+    }
+
+    #[test]
+    fn kubelet_requests_for_ecr_images_parse(
+        (host, _, _) in private_host(),
+        v1 in any::<bool>(),
+        repo in "[a-z0-9]{1,12}(/[a-z0-9]{1,12}){0,2}",
+        tag in "(:[a-z0-9.]{1,8})?",
+    ) {
+        let api = if v1 { ecr_edge::kubelet::API_V1 } else { ecr_edge::kubelet::API_V1BETA1 };
+        let req = serde_json::json!({
+            "apiVersion": api, "kind": "CredentialProviderRequest",
+            "image": format!("{host}/{repo}{tag}"), "serviceAccountToken": "t",
+        });
+        let (version, registry) =
+            ecr_edge::kubelet::parse_request(req.to_string().as_bytes()).unwrap();
+        prop_assert_eq!(version, api);
+        prop_assert_eq!(registry.host(), host.as_str());
+    }
+
+    #[test]
+    fn go_durations_are_exact(secs in 0u64..10_000_000) {
+        let text = ecr_edge::kubelet::go_duration(secs);
+        let mut total = 0;
+        let mut n = 0;
+        for c in text.chars() {
+            match c {
+                'h' => { total += n * 3600; n = 0 }
+                'm' => { total += n * 60; n = 0 }
+                's' => { total += n; n = 0 }
+                d => n = n * 10 + u64::from(d.to_digit(10).unwrap()),
+            }
+        }
+        prop_assert_eq!(total, secs);
+        prop_assert!(text.ends_with('s'));
+    }
+
+    #[test]
+    fn config_parsing_never_panics(s in ".{0,400}") {
+        let _ = ecr_edge::config::parse(&s);
+    }
+
+    #[test]
+    fn generated_daemon_configs_parse_to_their_values(
+        hosts in proptest::collection::vec(private_host(), 0..4),
+        backoff in 1u64..=86_400,
+    ) {
+        let list: Vec<String> = hosts.iter().map(|(h, _, _)| format!("{h:?}")).collect();
+        let text = format!("[daemon]\nregistries = [{}]\nbackoff_max = {backoff}\n", list.join(", "));
+        let d = ecr_edge::config::parse(&text).unwrap().daemon.unwrap();
+        prop_assert_eq!(d.registries.len(), hosts.len());
+        prop_assert_eq!(d.backoff_max, backoff);
+    }
+
+    #[test]
+    fn docker_config_edits_keep_everything_else_and_are_idempotent(
+        other in proptest::collection::btree_map("[a-zA-Z]{1,8}", any::<i64>(), 0..5),
+        helpers in proptest::collection::btree_map("[a-z.]{1,20}", "[a-z-]{1,10}", 0..4),
+        (host, _, _) in private_host(),
+    ) {
+        let mut root = serde_json::Map::new();
+        for (k, v) in &other {
+            root.insert(k.clone(), (*v).into());
+        }
+        root.insert("credHelpers".into(), serde_json::to_value(&helpers).unwrap());
+        let old = serde_json::Value::Object(root).to_string();
+        let hosts = vec![host.clone()];
+        let (added, changes) = ecr_edge::configure::edit(&old, &hosts, false).unwrap();
+        prop_assert_eq!(changes.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&added).unwrap();
+        for (k, val) in &other {
+            if k != "credHelpers" {
+                prop_assert_eq!(&v[k], &serde_json::Value::from(*val));
+            }
+        }
+        for (k, val) in &helpers {
+            if k != &host {
+                prop_assert_eq!(&v["credHelpers"][k], &serde_json::Value::from(val.as_str()));
+            }
+        }
+        prop_assert_eq!(&v["credHelpers"][&host], "ecr-edge");
+        let (_, again) = ecr_edge::configure::edit(&added, &hosts, false).unwrap();
+        prop_assert!(again.is_empty());
+        // Removing takes out exactly what was added.
+        let (removed, _) = ecr_edge::configure::edit(&added, &hosts, true).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&removed).unwrap();
+        prop_assert!(v.get("credHelpers").and_then(|h| h.get(&host)).is_none());
+    }
+
+    #[test]
+    fn docker_config_edits_never_panic(s in ".{0,300}", remove in any::<bool>()) {
+        let _ = ecr_edge::configure::edit(&s, &["public.ecr.aws".to_owned()], remove);
+    }
+
+    #[test]
+    fn iot_answers_never_panic(status in 0u16..600, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = ecr_edge::iot::parse_response(status, &body);
+    }
+
+    #[test]
+    fn iot_credentials_parse_to_their_fields(
+        key in "ASIA[A-Z0-9]{16}", secret in "[A-Za-z0-9/+]{40}", token in "[A-Za-z0-9/+=]{20,200}",
+        secs in 1_700_000_000i64..2_000_000_000,
+    ) {
+        let expiration = aws_smithy_types::DateTime::from_secs(secs)
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .unwrap();
+        let body = serde_json::json!({"credentials": {
+            "accessKeyId": key, "secretAccessKey": secret, "sessionToken": token,
+            "expiration": expiration,
+        }});
+        let c = ecr_edge::iot::parse_response(200, body.to_string().as_bytes()).unwrap();
+        prop_assert_eq!(c.access_key_id, key);
+        prop_assert_eq!(c.session_token, token);
+        prop_assert_eq!(c.expiration, secs);
+    }
+
+    #[test]
+    fn ecr_tokens_decode_to_their_password(pw in "[\\x21-\\x7e]{1,200}", life in 120i64..43_200) {
+        let now = 1_800_000_000;
+        let encoded = aws_smithy_types::base64::encode(format!("AWS:{pw}"));
+        let t = ecr_edge::ecr::token_from(Some(&encoded), Some(now + life), now).unwrap();
+        prop_assert_eq!(&t.password, &pw);
+        // Anything else is refused or decoded, never a panic.
+        let _ = ecr_edge::ecr::token_from(Some(&pw), Some(now + life), now);
+    }
+
+    #[test]
+    fn helper_store_input_is_one_line_whatever_comes_in(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut out = Vec::new();
+        let code = ecr_edge::helper::run(ecr_edge::helper::Action::Store, None, &mut &bytes[..], &mut out);
+        prop_assert!(code == 0 || code == 1);
+        prop_assert!(code == 0 && out.is_empty() || out.iter().filter(|&&b| b == b'\n').count() == 1);
+    }
+}

@@ -1,0 +1,457 @@
+//! Programs ecr-edge did not write, against a real registry: skopeo (and podman) with a Docker
+//! config whose `credHelpers` names ecr-edge, pushing to and pulling from Debian's
+//! `docker-registry` (the CNCF distribution registry) over TLS, with htpasswd auth that accepts
+//! only the password the fake ECR issues.
+//!
+//! Each test re-executes itself inside a new network and mount namespace (`unshare --net
+//! --mount`, root): loopback up, a private `/etc/hosts` bind-mounted so the registry host
+//! resolves to 127.0.0.2 and the AWS API and IoT names to 127.0.0.1, and the test CA appended to
+//! a bind-mounted copy of the system CA bundle. Nothing leaves the namespace; the fakes answer
+//! on the real names and port 443 directly (no proxy).
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::iot::{device_identity, FakeIot, KeyKind, Validity, ROLE_ALIAS, THING_NAME};
+use crate::support::{self, text, Sandbox, TestCa};
+
+const REG_HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
+const API_HOST: &str = "api.ecr.us-west-2.amazonaws.com";
+const IOT_HOST: &str = "c1a2b3example.credentials.iot.us-west-2.amazonaws.com";
+const IMAGE: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com/edge/app:v1";
+
+/// Runs `test` (this module's function name) inside fresh namespaces and returns `false`; inside
+/// them, returns `true` so the test body runs. Emulated runs (qemu-user) skip: skopeo would
+/// start the helper natively.
+fn inside_namespace(test: &str) -> bool {
+    if std::env::var_os("ECR_EDGE_IN_NETNS").is_some() {
+        return true;
+    }
+    if std::env::var_os("ECR_EDGE_TEST_RUNNER").is_some_and(|r| !r.is_empty()) {
+        eprintln!(
+            "realclients::{test}: not run under an emulator (skopeo runs the helper natively)"
+        );
+        return false;
+    }
+    let out = Command::new("unshare")
+        .args(["--net", "--mount", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            &format!("realclients::{test}"),
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ECR_EDGE_IN_NETNS", "1")
+        .output()
+        .expect("unshare (util-linux) runs this test in its own network namespace");
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{test} in its namespace:\n{log}");
+    assert!(log.contains("1 passed"), "{test} did not run:\n{log}");
+    false
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        text(&out.stderr)
+    );
+}
+
+/// The world as the clients see it: a registry on the real host name, the fake ECR on the real
+/// API name, a test CA trusted system-wide (in this namespace only).
+struct World {
+    sb: Sandbox,
+    registry: Option<Child>,
+    home: PathBuf,
+}
+
+impl World {
+    fn new() -> World {
+        let mut sb = Sandbox::new();
+        let dir = sb.dir.path().to_owned();
+        run("ip", &["link", "set", "lo", "up"]);
+        run("mount", &["--make-rprivate", "/"]);
+        let hosts = dir.join("hosts");
+        std::fs::write(
+            &hosts,
+            format!("127.0.0.1 localhost\n127.0.0.1 {API_HOST}\n127.0.0.1 {IOT_HOST}\n127.0.0.2 {REG_HOST}\n"),
+        )
+        .unwrap();
+        run("mount", &["--bind", hosts.to_str().unwrap(), "/etc/hosts"]);
+        let system = "/etc/ssl/certs/ca-certificates.crt";
+        let mut bundle = std::fs::read_to_string(system).unwrap_or_default();
+        bundle.push_str(&sb.ca.pem);
+        let bundle_file = dir.join("ca-bundle.crt");
+        std::fs::write(&bundle_file, bundle).unwrap();
+        run("mount", &["--bind", bundle_file.to_str().unwrap(), system]);
+        // The real names now resolve and verify; no proxy, no private CA variable.
+        sb.set("HTTPS_PROXY", None);
+        sb.set("SSL_CERT_FILE", None);
+        sb.fake
+            .listen_direct("127.0.0.1:443", API_HOST, sb.ca.clone());
+        let home = dir.join("home");
+        std::fs::create_dir_all(home.join(".docker")).unwrap();
+        std::fs::write(
+            home.join(".docker/config.json"),
+            format!("{{\"credHelpers\": {{\"{REG_HOST}\": \"ecr-edge\"}}}}\n"),
+        )
+        .unwrap();
+        let xdg = dir.join("xdg");
+        std::fs::create_dir_all(&xdg).unwrap();
+        sb.set("XDG_RUNTIME_DIR", Some(xdg.to_str().unwrap()));
+        let helper_dir = sb.helper.parent().unwrap().to_str().unwrap().to_owned();
+        let path = format!("{helper_dir}:{}", std::env::var("PATH").unwrap_or_default());
+        sb.set("PATH", Some(&path));
+        let mut w = World {
+            sb,
+            registry: None,
+            home,
+        };
+        w.start_registry();
+        w
+    }
+
+    /// (Re)starts the registry accepting only the fake ECR's current password for user AWS.
+    fn start_registry(&mut self) {
+        if let Some(mut old) = self.registry.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        let dir = self.sb.dir.path().join("registry");
+        std::fs::create_dir_all(dir.join("storage")).unwrap();
+        let (cert, key) = self.sb.ca.issue_pem(REG_HOST);
+        std::fs::write(dir.join("reg.crt"), cert).unwrap();
+        std::fs::write(dir.join("reg.key"), key).unwrap();
+        let pw = self.sb.fake.password();
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", "AWS", &pw])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        std::fs::write(dir.join("htpasswd"), &out.stdout).unwrap();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("config.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {d}/storage\n\
+                 http:\n  addr: 127.0.0.2:443\n  tls:\n    certificate: {d}/reg.crt\n    key: {d}/reg.key\n\
+                 auth:\n  htpasswd:\n    realm: ecr-edge-test\n    path: {d}/htpasswd\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", dir.join("config.yml").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry)");
+        self.registry = Some(child);
+        let start = Instant::now();
+        while TcpStream::connect("127.0.0.2:443").is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "registry did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `skopeo ARGS` as the user whose Docker config names ecr-edge.
+    fn skopeo(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("skopeo");
+        cmd.arg("--insecure-policy")
+            .args(args)
+            .env_clear()
+            .envs(self.sb.vars.iter().map(|(k, v)| (k, v)))
+            .env("HOME", &self.home);
+        cmd.output().expect("skopeo (Debian package skopeo)")
+    }
+
+    fn ecr_calls(&self) -> usize {
+        self.sb
+            .fake
+            .calls()
+            .iter()
+            .filter(|c| c.target.ends_with("GetAuthorizationToken"))
+            .count()
+    }
+
+    /// Pushes the test image and reads its manifest back; returns the manifest digest.
+    fn push_and_inspect(&self) -> String {
+        let (layout, config_digest) = oci_image(self.sb.dir.path());
+        let out = self.skopeo(&[
+            "copy",
+            &format!("oci:{}:v1", layout.display()),
+            &format!("docker://{IMAGE}"),
+        ]);
+        assert!(out.status.success(), "skopeo copy: {}", text(&out.stderr));
+        let out = self.skopeo(&["inspect", "--raw", &format!("docker://{IMAGE}")]);
+        assert!(
+            out.status.success(),
+            "skopeo inspect: {}",
+            text(&out.stderr)
+        );
+        // The image read back is the one built here: same config (skopeo may compress the
+        // layer on the way, which changes its digest but not the config's diff_ids).
+        let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(manifest["config"]["digest"], config_digest.as_str());
+        assert_eq!(manifest["layers"].as_array().map(Vec::len), Some(1));
+        let out = self.skopeo(&[
+            "inspect",
+            "--format",
+            "{{.Digest}}",
+            &format!("docker://{IMAGE}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "skopeo inspect: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.registry.take() {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
+    }
+}
+
+fn sha256(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A one-layer OCI image layout built here (`hello.txt` in an uncompressed tar layer); returns
+/// the layout directory and the config's digest.
+fn oci_image(dir: &Path) -> (PathBuf, String) {
+    let layout = dir.join("oci");
+    if layout.exists() {
+        let digest = std::fs::read_to_string(dir.join("config.digest")).unwrap();
+        return (layout, digest);
+    }
+    let files = dir.join("layer");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("hello.txt"), "hello from ecr-edge\n").unwrap();
+    run(
+        "tar",
+        &[
+            "--sort=name",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "-C",
+            files.to_str().unwrap(),
+            "-cf",
+            dir.join("layer.tar").to_str().unwrap(),
+            "hello.txt",
+        ],
+    );
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let hex = sha256(bytes);
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let layer = std::fs::read(dir.join("layer.tar")).unwrap();
+    let (layer_digest, layer_size) = put(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "config": {},
+    })
+    .to_string();
+    let (config_digest, config_size) = put(config.as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
+    })
+    .to_string();
+    let (manifest_digest, manifest_size) = put(manifest.as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest, "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": "v1"},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("config.digest"), &config_digest).unwrap();
+    (layout, config_digest)
+}
+
+#[test]
+fn skopeo_pushes_and_pulls_through_the_helper() {
+    if !inside_namespace("skopeo_pushes_and_pulls_through_the_helper") {
+        return;
+    }
+    let w = World::new();
+    w.push_and_inspect();
+    // skopeo ran the helper for every operation; the first fetched, the rest used the cache.
+    assert_eq!(w.ecr_calls(), 1);
+    // Without the helper entry the same registry refuses: the pull really was authenticated.
+    std::fs::write(w.home.join(".docker/config.json"), "{}\n").unwrap();
+    let out = w.skopeo(&["inspect", "--raw", &format!("docker://{IMAGE}")]);
+    assert!(!out.status.success(), "anonymous pull succeeded");
+}
+
+#[test]
+fn a_wrong_password_is_an_authentication_error_not_an_anonymous_pull() {
+    if !inside_namespace("a_wrong_password_is_an_authentication_error_not_an_anonymous_pull") {
+        return;
+    }
+    let w = World::new();
+    // The broken fake issues a password the registry does not accept.
+    w.sb.fake.set_password("not-the-registry-password");
+    let out = w.skopeo(&["inspect", "--raw", &format!("docker://{IMAGE}")]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr).to_lowercase();
+    assert!(
+        err.contains("unauthorized") || err.contains("authentication required"),
+        "{err}"
+    );
+    assert_eq!(w.ecr_calls(), 1, "the helper was asked and answered");
+}
+
+#[test]
+fn an_expired_token_is_never_sent_a_fresh_one_is_fetched() {
+    if !inside_namespace("an_expired_token_is_never_sent_a_fresh_one_is_fetched") {
+        return;
+    }
+    let mut w = World::new();
+    // Usable for 4 seconds (a token needs 300 s left to be handed out).
+    w.sb.fake.set_lifetime(304.0);
+    w.push_and_inspect();
+    assert_eq!(w.ecr_calls(), 1);
+    std::thread::sleep(Duration::from_secs(5));
+    // ECR now issues a new password, and the registry accepts only that one.
+    w.sb.fake.set_lifetime(43_200.0);
+    w.sb.fake.set_password("fresh-ecr-password-0002");
+    w.start_registry();
+    let out = w.skopeo(&["inspect", "--raw", &format!("docker://{IMAGE}")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(w.ecr_calls(), 2, "the expired token was replaced, not sent");
+}
+
+#[test]
+fn skopeo_with_credentials_from_the_iot_exchange() {
+    if !inside_namespace("skopeo_with_credentials_from_the_iot_exchange") {
+        return;
+    }
+    let mut w = World::new();
+    let device_ca = TestCa::new();
+    let iot = FakeIot::start_named(&w.sb.ca, &device_ca, IOT_HOST, "127.0.0.1:8443");
+    let (cert, key) = device_identity(
+        w.sb.dir.path(),
+        &device_ca,
+        KeyKind::EcPkcs8,
+        Validity::Current,
+    );
+    for v in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ] {
+        w.sb.set(v, None);
+    }
+    let config = w.sb.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[iot]\nendpoint = \"{}\"\nrole_alias = \"{ROLE_ALIAS}\"\nthing_name = \"{THING_NAME}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            iot.endpoint,
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    w.sb.set("ECR_EDGE_CONFIG", Some(config.to_str().unwrap()));
+    w.push_and_inspect();
+    assert_eq!(iot.calls().len(), 1, "one certificate exchange");
+    let calls = w.sb.fake.calls();
+    assert_eq!(calls.len(), 1);
+    // The environment has no AWS keys: the key that signed is the one the IoT exchange issued.
+    assert_eq!(calls[0].access_key, support::ACCESS_KEY_ID);
+}
+
+#[test]
+fn skopeo_with_the_daemon_serving() {
+    if !inside_namespace("skopeo_with_the_daemon_serving") {
+        return;
+    }
+    let mut w = World::new();
+    let d = crate::daemon::Daemon::start(
+        &mut w.sb,
+        &format!("[daemon]\nregistries = [\"{REG_HOST}\"]\n"),
+    );
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    assert_eq!(w.ecr_calls(), 1);
+    w.push_and_inspect();
+    assert_eq!(
+        w.ecr_calls(),
+        1,
+        "every helper call was served by the daemon"
+    );
+    assert!(
+        !w.sb.cache_dir().exists() || std::fs::read_dir(w.sb.cache_dir()).unwrap().count() == 0
+    );
+}
+
+#[test]
+fn podman_pulls_through_its_auth_file_cred_helpers() {
+    if !inside_namespace("podman_pulls_through_its_auth_file_cred_helpers") {
+        return;
+    }
+    let w = World::new();
+    w.push_and_inspect();
+    let dir = w.sb.dir.path();
+    let auth = dir.join("auth.json");
+    std::fs::write(
+        &auth,
+        format!("{{\"credHelpers\": {{\"{REG_HOST}\": \"ecr-edge\"}}}}\n"),
+    )
+    .unwrap();
+    let out = Command::new("podman")
+        .args(["--root", dir.join("podman/root").to_str().unwrap()])
+        .args(["--runroot", dir.join("podman/run").to_str().unwrap()])
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ])
+        .args(["pull", "--authfile", auth.to_str().unwrap(), IMAGE])
+        .env_clear()
+        .envs(w.sb.vars.iter().map(|(k, v)| (k, v)))
+        .env("HOME", &w.home)
+        .output()
+        .expect("podman (Debian package podman)");
+    assert!(
+        out.status.success(),
+        "podman pull: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
