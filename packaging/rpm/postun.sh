@@ -8,7 +8,12 @@ if [ "$1" -eq 0 ]; then
 	if [ "$(readlink /usr/libexec/ecr-edge/ecr-edge-credential-provider 2>/dev/null)" = ../../bin/ecr-edge ]; then
 		rm -f /usr/libexec/ecr-edge/ecr-edge-credential-provider
 	fi
-	rmdir /usr/libexec/ecr-edge 2>/dev/null || :
+	# cargo-generate-rpm 0.21 cannot mark directories as owned (its `dir` assets fail with the
+	# rpm crate it uses), so rpm leaves them; remove ours when empty, as rpm would. An
+	# administrator's files keep /etc/ecr-edge.
+	for d in /usr/libexec/ecr-edge /usr/share/doc/ecr-edge/examples /usr/share/doc/ecr-edge /etc/ecr-edge; do
+		rmdir "$d" 2>/dev/null || :
+	done
 fi
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload >/dev/null 2>&1 || :
