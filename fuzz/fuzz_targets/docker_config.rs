@@ -3,11 +3,18 @@
 use ecr_edge::configure::edit;
 use libfuzzer_sys::fuzz_target;
 
-const HOSTS: &[&str] = &["123456789012.dkr.ecr.us-west-2.amazonaws.com", "public.ecr.aws"];
+const HOSTS: &[&str] = &[
+    "123456789012.dkr.ecr.us-west-2.amazonaws.com",
+    "public.ecr.aws",
+];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, rest)) = data.split_first() else { return };
-    let Ok(old) = std::str::from_utf8(rest) else { return };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(old) = std::str::from_utf8(rest) else {
+        return;
+    };
     let hosts: Vec<String> = HOSTS.iter().map(|h| h.to_string()).collect();
     let remove = flags & 1 == 1;
     if let Ok((new, _)) = edit(old, &hosts, remove) {

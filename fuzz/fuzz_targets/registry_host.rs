@@ -4,7 +4,9 @@ use ecr_edge::registry::{host_of, Registry};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     let host = host_of(s);
     if let Some(r) = Registry::parse(s) {
         // An ECR registry is named by exactly the host a URL parser sees, lower-cased, and
