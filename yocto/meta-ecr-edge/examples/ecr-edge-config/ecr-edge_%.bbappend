@@ -19,4 +19,3 @@ do_install:append() {
 }
 
 SYSTEMD_SERVICE:${PN} += "ecr-edge-provision.service"
-FILES:${PN} += "${libexecdir}/ecr-edge"

@@ -74,4 +74,4 @@ SYSTEMD_SERVICE:${PN} = "ecr-edge.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 CONFFILES:${PN} = "${sysconfdir}/ecr-edge/config.toml"
-FILES:${PN} += "${libexecdir}/ecr-edge ${nonarch_libdir}/sysusers.d ${datadir}/zsh ${datadir}/fish"
+FILES:${PN} += "${nonarch_libdir}/sysusers.d ${datadir}/zsh ${datadir}/fish"
