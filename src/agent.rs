@@ -55,7 +55,7 @@ pub enum Reply {
     /// A usable token.
     Token {
         /// The registry password.
-        password: String,
+        password: crate::token::Secret,
         /// When it expires (seconds since the epoch).
         expires_at: i64,
     },
@@ -79,9 +79,12 @@ pub enum Reply {
 impl fmt::Debug for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reply::Token { expires_at, .. } => f
+            Reply::Token {
+                password,
+                expires_at,
+            } => f
                 .debug_struct("Token")
-                .field("password", &"<redacted>")
+                .field("password", password)
                 .field("expires_at", expires_at)
                 .finish(),
             Reply::Wait => f.write_str("Wait"),
@@ -247,7 +250,7 @@ mod tests {
         assert_eq!(
             t,
             Reply::Token {
-                password: "pw".into(),
+                password: crate::token::Secret::new("pw"),
                 expires_at: 5
             }
         );

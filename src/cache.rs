@@ -52,7 +52,7 @@ struct Entry {
     version: u32,
     registry: String,
     identity: String,
-    password: String,
+    password: crate::token::Secret,
     expires_at: i64,
     fetched_at: i64,
 }
@@ -162,7 +162,7 @@ impl Cache {
                 continue;
             };
             let token = Token {
-                password: String::new(),
+                password: crate::token::Secret::new(""),
                 expires_at: entry.expires_at,
                 fetched_at: entry.fetched_at,
             };
@@ -201,7 +201,7 @@ mod tests {
 
     fn token(expires_at: i64) -> Token {
         Token {
-            password: "pw".into(),
+            password: crate::token::Secret::new("pw"),
             expires_at,
             fetched_at: 0,
         }

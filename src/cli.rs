@@ -109,22 +109,18 @@ const HELPER_PREFIX: &str = "docker-credential-";
 
 /// Runs the program with `args` (including the program name); returns the exit status.
 pub fn main(args: Vec<OsString>) -> u8 {
-    // The daemon logs its refreshes to the journal by default; everything else only warns.
-    let daemon = args.get(1).is_some_and(|a| a == "daemon");
-    init_logging(if daemon {
-        tracing_subscriber::filter::LevelFilter::INFO
-    } else {
-        tracing_subscriber::filter::LevelFilter::WARN
-    });
+    use tracing_subscriber::filter::LevelFilter;
     let program = args
         .first()
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if program == crate::kubelet::PROVIDER_NAME {
+        init_logging(LevelFilter::WARN);
         return kubelet_provider(None);
     }
     if program.starts_with(HELPER_PREFIX) {
+        init_logging(LevelFilter::WARN);
         let action = args.get(1).and_then(|a| a.to_str());
         return run_helper(&program, action, args.len(), None);
     }
@@ -135,6 +131,12 @@ pub fn main(args: Vec<OsString>) -> u8 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    // The daemon logs its refreshes to the journal by default; everything else only warns.
+    // Chosen from the parsed command, so options before it (`--config X daemon`) count.
+    init_logging(match cli.command {
+        Some(Command::Daemon { check: false }) => LevelFilter::INFO,
+        _ => LevelFilter::WARN,
+    });
     if cli.version {
         println!("{}", crate::version_line());
         return 0;

@@ -233,7 +233,10 @@ fn auth_files() -> Vec<PathBuf> {
 fn helpers_in(path: &Path) -> Result<(BTreeMap<String, String>, Option<String>), String> {
     let bytes = crate::files::read_limited(path, crate::configure::MAX_FILE_BYTES)
         .map_err(|e| e.to_string())?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        // An auth file holds passwords (`auths`): never quote it.
+        format!("not valid JSON: {}", crate::input::describe_json_error(&e))
+    })?;
     let mut map = BTreeMap::new();
     if let Some(obj) = v.get("credHelpers").and_then(Value::as_object) {
         for (k, h) in obj {

@@ -534,7 +534,7 @@ pub fn token_from(
         .ok_or_else(|| bad("authorizationToken is not AWS:<password>"))?;
     let expires_at = expires_at.ok_or_else(|| bad("no expiresAt"))?;
     let token = Token {
-        password: password.to_owned(),
+        password: token::Secret::new(password),
         expires_at,
         fetched_at: now,
     };
@@ -661,7 +661,7 @@ mod tests {
     fn token_parsing() {
         let enc = aws_smithy_types::base64::encode("AWS:pass:with:colons");
         let t = token_from(Some(&enc), Some(50_000), 1000).unwrap();
-        assert_eq!(t.password, "pass:with:colons");
+        assert_eq!(t.password.expose(), "pass:with:colons");
         assert_eq!((t.fetched_at, t.expires_at), (1000, 50_000));
         for (enc, exp) in [
             (None, Some(50_000)),

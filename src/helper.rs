@@ -223,26 +223,23 @@ fn get(input: &str, config: Option<&Path>) -> Result<Vec<u8>, HelperError> {
     }
     let registry = Registry::parse(server_url).ok_or(HelperError::NotEcr)?;
     let config = config::load(config).map_err(HelperError::Config)?;
-    let (password, _) = credentials(&registry, &config)?;
-    Ok(get_response(server_url, &password))
+    let token = credentials(&registry, &config)?;
+    Ok(get_response(server_url, &token.password))
 }
 
-/// A usable password for `registry` and when it expires (seconds since the epoch): from the
-/// daemon when one answers for this configuration's credential source, else [`token_for`].
+/// A usable token for `registry`: from the daemon when one answers for this configuration's
+/// credential source (its `fetched_at` is then when the daemon's answer came), else
+/// [`token_for`].
 /// Shared by the Docker helper and the kubelet credential provider.
 ///
 /// # Errors
 /// [`HelperError`] naming why no usable token could be had; never an expired token.
-pub fn credentials(
-    registry: &Registry,
-    config: &config::Config,
-) -> Result<(String, i64), HelperError> {
+pub fn credentials(registry: &Registry, config: &config::Config) -> Result<Token, HelperError> {
     let source = Source::select(config);
     if let Some(served) = from_daemon(config, registry, &source)? {
         return Ok(served);
     }
-    let token = token_for(registry, &source)?;
-    Ok((token.password, token.expires_at))
+    token_for(registry, &source)
 }
 
 /// The daemon's token and its expiry, when a daemon answers for this credential source;
@@ -253,7 +250,7 @@ fn from_daemon(
     config: &config::Config,
     registry: &Registry,
     source: &Source,
-) -> Result<Option<(String, i64)>, HelperError> {
+) -> Result<Option<Token>, HelperError> {
     let Some(socket) = config.socket() else {
         return Ok(None);
     };
@@ -279,7 +276,11 @@ fn from_daemon(
             expires_at,
         }) if token::usable(expires_at, token::now()) => {
             tracing::debug!(registry = registry.host(), "served by the daemon");
-            Ok(Some((password, expires_at)))
+            Ok(Some(Token {
+                password,
+                expires_at,
+                fetched_at: token::now(),
+            }))
         }
         Ok(agent::Reply::Error { message }) => Err(HelperError::Daemon {
             registry: registry.host().to_owned(),
@@ -401,13 +402,13 @@ fn serve_stale(
 
 /// Docker's `get` answer, byte for byte as the Go helpers print it (`json.Encoder`, which escapes
 /// `<`, `>`, `&`, U+2028 and U+2029, and ends with a newline).
-pub fn get_response(server_url: &str, secret: &str) -> Vec<u8> {
+pub fn get_response(server_url: &str, secret: &token::Secret) -> Vec<u8> {
     let mut out = String::from("{\"ServerURL\":");
     push_go_json_string(&mut out, server_url);
     out.push_str(",\"Username\":");
     push_go_json_string(&mut out, USERNAME);
     out.push_str(",\"Secret\":");
-    push_go_json_string(&mut out, secret);
+    push_go_json_string(&mut out, secret.expose());
     out.push_str("}\n");
     out.into_bytes()
 }
@@ -461,9 +462,10 @@ struct StoreInput {
 /// refused for others, which ecr-edge does not manage.
 fn store(input: &str) -> Result<(), HelperError> {
     let creds: StoreInput = serde_json::from_str(input).map_err(|e| {
-        // serde's message names a position, never the input's content.
+        // The input holds a password: say where it went wrong, never what it held.
         HelperError::BadInput(format!(
-            "store expects {{\"ServerURL\",\"Username\",\"Secret\"}}: {e}"
+            "store expects {{\"ServerURL\",\"Username\",\"Secret\"}}: {}",
+            crate::input::describe_json_error(&e)
         ))
     })?;
     if creds.server_url.trim().is_empty() {
@@ -501,7 +503,7 @@ mod tests {
     #[test]
     fn get_response_matches_go_encoder() {
         assert_eq!(
-            get_response("https://1.dkr/x?a=<b>&c", "pw"),
+            get_response("https://1.dkr/x?a=<b>&c", &token::Secret::new("pw")),
             b"{\"ServerURL\":\"https://1.dkr/x?a=\\u003cb\\u003e\\u0026c\",\"Username\":\"AWS\",\"Secret\":\"pw\"}\n".to_vec()
         );
     }

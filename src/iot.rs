@@ -623,7 +623,11 @@ impl ProvideCredentials for IotProvider {
             let c = exchange(&self.cfg, &self.device, Instant::now() + self.timeout)
                 .await
                 .map_err(CredentialsError::provider_error)?;
-            let expiry = SystemTime::UNIX_EPOCH + Duration::from_secs(c.expiration.max(0) as u64);
+            // The provider's number: checked, never an overflowing addition.
+            let expiry = u64::try_from(c.expiration)
+                .ok()
+                .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+                .unwrap_or(SystemTime::UNIX_EPOCH);
             Ok(Credentials::new(
                 c.access_key_id,
                 c.secret_access_key,

@@ -22,6 +22,7 @@ use crate::config;
 use crate::files::{self, FilesError};
 use crate::helper::{self, HelperError};
 use crate::registry::Registry;
+use crate::token::Secret;
 
 /// The current API version (Kubernetes 1.26 and later).
 pub const API_V1: &str = "credentialprovider.kubelet.k8s.io/v1";
@@ -33,20 +34,12 @@ pub const PROVIDER_NAME: &str = "ecr-edge-credential-provider";
 /// account token (a few KiB).
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
-/// Image patterns of the provider configuration: every ECR registry host form (private,
-/// FIPS, dual-stack, China, European Sovereign Cloud) and ECR Public. In the kubelet's
-/// matching, `*` stands for exactly one DNS label.
-pub const MATCH_IMAGES: &[&str] = &[
-    "*.dkr.ecr.*.amazonaws.com",
-    "*.dkr.ecr-fips.*.amazonaws.com",
-    "*.dkr-ecr.*.on.aws",
-    "*.dkr-ecr-fips.*.on.aws",
-    "*.dkr.ecr.*.amazonaws.com.cn",
-    "*.dkr-ecr.*.on.amazonwebservices.com.cn",
-    "*.dkr.ecr.*.amazonaws.eu",
-    "public.ecr.aws",
-    "ecr-public.aws.com",
-];
+/// Image patterns of the provider configuration: every ECR registry host form the host parser
+/// accepts (private, FIPS, dual-stack, every partition) and ECR Public, from the parser's own
+/// tables. In the kubelet's matching, `*` stands for exactly one DNS label.
+pub fn match_images() -> Vec<String> {
+    crate::registry::host_patterns()
+}
 
 /// The fields of a `CredentialProviderRequest` that matter here. Others (`serviceAccountToken`
 /// and `serviceAccountAnnotations` from newer kubelets) are accepted and ignored.
@@ -72,7 +65,13 @@ struct Response<'a> {
 #[derive(Debug, Serialize)]
 struct AuthConfig<'a> {
     username: &'static str,
-    password: &'a str,
+    /// Serialized as the plain text the kubelet reads; `Debug` redacts it.
+    #[serde(serialize_with = "expose")]
+    password: &'a Secret,
+}
+
+fn expose<S: serde::Serializer>(secret: &&Secret, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(secret.expose())
 }
 
 /// Why no credentials were given to the kubelet. [`fmt::Display`] is the line on stderr.
@@ -82,15 +81,16 @@ pub enum KubeletError {
     Malformed(String),
     /// Stdin was larger than [`MAX_REQUEST_BYTES`].
     TooLarge,
-    /// An `apiVersion` this provider does not speak.
-    UnknownApiVersion(String),
+    /// An `apiVersion` this provider does not speak (not repeated: request text stays out of
+    /// the kubelet's log).
+    UnknownApiVersion,
     /// A `kind` other than `CredentialProviderRequest`.
-    WrongKind(String),
+    WrongKind,
     /// No `image`, or an empty one.
     NoImage,
     /// The image's registry is not an Amazon ECR registry (the configuration's `matchImages`
-    /// should not have sent it here).
-    NotEcr(String),
+    /// should not have sent it here): its registry host, `None` for Docker Hub.
+    NotEcr(Option<String>),
     /// The configuration file is unusable, or no token could be had.
     Credentials(HelperError),
     /// Reading stdin or writing stdout failed.
@@ -109,19 +109,23 @@ impl fmt::Display for KubeletError {
                     "ecr-edge: request larger than {MAX_REQUEST_BYTES} bytes refused"
                 )
             }
-            KubeletError::UnknownApiVersion(v) => write!(
+            KubeletError::UnknownApiVersion => write!(
                 f,
-                "ecr-edge: unsupported apiVersion {v:?}: this provider speaks {API_V1} and \
+                "ecr-edge: unsupported apiVersion: this provider speaks {API_V1} and \
                  {API_V1BETA1}"
             ),
-            KubeletError::WrongKind(k) => {
-                write!(f, "ecr-edge: kind {k:?} is not CredentialProviderRequest")
+            KubeletError::WrongKind => {
+                f.write_str("ecr-edge: the request's kind is not CredentialProviderRequest")
             }
             KubeletError::NoImage => f.write_str("ecr-edge: the request names no image"),
-            KubeletError::NotEcr(image) => write!(
+            KubeletError::NotEcr(host) => write!(
                 f,
-                "ecr-edge: {image:?} is not in an Amazon ECR registry; narrow matchImages in \
-                 the kubelet's CredentialProviderConfig to ECR hosts"
+                "ecr-edge: the image is {}, not in an Amazon ECR registry; narrow matchImages \
+                 in the kubelet's CredentialProviderConfig to ECR hosts",
+                match host {
+                    Some(host) => format!("on {host}"),
+                    None => "on Docker Hub".to_owned(),
+                }
             ),
             KubeletError::Credentials(e) => {
                 // HelperError's lines start with "ecr-edge: " already.
@@ -145,13 +149,12 @@ pub fn run(
     let result = read_request(stdin).and_then(|(api_version, registry)| {
         let config =
             config::load(config).map_err(|e| KubeletError::Credentials(HelperError::Config(e)))?;
-        let (password, expires_at) =
-            helper::credentials(&registry, &config).map_err(KubeletError::Credentials)?;
+        let token = helper::credentials(&registry, &config).map_err(KubeletError::Credentials)?;
         Ok(response(
             &api_version,
             registry.host(),
-            &password,
-            expires_at,
+            &token.password,
+            token.expires_at,
             crate::token::now(),
         ))
     });
@@ -182,25 +185,27 @@ fn read_request(stdin: &mut dyn Read) -> Result<(String, Registry), KubeletError
 /// # Errors
 /// [`KubeletError`] for anything but a well-formed request for an ECR image.
 pub fn parse_request(bytes: &[u8]) -> Result<(String, Registry), KubeletError> {
-    // serde_json's messages name a position, never the input's content (a service account
-    // token must not reach the kubelet's log).
-    let req: Request =
-        serde_json::from_slice(bytes).map_err(|e| KubeletError::Malformed(e.to_string()))?;
+    // A service account token must not reach the kubelet's log: the error says where the
+    // request went wrong, never what it held.
+    let req: Request = serde_json::from_slice(bytes)
+        .map_err(|e| KubeletError::Malformed(crate::input::describe_json_error(&e)))?;
     let api_version = req.api_version.unwrap_or_default();
     if api_version != API_V1 && api_version != API_V1BETA1 {
-        return Err(KubeletError::UnknownApiVersion(api_version));
+        return Err(KubeletError::UnknownApiVersion);
     }
     match req.kind.as_deref() {
         Some("CredentialProviderRequest") => {}
-        other => return Err(KubeletError::WrongKind(other.unwrap_or("").to_owned())),
+        _ => return Err(KubeletError::WrongKind),
     }
     let image = req
         .image
         .filter(|i| !i.trim().is_empty())
         .ok_or(KubeletError::NoImage)?;
-    let registry = image_registry(&image)
-        .and_then(|host| Registry::parse(&host))
-        .ok_or_else(|| KubeletError::NotEcr(image.clone()))?;
+    let host = image_registry(&image);
+    let registry = host
+        .as_deref()
+        .and_then(Registry::parse)
+        .ok_or(KubeletError::NotEcr(host))?;
     Ok((api_version, registry))
 }
 
@@ -219,7 +224,7 @@ pub fn image_registry(image: &str) -> Option<String> {
 pub fn response(
     api_version: &str,
     host: &str,
-    password: &str,
+    password: &Secret,
     expires_at: i64,
     now: i64,
 ) -> Vec<u8> {
@@ -272,7 +277,7 @@ pub fn provider_config() -> String {
         "{MARKER}\napiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\n\
          providers:\n  - name: {PROVIDER_NAME}\n    apiVersion: {API_V1}\n    matchImages:\n"
     );
-    for pattern in MATCH_IMAGES {
+    for pattern in match_images() {
         out.push_str(&format!("      - \"{pattern}\"\n"));
     }
     // Used only if a response had no cacheDuration; ecr-edge always sends one.
@@ -299,11 +304,16 @@ impl Layout {
         }
     }
 
-    /// A plain kubelet: `config` as given, the link in `/usr/libexec/ecr-edge` under `root`
-    /// (the packages install the same link).
+    /// A plain kubelet: `config` (the path as the target system sees it) and the link in
+    /// `/usr/libexec/ecr-edge` (the packages install the same link), both under `root`.
     pub fn kubelet(root: &Path, config: &Path) -> Layout {
+        let config = if root == Path::new("/") {
+            config.to_owned()
+        } else {
+            root.join(config.strip_prefix("/").unwrap_or(config))
+        };
         Layout {
-            config: config.to_owned(),
+            config,
             bin_dir: root.join("usr/libexec/ecr-edge"),
         }
     }
@@ -535,15 +545,15 @@ mod tests {
             ("{\"apiVersion\": 3}", "not a CredentialProviderRequest"),
             (
                 r#"{"kind":"CredentialProviderRequest","image":"x"}"#,
-                "unsupported apiVersion \"\"",
+                "unsupported apiVersion: this provider speaks",
             ),
             (
                 r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v2","kind":"CredentialProviderRequest","image":"x"}"#,
-                "unsupported apiVersion \"credentialprovider.kubelet.k8s.io/v2\"",
+                "unsupported apiVersion: this provider speaks",
             ),
             (
                 r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","image":"x"}"#,
-                "is not CredentialProviderRequest",
+                "the request's kind is not CredentialProviderRequest",
             ),
             (
                 r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest"}"#,
@@ -555,11 +565,11 @@ mod tests {
             ),
             (
                 r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"docker.io/library/nginx"}"#,
-                "is not in an Amazon ECR registry",
+                "the image is on docker.io, not in an Amazon ECR registry",
             ),
             (
                 r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"123456789012.dkr.ecr.us-west-2.amazonaws.com.evil.example/app"}"#,
-                "is not in an Amazon ECR registry",
+                "the image is on 123456789012.dkr.ecr.us-west-2.amazonaws.com.evil.example, not in",
             ),
         ];
         for (input, says) in cases {
@@ -576,7 +586,13 @@ mod tests {
     #[test]
     fn response_bytes() {
         let now = 1_700_000_000;
-        let out = response(API_V1BETA1, HOST, "pw\"1", now + 3 * 3600 + 1, now);
+        let out = response(
+            API_V1BETA1,
+            HOST,
+            &Secret::new("pw\"1"),
+            now + 3 * 3600 + 1,
+            now,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(
@@ -591,16 +607,16 @@ mod tests {
     fn provider_config_lists_every_pattern_and_the_packaged_example_agrees() {
         let text = provider_config();
         assert!(text.starts_with(MARKER));
-        for p in MATCH_IMAGES {
+        for p in match_images() {
             assert!(text.contains(&format!("- \"{p}\"")), "{p}");
         }
         let example = include_str!("../packaging/kubelet-credential-provider.yaml");
-        for p in MATCH_IMAGES {
+        for p in match_images() {
             assert!(example.contains(&format!("- \"{p}\"")), "example lacks {p}");
         }
         assert_eq!(
             example.matches("      - \"").count(),
-            MATCH_IMAGES.len(),
+            match_images().len(),
             "example has patterns the provider does not list"
         );
         assert!(example.contains(&format!("name: {PROVIDER_NAME}")));
@@ -624,24 +640,49 @@ mod tests {
                 .all(|(p, h)| glob(p.as_bytes(), h.as_bytes()))
     }
 
+    /// Every combination of account form, region and partition suffix that the host parser
+    /// accepts is matched by a pattern, and every combination it refuses is matched by none.
     #[test]
     fn match_images_cover_every_ecr_host_form_and_nothing_else() {
-        for host in [
-            HOST,
-            "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com",
-            "123456789012.dkr-ecr.us-west-2.on.aws",
-            "123456789012.dkr-ecr-fips.us-east-1.on.aws",
-            "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
-            "123456789012.dkr-ecr.cn-north-1.on.amazonwebservices.com.cn",
-            "123456789012.dkr.ecr.eusc-de-east-1.amazonaws.eu",
-            "public.ecr.aws",
-            "ecr-public.aws.com",
-        ] {
-            assert!(Registry::parse(host).is_some(), "{host} is ECR");
-            assert!(
-                MATCH_IMAGES.iter().any(|p| kubelet_matches(p, host)),
-                "{host} matched by no pattern"
-            );
+        let patterns = match_images();
+        let matched = |host: &str| patterns.iter().any(|p| kubelet_matches(p, host));
+        let prefixes = [
+            "dkr.ecr",
+            "dkr.ecr-fips",
+            "dkr-ecr",
+            "dkr-ecr-fips",
+            "dkr.ecr-public",
+            "dkr",
+        ];
+        let suffixes = [
+            "amazonaws.com",
+            "amazonaws.com.cn",
+            "amazonaws.eu",
+            "c2s.ic.gov",
+            "sc2s.sgov.gov",
+            "cloud.adc-e.uk",
+            "csp.hci.ic.gov",
+            "on.aws",
+            "on.amazonwebservices.com.cn",
+            "api.aws",
+            "example.com",
+            "amazonaws.com.evil",
+        ];
+        let mut accepted = 0;
+        for prefix in prefixes {
+            for suffix in suffixes {
+                for region in ["us-west-2", "us-iso-east-1", "eusc-de-east-1"] {
+                    let host = format!("123456789012.{prefix}.{region}.{suffix}");
+                    let ecr = Registry::parse(&host).is_some();
+                    accepted += usize::from(ecr);
+                    assert_eq!(matched(&host), ecr, "{host}: parser says ECR = {ecr}");
+                }
+            }
+        }
+        // 7 standard suffixes x 2 forms + 2 dual-stack suffixes x 2 forms, in 3 regions.
+        assert_eq!(accepted, (7 * 2 + 2 * 2) * 3);
+        for host in ["public.ecr.aws", "ecr-public.aws.com"] {
+            assert!(Registry::parse(host).is_some() && matched(host), "{host}");
         }
         for host in [
             "docker.io",
@@ -649,10 +690,7 @@ mod tests {
             "public.ecr.aws.example.com",
             "ghcr.io",
         ] {
-            assert!(
-                !MATCH_IMAGES.iter().any(|p| kubelet_matches(p, host)),
-                "{host} matched"
-            );
+            assert!(!matched(host), "{host} matched");
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod elf;
 pub mod files;
 pub mod helper;
 pub mod https;
+pub mod input;
 pub mod iot;
 pub mod kubelet;
 pub mod registry;

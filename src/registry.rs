@@ -65,6 +65,35 @@ const DUAL_STACK_SUFFIXES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Private registry host forms after the account: (prefix, FIPS, dual-stack); the longer FIPS
+/// prefixes first. Standard forms take [`STANDARD_SUFFIXES`], dual-stack forms
+/// [`DUAL_STACK_SUFFIXES`].
+const FORMS: &[(&str, bool, bool)] = &[
+    ("dkr.ecr-fips.", true, false),
+    ("dkr.ecr.", false, false),
+    ("dkr-ecr-fips.", true, true),
+    ("dkr-ecr.", false, true),
+];
+
+/// Every registry host form as a kubelet `matchImages` pattern (`*` is one DNS label), derived
+/// from the same tables as the parser, so the provider configuration names exactly the hosts
+/// [`Registry::parse`] accepts: private, FIPS, dual-stack in every partition, and ECR Public.
+pub fn host_patterns() -> Vec<String> {
+    let mut out = Vec::new();
+    for (prefix, _, dual_stack) in FORMS {
+        let suffixes: Vec<&str> = if *dual_stack {
+            DUAL_STACK_SUFFIXES.iter().map(|(s, _)| *s).collect()
+        } else {
+            STANDARD_SUFFIXES.to_vec()
+        };
+        for suffix in suffixes {
+            out.push(format!("*.{prefix}*.{suffix}"));
+        }
+    }
+    out.extend(PUBLIC_HOSTS.iter().map(|h| (*h).to_owned()));
+    out
+}
+
 /// ECR Public registry hosts.
 const PUBLIC_HOSTS: &[&str] = &["public.ecr.aws", "ecr-public.aws.com"];
 
@@ -176,13 +205,6 @@ fn classify(host: &str) -> Option<(Service, String)> {
     if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    // (registry form prefix, FIPS, dual-stack); the longer FIPS prefixes first.
-    const FORMS: &[(&str, bool, bool)] = &[
-        ("dkr.ecr-fips.", true, false),
-        ("dkr.ecr.", false, false),
-        ("dkr-ecr-fips.", true, true),
-        ("dkr-ecr.", false, true),
-    ];
     let (rest, fips, dual_stack) = FORMS
         .iter()
         .find_map(|&(prefix, fips, dual)| Some((rest.strip_prefix(prefix)?, fips, dual)))?;

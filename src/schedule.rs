@@ -113,6 +113,25 @@ pub fn credentials_delay(life: Duration, jitter: &mut dyn Jitter) -> Duration {
         .saturating_sub(Duration::from_secs(60).mul_f64(jitter.unit()))
 }
 
+/// How long credentials expiring at `expiry` stay valid after `now`: `None` when they have
+/// already expired (or expire this second), so they are never held or served. Credentials
+/// without an expiry (long-term keys) are treated as valid for an hour and fetched again; no
+/// life counts for more than [`MAX_TOKEN_LIFE`] (role sessions last at most 12 hours), which
+/// also keeps `Instant + life` from overflowing on a far-future answer.
+pub fn credentials_life(
+    expiry: Option<std::time::SystemTime>,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    match expiry {
+        None => Some(Duration::from_secs(3600)),
+        Some(at) => at
+            .duration_since(now)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .map(|d| d.min(MAX_TOKEN_LIFE)),
+    }
+}
+
 /// What kind of failure an attempt ended in, for the retry delay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -188,6 +207,20 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expired_credentials_have_no_life() {
+        use std::time::UNIX_EPOCH;
+        let now = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let at = |s: u64| Some(UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(credentials_life(at(1_999_999_000), now), None);
+        assert_eq!(credentials_life(at(2_000_000_000), now), None);
+        assert_eq!(
+            credentials_life(at(2_000_000_900), now),
+            Some(Duration::from_secs(900))
+        );
+        assert_eq!(credentials_life(None, now), Some(Duration::from_secs(3600)));
+    }
 
     const HOUR: Duration = Duration::from_secs(3600);
 

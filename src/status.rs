@@ -54,14 +54,14 @@ pub fn render(r: &StatusReport, now: i64) -> String {
         out,
         "{} up {}, serving {}",
         r.version,
-        span(now - r.started_at),
+        span(now.saturating_sub(r.started_at)),
         r.identity
     );
     if let Some(t) = r.credentials_expire_at {
         let _ = writeln!(
             out,
             "role credentials (local endpoint) expire in {}",
-            span(t - now)
+            span(t.saturating_sub(now))
         );
     }
     if r.registries.is_empty() {
@@ -75,15 +75,15 @@ pub fn render(r: &StatusReport, now: i64) -> String {
             if reg.on_demand { " (on demand)" } else { "" }
         );
         let expiry = match reg.expires_at {
-            Some(t) => format!("expires in {}", span(t - now)),
+            Some(t) => format!("expires in {}", span(t.saturating_sub(now))),
             None => "no usable token".into(),
         };
         let refreshed = match reg.last_refresh {
-            Some(t) => format!("refreshed {} ago", span(now - t)),
+            Some(t) => format!("refreshed {} ago", span(now.saturating_sub(t))),
             None => "never refreshed".into(),
         };
         let next = match reg.next_attempt {
-            Some(t) => format!("next attempt in {}", span(t - now)),
+            Some(t) => format!("next attempt in {}", span(t.saturating_sub(now))),
             None => "refreshing now".into(),
         };
         let _ = writeln!(out, "  {expiry}; {refreshed}; {next}");

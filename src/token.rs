@@ -13,11 +13,35 @@ pub const MIN_REMAINING_SECS: i64 = 300;
 /// The user name ECR expects with every token.
 pub const USERNAME: &str = "AWS";
 
+/// A secret string (a registry password): `Debug` shows `<redacted>`, and the text is read
+/// only through [`Secret::expose`], by the protocol writers that must hand it to a client.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `text`.
+    pub fn new(text: impl Into<String>) -> Secret {
+        Secret(text.into())
+    }
+
+    /// The secret text, for writing it where a client reads it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// A registry password and its validity window, in whole seconds since the Unix epoch.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Token {
     /// The password half of the decoded `AWS:<password>` authorization token.
-    pub password: String,
+    pub password: Secret,
     /// When ECR said the token expires.
     pub expires_at: i64,
     /// When ecr-edge obtained it; with `expires_at`, gives the token's total lifetime.
@@ -28,7 +52,8 @@ impl Token {
     /// Whether the token should be replaced: it is past half its life. Refreshing at half-life
     /// leaves hours of slack for a flaky link on ECR's 12-hour tokens.
     pub fn needs_refresh(&self, now: i64) -> bool {
-        let half = (self.expires_at - self.fetched_at) / 2;
+        // Both times come from files and the daemon's socket: saturate, never overflow.
+        let half = self.expires_at.saturating_sub(self.fetched_at) / 2;
         now >= self.fetched_at.saturating_add(half) || now < self.fetched_at
     }
 
@@ -40,16 +65,6 @@ impl Token {
     /// Whether the token may still be handed to a client: at least [`MIN_REMAINING_SECS`] left.
     pub fn is_usable(&self, now: i64) -> bool {
         usable(self.expires_at, now)
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token")
-            .field("password", &"<redacted>")
-            .field("expires_at", &self.expires_at)
-            .field("fetched_at", &self.fetched_at)
-            .finish()
     }
 }
 
@@ -73,7 +88,7 @@ mod tests {
 
     fn token(fetched_at: i64, expires_at: i64) -> Token {
         Token {
-            password: "pw".into(),
+            password: Secret::new("pw"),
             expires_at,
             fetched_at,
         }
@@ -89,6 +104,24 @@ mod tests {
         assert!(t.needs_refresh(999));
     }
 
+    /// Times read from a cache file or the socket may be anything: no overflow, and a token
+    /// whose window makes no sense is refreshed, not served.
+    #[test]
+    fn extreme_times_never_overflow() {
+        for (fetched, expires, now) in [
+            (i64::MIN, i64::MAX, 0),
+            (i64::MAX, i64::MIN, 0),
+            (i64::MIN, i64::MIN, i64::MAX),
+            (i64::MAX, i64::MAX, i64::MIN),
+            (0, i64::MAX, i64::MAX),
+        ] {
+            let t = token(fetched, expires);
+            let _ = (t.needs_refresh(now), t.is_usable(now), t.is_fresh(now));
+        }
+        assert!(token(i64::MAX, i64::MIN).needs_refresh(0));
+        assert!(!token(0, i64::MIN).is_usable(0));
+    }
+
     #[test]
     fn usable_until_margin() {
         let t = token(0, 10_000);
@@ -100,7 +133,7 @@ mod tests {
     #[test]
     fn debug_redacts_password() {
         let t = Token {
-            password: "s3cr3t-password".into(),
+            password: Secret::new("s3cr3t-password"),
             expires_at: 1,
             fetched_at: 0,
         };

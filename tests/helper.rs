@@ -30,7 +30,7 @@ fn plant(sb: &Sandbox, host: &str, password: &str, fetched_ago: i64, expires_in:
     let now = ecr_edge::token::now();
     let cache = Cache::open(sb.cache_dir()).unwrap();
     let token = Token {
-        password: password.into(),
+        password: ecr_edge::token::Secret::new(password),
         expires_at: now + expires_in,
         fetched_at: now - fetched_ago,
     };

@@ -49,7 +49,7 @@ fn one_exchange_serves_many_registries_in_one_process() {
         "public.ecr.aws",
     ] {
         let token = fetcher.fetch(&Registry::parse(host).unwrap()).unwrap();
-        assert_eq!(token.password, sb.fake.password());
+        assert_eq!(token.password.expose(), sb.fake.password());
     }
     assert_eq!(iot.calls().len(), 1, "credentials reused across registries");
     let calls = sb.fake.calls();

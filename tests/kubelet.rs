@@ -307,7 +307,9 @@ fn configure_k3s_installs_the_layout_k3s_looks_for() {
 fn configure_kubelet_config_writes_the_file_and_names_the_flags() {
     let sb = Sandbox::new();
     let root = sb.dir.path().join("node");
-    let config = sb.dir.path().join("etc-kubernetes/ecr-edge.yaml");
+    // The path as the image's system will see it: written under --root, never on this host.
+    let config = Path::new("/etc/kubernetes/ecr-edge-test-provider.yaml");
+    assert!(!config.exists(), "{} exists on this host", config.display());
     let out = configure(
         &sb,
         &[
@@ -318,8 +320,13 @@ fn configure_kubelet_config_writes_the_file_and_names_the_flags() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !config.exists(),
+        "wrote {} on the build host",
+        config.display()
+    );
     assert_eq!(
-        std::fs::read_to_string(&config).unwrap(),
+        std::fs::read_to_string(root.join("etc/kubernetes/ecr-edge-test-provider.yaml")).unwrap(),
         ecr_edge::kubelet::provider_config()
     );
     assert!(root

@@ -6,6 +6,35 @@ use proptest::prelude::*;
 
 use ecr_edge::registry::{host_of, Registry};
 
+/// Payloads that carry a secret (`{S}`) where a parser refuses it: every JSON kind, keys,
+/// values of the wrong type, truncation, trailing text, bad escapes, unknown versions.
+const SECRET_SHAPES: &[&str] = &[
+    r#""{S}""#,
+    "{S}",
+    r#"{"Secret":{S}}"#,
+    r#"{"Secret":["{S}"]}"#,
+    r#"{"Secret":"{S}""#,
+    r#"{"Secret":"{S}","Username":true}"#,
+    r#"{"{S}":1,"ServerURL":""}"#,
+    r#"{"Username":{"a":"{S}"}}"#,
+    r#"{"Secret":"{S}"}{"x":1}"#,
+    r#"{"Secret":"\q{S}"}"#,
+    r#"{"ServerURL":"https://123456789012.dkr.ecr.us-west-2.amazonaws.com","Username":"AWS","Secret":"{S}"}x"#,
+    r#"{"ServerURL":"registry.example.com","Username":"AWS","Secret":"{S}"}"#,
+    r#"{"apiVersion":"{S}","kind":"CredentialProviderRequest","image":"123456789012.dkr.ecr.us-west-2.amazonaws.com/a"}"#,
+    r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"{S}","image":"x"}"#,
+    r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"registry.example.com/{S}"}"#,
+    r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"{S}"}"#,
+    r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","serviceAccountToken":{S},"image":"x/y"}"#,
+    r#"{"apiVersion":["{S}"]}"#,
+    r#"{"image":{"{S}":"{S}"}}"#,
+];
+
+/// The registry host named in a shape, which an error may name.
+fn host_in(input: &str) -> String {
+    ecr_edge::input::named_host(input.as_bytes())
+}
+
 /// A region label as AWS writes them (`us-west-2`, `eusc-de-east-1`, `us-gov-west-1`).
 fn region() -> impl Strategy<Value = String> {
     "(us|eu|ap|sa|ca|me|af|il|mx|cn|eusc-de|us-gov)-(north|south|east|west|central|northeast|southeast)-[1-9]"
@@ -194,9 +223,31 @@ proptest! {
             return Ok(());
         }
         let t = got.unwrap();
-        prop_assert_eq!(&t.password, &pw);
+        prop_assert_eq!(t.password.expose(), pw.as_str());
         // Anything else is refused or decoded, never a panic.
         let _ = ecr_edge::ecr::token_from(Some(&pw), Some(now + life), now);
+    }
+
+    /// A secret placed anywhere in a `store` payload or a kubelet request, in any shape the
+    /// parsers refuse, never comes back in the error (only the registry host may be named).
+    #[test]
+    fn errors_never_repeat_secret_input(secret in "[A-Za-z0-9+/=_.-]{8,40}", shape in 0..SECRET_SHAPES.len(), kubelet in any::<bool>()) {
+        let input = SECRET_SHAPES[shape].replace("{S}", &secret);
+        let (code, out) = if kubelet {
+            let mut out = Vec::new();
+            let mut err = Vec::new();
+            let code = ecr_edge::kubelet::run(None, &mut input.as_bytes(), &mut out, &mut err);
+            (code, String::from_utf8_lossy(&err).into_owned() + &String::from_utf8_lossy(&out))
+        } else {
+            let mut out = Vec::new();
+            let code = ecr_edge::helper::run(ecr_edge::helper::Action::Store, None, &mut input.as_bytes(), &mut out);
+            (code, String::from_utf8_lossy(&out).into_owned())
+        };
+        let host = host_in(&input);
+        if code != 0 {
+            let allowed = [host.as_str(), ecr_edge::input::REFUSAL_WORDS];
+            prop_assert_eq!(ecr_edge::input::echoed_run(secret.as_bytes(), &out, &allowed), None, "input {} -> {}", input, out);
+        }
     }
 
     #[test]

@@ -52,13 +52,20 @@ pub(super) async fn refresh_loop(shared: Arc<Shared>) {
     let mut jitter = SystemJitter;
     loop {
         let client = shared.lock().client.clone();
-        let delay = match client.credentials().await {
-            Ok(creds) => {
+        let fetched = client.credentials().await.and_then(|creds| {
+            // Credentials that arrive already expired (a wrong clock, a stale cache upstream)
+            // are a failure, never held or served.
+            match schedule::credentials_life(creds.expiry(), std::time::SystemTime::now()) {
+                Some(life) => Ok((creds, life)),
+                None => Err(crate::ecr::FetchError::BadResponse {
+                    detail: "the role credentials had already expired (check the system clock)"
+                        .into(),
+                }),
+            }
+        });
+        let delay = match fetched {
+            Ok((creds, life)) => {
                 let now = Instant::now();
-                let life = creds
-                    .expiry()
-                    .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
-                    .unwrap_or(Duration::from_secs(3600));
                 let delay =
                     schedule::credentials_delay(life, &mut jitter).max(Duration::from_secs(1));
                 tracing::info!(
@@ -137,10 +144,13 @@ fn answer<B>(req: &Request<B>, shared: &Shared, token: &str) -> Response<Full<By
             serde_json::json!({"code": "Unauthorized", "message": "wrong or missing Authorization token"}),
         );
     }
-    let held =
-        shared.lock().credentials.clone().filter(|h| {
-            h.expires.saturating_duration_since(Instant::now()) > Duration::from_secs(60)
-        });
+    // Both clocks must agree there is a minute left: the monotonic one (a wall clock set
+    // back cannot prolong them) and the wall clock (what the client will compare with).
+    let held = shared.lock().credentials.clone().filter(|h| {
+        h.expires.saturating_duration_since(Instant::now()) > Duration::from_secs(60)
+            && schedule::credentials_life(h.creds.expiry(), std::time::SystemTime::now())
+                .is_some_and(|life| life > Duration::from_secs(60))
+    });
     match held {
         Some(h) => json(
             StatusCode::OK,

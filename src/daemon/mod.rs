@@ -569,7 +569,7 @@ fn write_sinks(shared: &Shared) {
             return;
         }
         let now = Instant::now();
-        let tokens: Vec<(String, Option<String>)> = st
+        let tokens: Vec<(String, Option<crate::token::Secret>)> = st
             .entries
             .iter()
             .map(|(h, e)| (h.clone(), e.usable(now).map(|h| h.token.password.clone())))
@@ -578,7 +578,7 @@ fn write_sinks(shared: &Shared) {
     };
     let entries: Vec<sink::SinkEntry<'_>> = tokens
         .iter()
-        .map(|(h, p)| (h.as_str(), p.as_deref()))
+        .map(|(h, p)| (h.as_str(), p.as_ref()))
         .collect();
     for s in &sinks {
         match sink::write(&s.path, &entries) {
@@ -586,7 +586,7 @@ fn write_sinks(shared: &Shared) {
                 tracing::info!(sink = %s.path.display(), registries = changed.len(), "sink updated")
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!("sink {:?} not updated: {e}", s.kind),
+            Err(e) => tracing::warn!("sink {} not updated: {e}", s.path.display()),
         }
     }
 }
@@ -691,7 +691,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) {
     }
     let reply = match serde_json::from_str::<Request>(&line) {
         Err(e) => Reply::Error {
-            message: format!("bad request: {e}"),
+            message: format!("bad request: {}", crate::input::describe_json_error(&e)),
         },
         Ok(Request::Status) => Reply::Status(report(&shared)),
         Ok(Request::Get { registry, identity }) => {

@@ -13,7 +13,7 @@ use crate::token::USERNAME;
 
 /// One registry's entry for a sink: the password while a usable token is held, else `None`
 /// (the entry is removed, so no consumer is handed an expired token).
-pub type SinkEntry<'a> = (&'a str, Option<&'a str>);
+pub type SinkEntry<'a> = (&'a str, Option<&'a crate::token::Secret>);
 
 /// Applies `entries` to the auth file text `old`; returns the new text and the hosts changed.
 ///
@@ -31,7 +31,7 @@ pub fn edit(old: &str, entries: &[SinkEntry<'_>]) -> Result<(String, Vec<String>
     for (host, password) in entries {
         match password {
             Some(pw) => {
-                let auth = aws_smithy_types::base64::encode(format!("{USERNAME}:{pw}"));
+                let auth = aws_smithy_types::base64::encode(format!("{USERNAME}:{}", pw.expose()));
                 let entry = auths
                     .entry(host.to_string())
                     .or_insert_with(|| Value::Object(Map::new()));
@@ -69,12 +69,16 @@ mod tests {
 
     #[test]
     fn sets_replaces_and_removes_only_its_own_entries() {
+        let (pw1, pw2) = (
+            crate::token::Secret::new("pw1"),
+            crate::token::Secret::new("pw2"),
+        );
         let old = r#"{"auths":{"docker.io":{"auth":"dXNlcjpwYXNz"},"1.dkr.ecr.us-east-1.amazonaws.com":{"auth":"old","email":"x"}},"credsStore":"pass","n":1.50}"#;
         let (new, changed) = edit(
             old,
             &[
-                ("1.dkr.ecr.us-east-1.amazonaws.com", Some("pw1")),
-                ("2.dkr.ecr.us-east-1.amazonaws.com", Some("pw2")),
+                ("1.dkr.ecr.us-east-1.amazonaws.com", Some(&pw1)),
+                ("2.dkr.ecr.us-east-1.amazonaws.com", Some(&pw2)),
                 ("3.dkr.ecr.us-east-1.amazonaws.com", None),
             ],
         )
@@ -105,8 +109,8 @@ mod tests {
         let (_, again) = edit(
             &new,
             &[
-                ("1.dkr.ecr.us-east-1.amazonaws.com", Some("pw1")),
-                ("2.dkr.ecr.us-east-1.amazonaws.com", Some("pw2")),
+                ("1.dkr.ecr.us-east-1.amazonaws.com", Some(&pw1)),
+                ("2.dkr.ecr.us-east-1.amazonaws.com", Some(&pw2)),
             ],
         )
         .unwrap();
@@ -125,6 +129,10 @@ mod tests {
             edit(r#"{"auths":[]}"#, &[]),
             Err(EditError::NotAnObject("auths"))
         ));
-        assert!(edit("", &[("public.ecr.aws", Some("p"))]).is_ok());
+        assert!(edit(
+            "",
+            &[("public.ecr.aws", Some(&crate::token::Secret::new("p")))]
+        )
+        .is_ok());
     }
 }
