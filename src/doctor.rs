@@ -549,7 +549,8 @@ async fn probe(host: &str, port: u16, deadline: Duration) -> Result<(u16, Option
     .with_no_client_auth();
     let get = crate::https::get(std::sync::Arc::new(tls), host, port, "/", &[], 16 * 1024);
     match tokio::time::timeout(deadline, get).await {
-        Err(_) => Err(format!("no answer within {:.1}s", deadline.as_secs_f64())),
+        Err(_) => Err(crate::https::timed_out(host)
+            .unwrap_or_else(|| format!("no answer within {:.1}s", deadline.as_secs_f64()))),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(r)) => {
             let date = r.date.and_then(|d| {

@@ -24,7 +24,6 @@ use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use aws_smithy_http_client::Connector;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_types::error::display::DisplayErrorContext;
 
 use crate::credentials::Source;
 use crate::iot::{Device, IotError, IotProvider};
@@ -43,7 +42,7 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 pub enum FetchError {
     /// The credential chain found no credentials, or could not load the ones configured.
     NoCredentials {
-        /// What the chain reported.
+        /// What the chain reported: each source tried and why it gave nothing, in words.
         detail: String,
     },
     /// The endpoint could not be reached (DNS, refused, reset, TLS).
@@ -96,6 +95,8 @@ pub enum FetchError {
     },
     /// The device's IoT identity could not be exchanged for credentials.
     Iot(IotError),
+    /// A name could not be resolved: the resolver said no, or did not answer in time.
+    Dns(crate::dns::DnsError),
     /// The async runtime could not be started.
     Runtime {
         /// What the system said.
@@ -116,8 +117,8 @@ impl fmt::Display for FetchError {
         match self {
             FetchError::NoCredentials { detail } => write!(
                 f,
-                "no AWS credentials found (environment, profile, web identity, container, \
-                 instance metadata): {detail}"
+                "no AWS credentials: {detail}; configure one of them, or the device's IoT \
+                 identity ([iot] in the configuration file)"
             ),
             FetchError::Unreachable { endpoint, detail } => {
                 write!(f, "cannot reach {endpoint}: {detail}")
@@ -144,6 +145,7 @@ impl fmt::Display for FetchError {
             FetchError::Service { code, message } => write!(f, "ECR error {code}: {message}"),
             FetchError::BadResponse { detail } => write!(f, "unusable answer from ECR: {detail}"),
             FetchError::Iot(e) => write!(f, "IoT credentials: {e}"),
+            FetchError::Dns(e) => e.fmt(f),
             FetchError::Runtime { detail } => write!(f, "cannot start async runtime: {detail}"),
             FetchError::NotBuilt { what, feature } => write!(
                 f,
@@ -165,6 +167,7 @@ impl FetchError {
             | FetchError::Timeout { .. }
             | FetchError::Service { .. }
             | FetchError::BadResponse { .. }
+            | FetchError::Dns(_)
             | FetchError::Runtime { .. } => Failure::Transient,
             FetchError::Throttled { .. } => Failure::Throttled,
             FetchError::NoCredentials { .. }
@@ -283,10 +286,7 @@ impl Client {
         let deadline = self.deadline;
         match tokio::time::timeout(deadline, self.fetch_async(registry)).await {
             Ok(result) => result,
-            Err(_) => Err(FetchError::Timeout {
-                endpoint: registry.endpoint().to_owned(),
-                deadline,
-            }),
+            Err(_) => Err(timed_out(registry.endpoint(), deadline)),
         }
     }
 
@@ -306,10 +306,7 @@ impl Client {
         match tokio::time::timeout(deadline, provider.provide_credentials()).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(credentials_error(&e)),
-            Err(_) => Err(FetchError::Timeout {
-                endpoint: "credentials provider".into(),
-                deadline,
-            }),
+            Err(_) => Err(timed_out("credentials provider", deadline)),
         }
     }
 }
@@ -323,14 +320,83 @@ pub fn expiration_rfc3339(creds: &aws_credential_types::Credentials) -> Option<S
     })
 }
 
-/// Maps a credentials failure: the IoT exchange's own error when that is the cause.
-fn credentials_error(e: &CredentialsError) -> FetchError {
-    match find_source::<IotError>(e) {
-        Some(iot) => FetchError::Iot(iot.clone()),
-        None => FetchError::NoCredentials {
-            detail: one_line(&DisplayErrorContext(e).to_string()),
+/// A call that ran out of time: blamed on DNS when a lookup of the endpoint's name (or any
+/// lookup, when the endpoint is not a URL) is still unanswered, else on the endpoint.
+fn timed_out(endpoint: &str, deadline: Duration) -> FetchError {
+    let host = endpoint
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', ':']).next().unwrap_or(rest));
+    match host.and_then(crate::dns::unanswered) {
+        Some(dns) => FetchError::Dns(dns),
+        None => FetchError::Timeout {
+            endpoint: endpoint.to_owned(),
+            deadline,
         },
     }
+}
+
+/// Maps a credentials failure: the IoT exchange's own error when that is the cause.
+fn credentials_error(e: &CredentialsError) -> FetchError {
+    if let Some(iot) = find_source::<IotError>(e) {
+        return FetchError::Iot(iot.clone());
+    }
+    let detail = match find_source::<aws_config::meta::ProviderChainError<CredentialsError>>(e) {
+        Some(chain) => chain
+            .attempts()
+            .iter()
+            .map(|a| format!("{} ({})", source_name(a.name()), not_loaded(a.error())))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => not_loaded(e),
+    };
+    FetchError::NoCredentials {
+        detail: format!("tried {detail}"),
+    }
+}
+
+/// A credential source of the SDK's default chain, as people call it.
+fn source_name(name: &str) -> &str {
+    match name {
+        "Environment" => "environment",
+        "Profile" => "profile",
+        "WebIdentityToken" => "web identity",
+        "EcsContainer" => "container",
+        "Ec2InstanceMetadata" => "instance metadata",
+        other => other,
+    }
+}
+
+/// Why one credential source gave nothing, in words: the SDK's messages, without its
+/// "not enabled" preamble.
+fn not_loaded(e: &(dyn StdError + 'static)) -> String {
+    let text = causes(e);
+    let text = text
+        .strip_prefix("the credential provider was not enabled")
+        .map(|rest| rest.trim_start_matches([':', ' ']))
+        .unwrap_or(&text);
+    if text.is_empty() {
+        "not set up".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// An error and its causes, each by its `Display`, on one line (never `Debug`): the SDK's
+/// errors repeat their source's text, so a cause already said is not said again.
+fn causes(e: &(dyn StdError + 'static)) -> String {
+    let mut out = String::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = one_line(&err.to_string());
+        if !text.is_empty() && !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cur = err.source();
+    }
+    out
 }
 
 async fn sdk_config(
@@ -396,7 +462,10 @@ async fn sdk_config(
                 .read_timeout(Duration::from_millis(1000))
                 .max_attempts(1)
                 .build();
+            // The region is known: without it the chain looks it up (IMDS included) and warns
+            // on every device that is not an EC2 instance.
             let chain = DefaultCredentialsChain::builder()
+                .region(region.clone())
                 .configure(provider_config)
                 .imds_client(imds)
                 .build()
@@ -422,7 +491,7 @@ fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
         builder
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
             .tls_context(tls_context.clone())
-            .build()
+            .build_with_resolver(crate::dns::Resolver)
     })
 }
 
@@ -557,25 +626,25 @@ where
     if let Some(c) = find_source::<CredentialsError>(&err) {
         return credentials_error(c);
     }
-    let endpoint = endpoint.to_owned();
+    if let Some(dns) = find_source::<crate::dns::DnsError>(&err) {
+        return FetchError::Dns(dns.clone());
+    }
     match &err {
-        SdkError::TimeoutError(_) => FetchError::Timeout { endpoint, deadline },
-        SdkError::DispatchFailure(d) if d.is_timeout() => {
-            FetchError::Timeout { endpoint, deadline }
-        }
+        SdkError::TimeoutError(_) => timed_out(endpoint, deadline),
+        SdkError::DispatchFailure(d) if d.is_timeout() => timed_out(endpoint, deadline),
         SdkError::DispatchFailure(_) => FetchError::Unreachable {
-            endpoint,
-            detail: one_line(&DisplayErrorContext(&err).to_string()),
+            endpoint: endpoint.to_owned(),
+            detail: causes(&err),
         },
         SdkError::ServiceError(service) => {
             let e = service.err();
             let code = e.code().unwrap_or("Unknown").to_owned();
             let message = e.message().unwrap_or("").to_owned();
             let status = service.raw().status().as_u16();
-            service_error(code, message, status, endpoint, public)
+            service_error(code, message, status, endpoint.to_owned(), public)
         }
         _ => FetchError::BadResponse {
-            detail: one_line(&DisplayErrorContext(&err).to_string()),
+            detail: causes(&err),
         },
     }
 }

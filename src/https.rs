@@ -1,7 +1,9 @@
 //! One HTTPS GET over rustls, for the calls the AWS SDK does not make for us: the IoT
 //! credentials exchange (it needs a client certificate) and `doctor`'s reachability and clock
 //! probes. hyper speaks HTTP/1.1; `HTTPS_PROXY`/`NO_PROXY` are honoured through hyper-util's
-//! CONNECT tunnel, as the SDK's client does. The caller bounds the time; the body is bounded here.
+//! CONNECT tunnel, as the SDK's client does. Names are resolved by [`crate::dns`]. The caller
+//! bounds the time ([`timed_out`] says whether DNS was the silent part); the body is bounded
+//! here.
 
 use std::sync::Arc;
 
@@ -45,6 +47,12 @@ impl std::fmt::Display for HttpsError {
 
 impl std::error::Error for HttpsError {}
 
+/// What to say when a request to `host` ran out of time: the DNS lookup that is still
+/// unanswered, if that is what was waiting, else `None` (the endpoint was silent).
+pub fn timed_out(host: &str) -> Option<String> {
+    crate::dns::unanswered(host).map(|e| e.to_string())
+}
+
 /// The proxy in use for `https://host:port`, if any, with its user info removed (for display).
 pub fn proxy_for(host: &str, port: u16) -> Option<String> {
     let uri: hyper::Uri = format!("https://{host}:{port}/").parse().ok()?;
@@ -70,7 +78,9 @@ async fn connect(host: &str, port: u16) -> Result<Box<dyn Io>, HttpsError> {
     match matcher.intercept(&uri) {
         Some(intercept) => {
             use tower_service::Service;
-            let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+            let mut http = hyper_util::client::legacy::connect::HttpConnector::new_with_resolver(
+                crate::dns::Resolver,
+            );
             http.enforce_http(false);
             let mut tunnel = hyper_util::client::legacy::connect::proxy::Tunnel::new(
                 intercept.uri().clone(),
@@ -86,7 +96,14 @@ async fn connect(host: &str, port: u16) -> Result<Box<dyn Io>, HttpsError> {
             Ok(Box::new(hyper_util::rt::TokioIo::new(io)))
         }
         None => {
-            let tcp = tokio::net::TcpStream::connect((host, port))
+            // Resolved by the deadline-bounded resolver, never tokio's blocking pool.
+            let addrs: Vec<std::net::SocketAddr> = crate::dns::resolve(host)
+                .await
+                .map_err(|e| HttpsError::Unreachable(e.to_string()))?
+                .into_iter()
+                .map(|ip| std::net::SocketAddr::new(ip, port))
+                .collect();
+            let tcp = tokio::net::TcpStream::connect(&addrs[..])
                 .await
                 .map_err(|e| HttpsError::Unreachable(e.to_string()))?;
             Ok(Box::new(tcp))

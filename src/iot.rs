@@ -411,7 +411,7 @@ impl Device {
             .collect::<Result<_, _>>()
             .map_err(|e| IotError::BadPem {
                 path: cfg.cert.clone(),
-                detail: format!("not a PEM certificate chain: {e:?}"),
+                detail: format!("not a PEM certificate chain: {e}"),
             })?;
         let leaf = chain.first().ok_or_else(|| IotError::BadPem {
             path: cfg.cert.clone(),
@@ -562,8 +562,14 @@ pub async fn exchange(
         let result = match tokio::time::timeout(left, attempt(cfg, device)).await {
             Ok(Ok((status, body))) => parse_response(status, &body),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(IotError::Timeout {
-                endpoint: cfg.endpoint.clone(),
+            Err(_) => Err(match crate::https::timed_out(host_port(&cfg.endpoint).0) {
+                Some(dns) => IotError::Unreachable {
+                    endpoint: cfg.endpoint.clone(),
+                    detail: dns,
+                },
+                None => IotError::Timeout {
+                    endpoint: cfg.endpoint.clone(),
+                },
             }),
         };
         let err = match result {

@@ -7,6 +7,7 @@
 //! - [`config`]: the configuration file (`[iot]`), validated once.
 //! - [`configure`]: exact `credHelpers` entries in Docker and containers auth files.
 //! - [`credentials`]: naming the credential source without loading it.
+//! - [`dns`]: name resolution bounded by the caller's deadline, on detached threads.
 //! - [`https`]: one HTTPS GET over rustls through the proxy (IoT exchange, doctor probes).
 //! - [`elf`]: which CPU an executable was built for.
 //! - [`iot`]: the AWS IoT certificate-for-credentials exchange (mutual TLS).
@@ -32,6 +33,7 @@ pub mod config;
 pub mod configure;
 pub mod credentials;
 pub mod daemon;
+pub mod dns;
 pub mod doctor;
 pub mod ecr;
 pub mod elf;

@@ -23,8 +23,20 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
-    /// Starts the daemon with `config` in the sandbox (the helper gets the same file).
+    /// Starts the daemon with `config` in the sandbox (the helper gets the same file), logging
+    /// at debug level.
     pub(crate) fn start(sb: &mut Sandbox, config: &str) -> Daemon {
+        Daemon::start_as(sb, config, &["daemon"], Some("debug"))
+    }
+
+    /// Starts `ecr-edge ARGS` (a daemon command line) with `config` in the sandbox, with
+    /// `ECR_EDGE_LOG` set to `log` or unset.
+    pub(crate) fn start_as(
+        sb: &mut Sandbox,
+        config: &str,
+        args: &[&str],
+        log_level: Option<&str>,
+    ) -> Daemon {
         let path = sb.dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
         sb.set("ECR_EDGE_CONFIG", Some(path.to_str().unwrap()));
@@ -36,14 +48,16 @@ impl Daemon {
             .unwrap();
         let log = sb.dir.path().join("daemon.log");
         let mut cmd = support::command(&support::binary());
-        cmd.arg("daemon")
+        cmd.args(args)
             .env_clear()
             .envs(sb.vars.iter().map(|(k, v)| (k, v)))
             .env("NOTIFY_SOCKET", &notify_path)
-            .env("ECR_EDGE_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(level) = log_level {
+            cmd.env("ECR_EDGE_LOG", level);
+        }
         let child = cmd.spawn().unwrap();
         Daemon { child, notify, log }
     }
@@ -67,6 +81,11 @@ impl Daemon {
             "no {what} within {within:?}; saw {seen:?}; log:\n{}",
             self.log()
         );
+    }
+
+    /// The daemon's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn log(&self) -> String {
@@ -111,6 +130,74 @@ fn status_json(sb: &Sandbox) -> serde_json::Value {
             text(&out.stderr)
         )
     })
+}
+
+/// Options before the subcommand do not change the daemon's default level: with `--config X`
+/// first and no `ECR_EDGE_LOG`, the refresh lines (info) still reach the journal.
+#[test]
+fn daemon_logs_refreshes_by_default_with_options_before_the_command() {
+    let mut sb = Sandbox::new();
+    let path = sb.dir.path().join("config.toml");
+    let d = Daemon::start_as(
+        &mut sb,
+        &format!("[daemon]\nregistries = [\"{REG}\"]\n"),
+        &["--config", path.to_str().unwrap(), "daemon"],
+        None,
+    );
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let log = d.log();
+    assert!(
+        log.contains("INFO") && log.contains("token refreshed"),
+        "{log}"
+    );
+    assert!(!log.contains("DEBUG"), "default level is info: {log}");
+}
+
+/// On a device that is not an EC2 instance, with no region in the environment, the daemon
+/// looks nothing up that its configuration does not need: no IMDS region warning, and a
+/// failure without credentials is one line of words.
+#[test]
+fn daemon_off_ec2_warns_only_about_what_it_needs_in_words() {
+    let mut sb = Sandbox::new();
+    for v in [
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_EC2_METADATA_DISABLED",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ] {
+        sb.set(v, None);
+    }
+    // The metadata service address refuses connections, as on a device off EC2.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", refused.local_addr().unwrap());
+    drop(refused);
+    sb.set("AWS_EC2_METADATA_SERVICE_ENDPOINT", Some(&endpoint));
+    let d = Daemon::start_as(
+        &mut sb,
+        &format!("[daemon]\nregistries = [\"{REG}\"]\n"),
+        &["daemon"],
+        None,
+    );
+    let start = Instant::now();
+    while !d.log().contains("refresh failed") && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = d.log();
+    assert!(
+        !log.to_ascii_lowercase().contains("region"),
+        "a region lookup the configuration did not need: {log}"
+    );
+    let failed = log
+        .lines()
+        .find(|l| l.contains("refresh failed"))
+        .unwrap_or_else(|| panic!("no refresh failure logged: {log}"));
+    assert!(
+        failed.contains("no AWS credentials: tried environment"),
+        "{failed}"
+    );
+    crate::helper::assert_no_debug_dump(failed);
 }
 
 #[test]

@@ -308,6 +308,21 @@ fn missing_session_token_is_rejected_like_aws_does() {
     assert!(s.contains("AWS rejected the credentials"), "{s}");
 }
 
+/// Messages are for people: no Rust `Debug` rendering of an error (struct braces, `Some(`,
+/// variant names of the SDK's error types).
+pub(crate) fn assert_no_debug_dump(s: &str) {
+    for marker in [
+        "{ ",
+        "Some(",
+        "CredentialsNotLoaded",
+        "DispatchFailure(",
+        "ConnectorError",
+        "kind: ",
+    ] {
+        assert!(!s.contains(marker), "Debug dump ({marker}) in: {s}");
+    }
+}
+
 #[test]
 fn no_credentials_is_said_plainly() {
     let mut sb = Sandbox::new();
@@ -321,9 +336,15 @@ fn no_credentials_is_said_plainly() {
     let out = sb.helper("get", HOST.as_bytes());
     let s = text(&out.stdout);
     assert!(
-        s.starts_with(&format!("ecr-edge: {HOST}: no AWS credentials found")),
+        s.starts_with(&format!(
+            "ecr-edge: {HOST}: no AWS credentials: tried environment (environment variable not \
+             set), profile (not set up), web identity ($AWS_WEB_IDENTITY_TOKEN_FILE was not set), \
+             container (ECS provider not configured), instance metadata ("
+        )),
         "{s}"
     );
+    assert!(s.contains("[iot] in the configuration file"), "{s}");
+    assert_no_debug_dump(&s);
     assert_eq!(s.lines().count(), 1);
     assert!(sb.fake.calls().is_empty());
 }
@@ -598,7 +619,7 @@ fn instance_metadata_probe_is_short_on_a_non_ec2_box() {
     let out = sb.helper("get", HOST.as_bytes());
     let took = start.elapsed();
     assert!(
-        text(&out.stdout).contains("no AWS credentials found"),
+        text(&out.stdout).contains("no AWS credentials: tried environment"),
         "{}",
         text(&out.stdout)
     );

@@ -4,6 +4,7 @@
 
 mod configure;
 mod daemon;
+mod dns;
 mod doctor;
 mod helper;
 mod iot;

@@ -715,6 +715,46 @@ pub fn binary() -> PathBuf {
         .expect("set ECR_EDGE_TEST_BIN to the ecr-edge binary")
 }
 
+/// Runs the test named `test` (`module::function`) again inside a new network and mount
+/// namespace (`unshare --net --mount`, as root) and returns `false` once it passed there;
+/// inside that namespace, returns `true` so the test body runs.
+pub fn inside_namespace(test: &str) -> bool {
+    if std::env::var_os("ECR_EDGE_IN_NETNS").is_some() {
+        return true;
+    }
+    let out = Command::new("unshare")
+        .args(["--net", "--mount", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("ECR_EDGE_IN_NETNS", "1")
+        .output()
+        .expect("unshare (util-linux) runs this test in its own network namespace");
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{test} in its namespace:\n{log}");
+    assert!(log.contains("1 passed"), "{test} did not run:\n{log}");
+    false
+}
+
+/// Inside [`inside_namespace`]: loopback up, mounts private, and `contents` bind-mounted over
+/// each system file named (`/etc/hosts`, `/etc/resolv.conf`, …) from copies in `dir`.
+pub fn private_files(dir: &Path, files: &[(&str, &str)]) {
+    let run = |cmd: &str, args: &[&str]| {
+        let out = Command::new(cmd).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    run("ip", &["link", "set", "lo", "up"]);
+    run("mount", &["--make-rprivate", "/"]);
+    for (i, (target, contents)) in files.iter().enumerate() {
+        let copy = dir.join(format!("private-file-{i}"));
+        std::fs::write(&copy, contents).unwrap();
+        run("mount", &["--bind", copy.to_str().unwrap(), target]);
+    }
+}
+
 /// A command for `program`, through `ECR_EDGE_TEST_RUNNER` (e.g. `qemu-aarch64-static`) if set.
 pub fn command(program: &Path) -> Command {
     match std::env::var_os("ECR_EDGE_TEST_RUNNER").filter(|r| !r.is_empty()) {
