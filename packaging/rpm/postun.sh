@@ -14,6 +14,16 @@ if [ "$1" -eq 0 ]; then
 	for d in /usr/libexec/ecr-edge /usr/share/doc/ecr-edge/examples /usr/share/doc/ecr-edge /etc/ecr-edge; do
 		rmdir "$d" 2>/dev/null || :
 	done
+	# The shared directories %pre found missing, deepest first, if nothing else put files
+	# there since.
+	state=/var/lib/rpm-state/ecr-edge.created-dirs
+	if [ -f "$state" ]; then
+		sort -r "$state" | while read -r d; do
+			rmdir "$d" 2>/dev/null || :
+		done
+		rm -f "$state"
+		rmdir /var/lib/rpm-state 2>/dev/null || :
+	fi
 fi
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload >/dev/null 2>&1 || :
