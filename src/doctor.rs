@@ -539,7 +539,7 @@ pub fn run(config_flag: Option<&Path>, deadline: Duration) -> Vec<Check> {
 
 /// `GET /` on an endpoint: proves DNS, TCP, proxy and TLS, and returns the server's clock.
 async fn probe(host: &str, port: u16, deadline: Duration) -> Result<(u16, Option<i64>), String> {
-    let roots = crate::iot::trust_roots(None).map_err(|e| e.to_string())?;
+    let roots = crate::trust::root_store(None).map_err(|e| e.to_string())?;
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -95,6 +95,8 @@ pub enum FetchError {
     },
     /// The device's IoT identity could not be exchanged for credentials.
     Iot(IotError),
+    /// The TLS trust store could not be built (`SSL_CERT_FILE`, the system CA bundle).
+    Trust(crate::trust::TrustError),
     /// A name could not be resolved: the resolver said no, or did not answer in time.
     Dns(crate::dns::DnsError),
     /// The async runtime could not be started.
@@ -146,6 +148,7 @@ impl fmt::Display for FetchError {
             FetchError::BadResponse { detail } => write!(f, "unusable answer from ECR: {detail}"),
             FetchError::Iot(e) => write!(f, "IoT credentials: {e}"),
             FetchError::Dns(e) => e.fmt(f),
+            FetchError::Trust(e) => e.fmt(f),
             FetchError::Runtime { detail } => write!(f, "cannot start async runtime: {detail}"),
             FetchError::NotBuilt { what, feature } => write!(
                 f,
@@ -174,6 +177,7 @@ impl FetchError {
             | FetchError::AccessDenied { .. }
             | FetchError::InvalidCredentials { .. }
             | FetchError::ClockSkew { .. }
+            | FetchError::Trust(_)
             | FetchError::NotBuilt { .. } => Failure::Config,
             FetchError::Iot(e) => match e {
                 IotError::Unavailable { status: 429, .. } => Failure::Throttled,
@@ -274,7 +278,7 @@ impl Client {
             deadline,
             attempts,
         )
-        .await;
+        .await?;
         Ok(Client { sdk, deadline })
     }
 
@@ -405,8 +409,8 @@ async fn sdk_config(
     region: Region,
     deadline: Duration,
     attempts: u32,
-) -> aws_config::SdkConfig {
-    let http = http_client();
+) -> Result<aws_config::SdkConfig, FetchError> {
+    let http = http_client()?;
     let provider_config = ProviderConfig::without_region()
         .with_http_client(http.clone())
         .with_region(Some(region.clone()));
@@ -434,7 +438,7 @@ async fn sdk_config(
                     .with_max_backoff(Duration::from_secs(2)),
             )
     };
-    match (source, device) {
+    let sdk = match (source, device) {
         (Source::Iot(cfg), Some(device)) => {
             let iot = aws_credential_types::provider::SharedCredentialsProvider::new(
                 IotProvider::new(cfg.clone(), device, deadline),
@@ -472,27 +476,42 @@ async fn sdk_config(
                 .await;
             loader().credentials_provider(chain).load().await
         }
-    }
+    };
+    Ok(sdk)
 }
 
-/// The HTTPS client handed to the SDK: rustls with ring, proxy settings from the environment.
-fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    let trust = TrustStore::default().with_pem_certificate(crate::AMAZON_ROOTS_PEM.as_bytes());
+/// The HTTPS client handed to the SDK: rustls with ring, [`crate::trust`]'s policy, proxy
+/// settings from the environment, names resolved by [`crate::dns`].
+///
+/// # Errors
+/// [`FetchError::Trust`] when the trust store cannot be built.
+fn http_client() -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, FetchError> {
+    let trust =
+        TrustStore::empty().with_pem_certificate(crate::trust::pem().map_err(FetchError::Trust)?);
     let tls_context = TlsContext::builder()
         .with_trust_store(trust)
         .build()
-        .unwrap_or_default();
-    aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
-        let mut builder = Connector::builder().proxy_config(ProxyConfig::from_env());
-        builder.set_connector_settings(settings.cloned());
-        if let Some(components) = components {
-            builder.set_sleep_impl(components.sleep_impl());
-        }
-        builder
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .tls_context(tls_context.clone())
-            .build_with_resolver(crate::dns::Resolver)
-    })
+        .map_err(|e| {
+            FetchError::Trust(crate::trust::TrustError::Unreadable {
+                path: "the system CA bundle".into(),
+                detail: e.to_string(),
+            })
+        })?;
+    Ok(
+        aws_smithy_http_client::Builder::new().build_with_connector_fn(
+            move |settings, components| {
+                let mut builder = Connector::builder().proxy_config(ProxyConfig::from_env());
+                builder.set_connector_settings(settings.cloned());
+                if let Some(components) = components {
+                    builder.set_sleep_impl(components.sleep_impl());
+                }
+                builder
+                    .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+                    .tls_context(tls_context.clone())
+                    .build_with_resolver(crate::dns::Resolver)
+            },
+        ),
+    )
 }
 
 impl Client {

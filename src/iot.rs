@@ -79,6 +79,8 @@ pub enum IotError {
     },
     /// TLS could not be set up with this identity.
     Tls(String),
+    /// The trust store for the endpoint could not be built (`ca`, `SSL_CERT_FILE`).
+    Trust(crate::trust::TrustError),
     /// The endpoint refused our certificate during the handshake (not registered, inactive, or
     /// signed by a CA the account does not know), or we refused its certificate. Not retried.
     Handshake {
@@ -147,6 +149,7 @@ impl fmt::Display for IotError {
                 write!(f, "device certificate expired at {}", rfc3339(*not_after))
             }
             IotError::Tls(detail) => write!(f, "TLS setup failed: {detail}"),
+            IotError::Trust(e) => e.fmt(f),
             IotError::Handshake { endpoint, detail } => write!(
                 f,
                 "TLS with {endpoint} failed: {detail} (an alert from the endpoint means it \
@@ -447,7 +450,7 @@ impl Device {
                 key: cfg.key.clone(),
             });
         }
-        let roots = trust_roots(cfg.ca.as_deref())?;
+        let roots = crate::trust::root_store(cfg.ca.as_deref()).map_err(IotError::Trust)?;
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| IotError::Tls(e.to_string()))?
@@ -459,48 +462,6 @@ impl Device {
             not_after,
         })
     }
-}
-
-/// The trust store for the endpoint: `ca` when configured; else the system store
-/// (`SSL_CERT_FILE` honoured); else the compiled-in Amazon roots (images without a CA bundle).
-pub(crate) fn trust_roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, IotError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let add_pem = |roots: &mut rustls::RootCertStore, pem: &[u8]| {
-        for cert in CertificateDer::pem_slice_iter(pem).flatten() {
-            let _ = roots.add(cert);
-        }
-    };
-    if let Some(path) = ca {
-        add_pem(&mut roots, &read_file(path)?);
-        if roots.is_empty() {
-            return Err(IotError::BadPem {
-                path: path.to_owned(),
-                detail: "no CA certificate in file".into(),
-            });
-        }
-        return Ok(roots);
-    }
-    let system = std::env::var_os("SSL_CERT_FILE")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            [
-                "/etc/ssl/certs/ca-certificates.crt",
-                "/etc/pki/tls/certs/ca-bundle.crt",
-                "/etc/ssl/cert.pem",
-            ]
-            .map(PathBuf::from),
-        );
-    for path in system {
-        if let Ok(pem) = read_file(&path) {
-            add_pem(&mut roots, &pem);
-            if !roots.is_empty() {
-                return Ok(roots);
-            }
-        }
-    }
-    add_pem(&mut roots, crate::AMAZON_ROOTS_PEM.as_bytes());
-    Ok(roots)
 }
 
 /// The region in a credentials endpoint name (`….credentials.iot.<region>.amazonaws.com`).

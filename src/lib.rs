@@ -8,6 +8,7 @@
 //! - [`configure`]: exact `credHelpers` entries in Docker and containers auth files.
 //! - [`credentials`]: naming the credential source without loading it.
 //! - [`dns`]: name resolution bounded by the caller's deadline, on detached threads.
+//! - [`trust`]: the one TLS trust policy (system store plus Amazon roots).
 //! - [`https`]: one HTTPS GET over rustls through the proxy (IoT exchange, doctor probes).
 //! - [`elf`]: which CPU an executable was built for.
 //! - [`iot`]: the AWS IoT certificate-for-credentials exchange (mutual TLS).
@@ -47,11 +48,7 @@ pub mod registry;
 pub mod schedule;
 pub mod status;
 pub mod token;
-
-/// Amazon Trust Services root certificates (Amazon Root CA 1-4, Starfield Services Root CA G2),
-/// copied from Debian's ca-certificates: trusted next to the system store for AWS endpoints, so
-/// an image with no CA bundle still reaches AWS.
-pub(crate) const AMAZON_ROOTS_PEM: &str = include_str!("amazon_roots.pem");
+pub mod trust;
 
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -279,6 +279,71 @@ fn watchdog_pings_at_half_the_interval_systemd_asks_for() {
     assert!((5..=14).contains(&pings), "{pings} pings");
 }
 
+/// Sink files are written off the runtime's thread: while another program holds the sink
+/// directory's lock for 10 s, served gets answer as fast as ever (the daemon serves them, the
+/// helper fetches nothing itself) and the watchdog pings on time; the sink is written once the
+/// lock is released.
+#[test]
+fn a_held_sink_lock_delays_neither_gets_nor_the_watchdog() {
+    let mut sb = Sandbox::new();
+    sb.set("WATCHDOG_USEC", Some("400000"));
+    let sink_dir = sb.dir.path().join("sink");
+    std::fs::create_dir(&sink_dir).unwrap();
+    let sink = sink_dir.join("auth.json");
+    let d = Daemon::start(
+        &mut sb,
+        &format!(
+            "[daemon]\nregistries = [\"{REG}\"]\n[[daemon.sink]]\nkind = \"docker-auths\"\npath = \"{}\"\n",
+            sink.display()
+        ),
+    );
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let start = Instant::now();
+    while !sink.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sink.exists(), "first sink write: {}", d.log());
+    let calls = ecr_calls(&sb);
+
+    let lock = ecr_edge::files::lock_exclusive_dir(&sink_dir, std::time::Instant::now()).unwrap();
+    // A registry added on demand: its refresh wants to write the sink, which now waits.
+    let held_since = Instant::now();
+    let (ok, out) = get(&sb, OTHER);
+    assert!(ok, "{out}");
+    let mut slowest = held_since.elapsed();
+    let mut pings = 0;
+    while held_since.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        let (ok, out) = get(&sb, REG);
+        slowest = slowest.max(t.elapsed());
+        assert!(ok, "{out}");
+        let seen = d.wait_notify("WATCHDOG=1", Duration::from_secs(1));
+        pings += seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    }
+    assert_eq!(
+        ecr_calls(&sb),
+        calls + 1,
+        "only the on-demand registry was fetched; every get was served by the daemon"
+    );
+    // A served get takes milliseconds (tens under an emulator); the lock is held for 10 s.
+    assert!(slowest < Duration::from_secs(1), "slowest get {slowest:?}");
+    assert!(pings >= 5, "{pings} watchdog pings in 3 s at 200 ms");
+    let on_disk = std::fs::read_to_string(&sink).unwrap();
+    assert!(!on_disk.contains(OTHER), "written while locked: {on_disk}");
+    drop(lock);
+    let start = Instant::now();
+    while !std::fs::read_to_string(&sink).unwrap().contains(OTHER)
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        std::fs::read_to_string(&sink).unwrap().contains(OTHER),
+        "sink written after the lock was released: {}",
+        d.log()
+    );
+}
+
 #[test]
 fn sigterm_stops_within_a_second_and_removes_the_socket() {
     let mut sb = Sandbox::new();

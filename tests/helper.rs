@@ -627,3 +627,35 @@ fn instance_metadata_probe_is_short_on_a_non_ec2_box() {
     assert!(took < Duration::from_secs(5), "took {took:?}");
     drop(silent);
 }
+
+/// One trust policy, built or refused: a CA file that holds no certificate is named as the
+/// cause, for the helper and `doctor` alike, rather than a handshake failure against an empty
+/// store.
+#[test]
+fn an_unusable_ca_bundle_is_named_not_an_empty_store() {
+    let mut sb = Sandbox::new();
+    let bundle = sb.dir.path().join("broken-bundle.pem");
+    std::fs::write(&bundle, "not a certificate\n").unwrap();
+    sb.set("SSL_CERT_FILE", Some(bundle.to_str().unwrap()));
+    let out = sb.helper("get", HOST.as_bytes());
+    let said = text(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("{} holds no PEM CA certificate", bundle.display())),
+        "{said}"
+    );
+    assert!(sb.fake.calls().is_empty(), "nothing was sent");
+    let docker = sb.dir.path().join("home/.docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        format!("{{\"credHelpers\": {{\"{HOST}\": \"ecr-edge\"}}}}"),
+    )
+    .unwrap();
+    let out = support::run_with_input(sb.command_for(&support::binary(), "doctor"), b"");
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("holds no PEM CA certificate"),
+        "doctor names the same cause: {report}"
+    );
+}

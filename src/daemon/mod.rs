@@ -156,6 +156,8 @@ struct Shared {
     wake: Notify,
     /// Wakes clients waiting for an attempt to finish.
     changed: Notify,
+    /// Wakes the sink writer: the tokens changed.
+    sinks_due: Notify,
     notifier: Notifier,
     started_at: i64,
     config_path: Option<PathBuf>,
@@ -262,6 +264,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         }),
         wake: Notify::new(),
         changed: Notify::new(),
+        sinks_due: Notify::new(),
         notifier: Notifier::from_env(),
         started_at: token::now(),
         config_path,
@@ -305,6 +308,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         )));
     }
     let scheduler = tokio::spawn(schedule_loop(shared.clone()));
+    let sink_writer = tokio::spawn(sink_loop(shared.clone()));
     let server = tokio::spawn(accept_loop(listener, shared.clone()));
     let watchdog = notify::watchdog_interval().map(|every| {
         let shared = shared.clone();
@@ -321,6 +325,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     shared.notifier.send("STOPPING=1");
     server.abort();
     scheduler.abort();
+    sink_writer.abort();
     if let Some(w) = watchdog {
         w.abort();
     }
@@ -503,7 +508,7 @@ async fn refresh(shared: Arc<Shared>, host: String, registry: Registry, client: 
             }
         }
     }
-    write_sinks(&shared);
+    shared.sinks_due.notify_one();
     mark_ready_if_done(&shared);
     shared.changed.notify_waiters();
     shared.wake.notify_one();
@@ -560,27 +565,43 @@ fn status_line(shared: &Shared) -> String {
     s
 }
 
-/// Brings every sink file up to date with the usable tokens (and removes entries whose token
-/// is gone). Failures are logged; the next refresh tries again.
-fn write_sinks(shared: &Shared) {
-    let (sinks, tokens) = {
-        let st = shared.lock();
-        if st.settings.sinks.is_empty() {
-            return;
+/// The sink writer: after each change of tokens, brings every sink file up to date on a
+/// blocking thread. File work (a directory lock another program may hold for seconds, two
+/// fsyncs) never runs on the runtime's thread, which serves the socket, the timers and the
+/// watchdog; changes that arrive while a write is under way are coalesced into one more write
+/// of the latest tokens.
+async fn sink_loop(shared: Arc<Shared>) {
+    loop {
+        shared.sinks_due.notified().await;
+        let snapshot = {
+            let st = shared.lock();
+            let now = Instant::now();
+            let tokens: Vec<(String, Option<crate::token::Secret>)> = st
+                .entries
+                .iter()
+                .map(|(h, e)| (h.clone(), e.usable(now).map(|h| h.token.password.clone())))
+                .collect();
+            (st.settings.sinks.clone(), tokens)
+        };
+        if snapshot.0.is_empty() {
+            continue;
         }
-        let now = Instant::now();
-        let tokens: Vec<(String, Option<crate::token::Secret>)> = st
-            .entries
-            .iter()
-            .map(|(h, e)| (h.clone(), e.usable(now).map(|h| h.token.password.clone())))
-            .collect();
-        (st.settings.sinks.clone(), tokens)
-    };
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || write_sinks(&snapshot.0, &snapshot.1)).await
+        {
+            tracing::warn!("sink writer stopped unexpectedly: {e}");
+        }
+    }
+}
+
+/// Brings every sink file up to date with the usable tokens (and removes entries whose token
+/// is gone). Blocking. Failures are logged; the next change tries again.
+fn write_sinks(sinks: &[SinkConfig], tokens: &[(String, Option<crate::token::Secret>)]) {
     let entries: Vec<sink::SinkEntry<'_>> = tokens
         .iter()
         .map(|(h, p)| (h.as_str(), p.as_ref()))
         .collect();
-    for s in &sinks {
+    for s in sinks {
         match sink::write(&s.path, &entries) {
             Ok(changed) if !changed.is_empty() => {
                 tracing::info!(sink = %s.path.display(), registries = changed.len(), "sink updated")
