@@ -285,6 +285,7 @@ fn oci_image(dir: &Path) -> (PathBuf, String) {
 }
 
 #[test]
+#[ignore = "needs root (own network and mount namespace); scripts/test runs it as root"]
 fn skopeo_pushes_and_pulls_through_the_helper() {
     if !inside_namespace("skopeo_pushes_and_pulls_through_the_helper") {
         return;
@@ -300,6 +301,7 @@ fn skopeo_pushes_and_pulls_through_the_helper() {
 }
 
 #[test]
+#[ignore = "needs root (own network and mount namespace); scripts/test runs it as root"]
 fn a_wrong_password_is_an_authentication_error_not_an_anonymous_pull() {
     if !inside_namespace("a_wrong_password_is_an_authentication_error_not_an_anonymous_pull") {
         return;
@@ -318,6 +320,7 @@ fn a_wrong_password_is_an_authentication_error_not_an_anonymous_pull() {
 }
 
 #[test]
+#[ignore = "needs root (own network and mount namespace); scripts/test runs it as root"]
 fn an_expired_token_is_never_sent_a_fresh_one_is_fetched() {
     if !inside_namespace("an_expired_token_is_never_sent_a_fresh_one_is_fetched") {
         return;
@@ -338,6 +341,7 @@ fn an_expired_token_is_never_sent_a_fresh_one_is_fetched() {
 }
 
 #[test]
+#[ignore = "needs root (own network and mount namespace); scripts/test runs it as root"]
 fn skopeo_with_credentials_from_the_iot_exchange() {
     if !inside_namespace("skopeo_with_credentials_from_the_iot_exchange") {
         return;
@@ -379,6 +383,7 @@ fn skopeo_with_credentials_from_the_iot_exchange() {
 }
 
 #[test]
+#[ignore = "needs root (own network and mount namespace); scripts/test runs it as root"]
 fn skopeo_with_the_daemon_serving() {
     if !inside_namespace("skopeo_with_the_daemon_serving") {
         return;
@@ -402,6 +407,7 @@ fn skopeo_with_the_daemon_serving() {
 }
 
 #[test]
+#[ignore = "needs root (own network and mount namespace); scripts/test runs it as root"]
 fn podman_pulls_through_its_auth_file_cred_helpers() {
     if !inside_namespace("podman_pulls_through_its_auth_file_cred_helpers") {
         return;

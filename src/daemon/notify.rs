@@ -82,9 +82,29 @@ mod tests {
         assert_eq!(&buf[..len], b"READY=1\nSTATUS=ok");
         // No target: nothing happens, nothing fails.
         Notifier { target: None }.send("READY=1");
-        // A listener that stops reading: sends are dropped, never block.
-        for _ in 0..1000 {
-            n.send("STATUS=busy");
+        // A listener that stops reading: once its queue is full, sends are dropped and never
+        // block (a blocking send would stall the daemon's only thread until systemd reads).
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..1000 {
+                n.send("STATUS=busy");
+            }
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done_rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "send blocked on a full notify socket"
+        );
+        server.set_nonblocking(true).unwrap();
+        let mut queued = 0;
+        while server.recv(&mut buf).is_ok() {
+            queued += 1;
         }
+        assert!(
+            (1..1000).contains(&queued),
+            "{queued} of 1000 queued: the rest must have been dropped"
+        );
     }
 }

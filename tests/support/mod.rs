@@ -725,7 +725,13 @@ pub fn inside_namespace(test: &str) -> bool {
     let out = Command::new("unshare")
         .args(["--net", "--mount", "--"])
         .arg(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            test,
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("ECR_EDGE_IN_NETNS", "1")
         .output()
         .expect("unshare (util-linux) runs this test in its own network namespace");
