@@ -200,14 +200,16 @@ pub fn main(args: Vec<OsString>) -> u8 {
         Some(Command::KubeletCredentialProvider) => kubelet_provider(cli.config.as_deref()),
         Some(Command::Doctor { json }) => doctor(cli.config.as_deref(), json),
         Some(Command::Daemon { check: true }) => daemon_configured(cli.config.as_deref()),
-        Some(Command::Daemon { check: false }) => match crate::daemon::run(cli.config.as_deref()) {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("ecr-edge daemon: {e}");
-                1
+        Some(Command::Daemon { check: false }) => {
+            match crate::daemon::main(cli.config.as_deref()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("ecr-edge daemon: {e}");
+                    1
+                }
             }
-        },
+        }
         Some(Command::Status { json }) => crate::status::run(cli.config.as_deref(), json),
         Some(Command::Credentials) => match credentials(cli.config.as_deref()) {
             Ok(json) => {

@@ -315,6 +315,28 @@ impl Client {
     }
 }
 
+/// A boxed future, as [`TokenSource`] returns them.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where the daemon gets tokens and role credentials: a [`Client`] talking to AWS, or in tests
+/// a scripted source that runs under tokio's paused clock.
+pub trait TokenSource: Send + Sync {
+    /// A fresh token for `registry`, within the source's deadline.
+    fn fetch<'a>(&'a self, registry: &'a Registry) -> BoxFuture<'a, Result<Token, FetchError>>;
+    /// The role credentials, fresh from the provider (the local credentials endpoint).
+    fn credentials(&self) -> BoxFuture<'_, Result<aws_credential_types::Credentials, FetchError>>;
+}
+
+impl TokenSource for Client {
+    fn fetch<'a>(&'a self, registry: &'a Registry) -> BoxFuture<'a, Result<Token, FetchError>> {
+        Box::pin(Client::fetch(self, registry))
+    }
+
+    fn credentials(&self) -> BoxFuture<'_, Result<aws_credential_types::Credentials, FetchError>> {
+        Box::pin(Client::credentials(self))
+    }
+}
+
 /// When `creds` expire, as RFC 3339 (`2026-11-22T06:00:00Z`), the form AWS SDKs read.
 pub fn expiration_rfc3339(creds: &aws_credential_types::Credentials) -> Option<String> {
     creds.expiry().and_then(|t| {

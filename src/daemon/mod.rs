@@ -1,10 +1,15 @@
 //! `ecr-edge daemon`: keeps tokens warm and serves them to the helper over a Unix socket.
 //!
-//! One current-thread tokio runtime runs four kinds of task: one refresh task per registry,
-//! started by the scheduler when its timer fires (no polling: an idle daemon sleeps until the
-//! earliest refresh); the socket server, one task per connection; the signal handler (SIGHUP
-//! reloads the configuration, SIGTERM and SIGINT stop); and the systemd watchdog. State lives in
-//! one [`State`] behind a mutex that is never held across an `.await`.
+//! [`main`] sets up (configuration, credential source, socket, signals) and calls [`run`] with
+//! the bound listener and a shutdown future, as mini-redis's server does; tests call [`run`]
+//! with their own listener, token source and shutdown, under tokio's paused clock. One
+//! current-thread runtime runs: one refresh task per registry, started by the scheduler when
+//! its timer fires (no polling: an idle daemon sleeps until the earliest refresh); the socket
+//! server, one task per connection, at most [`MAX_CONNECTIONS`] at once; the sink writer
+//! (file work on a blocking thread); the systemd watchdog; and reloads on request (SIGHUP).
+//! On shutdown it stops accepting, lets the connections in progress finish (at most [`DRAIN`]),
+//! then stops the rest. State lives in one `State` behind a mutex that is never held across
+//! an `.await`.
 //!
 //! Token lifetimes are tracked on the monotonic clock from the moment a token arrives (at most
 //! the 12 hours ECR grants), so a wall clock that jumps (a device without an RTC setting its
@@ -30,7 +35,7 @@ use tokio::time::Instant;
 use crate::agent::{self, RegistryStatus, Reply, Request, StatusReport};
 use crate::config::{self, Config, ConfigError, DaemonConfig, SinkConfig};
 use crate::credentials::Source;
-use crate::ecr::{Client, FetchError};
+use crate::ecr::{FetchError, TokenSource};
 use crate::registry::Registry;
 use crate::schedule::{self, Backoff, SystemJitter};
 use crate::token::{self, Token, MIN_REMAINING_SECS};
@@ -40,6 +45,14 @@ use self::peer::Policy;
 
 /// Registries added on demand beyond the configured ones, at most.
 pub const MAX_ON_DEMAND: usize = 32;
+
+/// Client connections served at once. A connection lives one request (a few milliseconds, or
+/// up to the fetch deadline while a token is fetched); a burst of pulls beyond this waits in the
+/// socket's listen queue instead of growing the daemon without bound.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long shutdown waits for the connections in progress to get their answers.
+pub const DRAIN: Duration = Duration::from_secs(2);
 
 /// Why the daemon could not start.
 #[derive(Debug)]
@@ -74,16 +87,81 @@ impl fmt::Display for DaemonError {
 
 impl std::error::Error for DaemonError {}
 
-/// Runs the daemon until SIGTERM or SIGINT. `config` is the `--config` path, if any.
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration. `config` is the
+/// `--config` path, if any.
 ///
 /// # Errors
 /// [`DaemonError`] when it cannot start; once running, failures are logged and retried.
-pub fn run(config: Option<&Path>) -> Result<(), DaemonError> {
+pub fn main(config: Option<&Path>) -> Result<(), DaemonError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    runtime.block_on(serve(config.map(Path::to_owned)))
+    let result = runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let start = Start::from_config(config.map(Path::to_owned)).await?;
+        let listener = bind(&start.socket)?;
+        let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
+        let reload = start.reload.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                reload.notify_one();
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        run(listener, start, shutdown).await
+    });
+    // A sink write waiting for another program's lock must not hold the exit for long.
+    runtime.shutdown_timeout(DRAIN);
+    result
+}
+
+/// What [`run`] starts with.
+pub struct Start {
+    /// The `--config` path (re-read on reload), if any.
+    pub config_path: Option<PathBuf>,
+    /// The configuration as loaded.
+    pub config: Config,
+    /// Where tokens and role credentials come from.
+    pub source: Arc<dyn TokenSource>,
+    /// The socket path (removed on shutdown).
+    pub socket: PathBuf,
+    /// The deadline of one refresh attempt.
+    pub deadline: Duration,
+    /// Notified to re-read the configuration (SIGHUP in [`main`]).
+    pub reload: Arc<Notify>,
+}
+
+impl Start {
+    /// Loads the configuration and builds the AWS client for its credential source.
+    ///
+    /// # Errors
+    /// [`DaemonError`] for an invalid configuration or an unusable credential source.
+    pub async fn from_config(config_path: Option<PathBuf>) -> Result<Start, DaemonError> {
+        let config = config::load(config_path.as_deref()).map_err(DaemonError::Config)?;
+        let daemon = daemon_config(&config);
+        let source = Source::select(&config);
+        let deadline = crate::helper::deadline_from_env().unwrap_or(crate::ecr::DEFAULT_DEADLINE);
+        let client = client_for(&source, &daemon, deadline).await?;
+        let socket = config
+            .socket()
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
+        Ok(Start {
+            config_path,
+            config,
+            source: client,
+            socket,
+            deadline,
+            reload: Arc::new(Notify::new()),
+        })
+    }
 }
 
 /// A token and when it stops being usable, on the monotonic clock.
@@ -144,7 +222,7 @@ struct Settings {
 struct State {
     entries: BTreeMap<String, Entry>,
     settings: Settings,
-    client: Arc<Client>,
+    client: Arc<dyn TokenSource>,
     ready: bool,
     /// Role credentials for the local credentials endpoint, when it is on.
     credentials: Option<endpoint::HeldCredentials>,
@@ -185,10 +263,11 @@ async fn client_for(
     source: &Source,
     daemon: &DaemonConfig,
     deadline: Duration,
-) -> Result<Client, DaemonError> {
-    Client::new(source, &home_region(source, daemon), deadline, 1)
+) -> Result<Arc<dyn TokenSource>, DaemonError> {
+    let client = crate::ecr::Client::new(source, &home_region(source, daemon), deadline, 1)
         .await
-        .map_err(DaemonError::Credentials)
+        .map_err(DaemonError::Credentials)?;
+    Ok(Arc::new(client))
 }
 
 /// The region a client calls STS in: the IoT endpoint's, else the environment's, else the
@@ -234,16 +313,27 @@ fn settings(source: &Source, daemon: &DaemonConfig, socket_gid: u32) -> Settings
     }
 }
 
-async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
-    let config = config::load(config_path.as_deref()).map_err(DaemonError::Config)?;
+/// Serves `listener` until `shutdown` completes: refreshes, the socket, sinks, the watchdog
+/// and, when configured, the local credentials endpoint.
+///
+/// # Errors
+/// [`DaemonError`] when the credentials endpoint cannot be set up; once running, failures are
+/// logged and retried.
+pub async fn run(
+    listener: UnixListener,
+    start: Start,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let Start {
+        config_path,
+        config,
+        source: client,
+        socket: socket_path,
+        deadline,
+        reload: reload_requests,
+    } = start;
     let daemon = daemon_config(&config);
     let source = Source::select(&config);
-    let deadline = crate::helper::deadline_from_env().unwrap_or(crate::ecr::DEFAULT_DEADLINE);
-    let client = client_for(&source, &daemon, deadline).await?;
-    let socket_path = config
-        .socket()
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
-    let listener = bind(&socket_path)?;
     let socket_gid = std::fs::metadata(&socket_path)
         .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
         .unwrap_or(0);
@@ -258,7 +348,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         state: Mutex::new(State {
             entries,
             settings,
-            client: Arc::new(client),
+            client,
             ready: false,
             credentials: None,
         }),
@@ -285,7 +375,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     );
     mark_ready_if_done(&shared);
 
-    let mut credentials_tasks = Vec::new();
+    let mut background = Vec::new();
     if let Some(addr) = &daemon.credentials_endpoint {
         let fail = |detail: String| DaemonError::Socket {
             path: PathBuf::from(addr),
@@ -300,59 +390,58 @@ async fn serve(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
             token_file = %daemon.credentials_token_file.display(),
             "credentials endpoint listening"
         );
-        credentials_tasks.push(tokio::spawn(endpoint::refresh_loop(shared.clone())));
-        credentials_tasks.push(tokio::spawn(endpoint::serve(
+        background.push(tokio::spawn(endpoint::refresh_loop(shared.clone())));
+        background.push(tokio::spawn(endpoint::serve(
             listener,
             shared.clone(),
             Arc::from(token),
         )));
     }
-    let scheduler = tokio::spawn(schedule_loop(shared.clone()));
-    let sink_writer = tokio::spawn(sink_loop(shared.clone()));
-    let server = tokio::spawn(accept_loop(listener, shared.clone()));
-    let watchdog = notify::watchdog_interval().map(|every| {
+    background.push(tokio::spawn(schedule_loop(shared.clone())));
+    background.push(tokio::spawn(sink_loop(shared.clone())));
+    if let Some(every) = notify::watchdog_interval() {
         let shared = shared.clone();
-        tokio::spawn(async move {
+        background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 shared.notifier.send("WATCHDOG=1");
             }
-        })
-    });
+        }));
+    }
+    {
+        let shared = shared.clone();
+        background.push(tokio::spawn(async move {
+            loop {
+                reload_requests.notified().await;
+                reload(&shared).await;
+            }
+        }));
+    }
 
-    let result = signals(&shared).await;
+    // Connections: each holds a permit (the cap) and a sender; the drain below waits until
+    // every sender is gone, that is, until every connection has had its answer.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let server = tokio::spawn(accept_loop(listener, shared.clone(), done_tx));
+    shutdown.await;
     shared.notifier.send("STOPPING=1");
     server.abort();
-    scheduler.abort();
-    sink_writer.abort();
-    if let Some(w) = watchdog {
-        w.abort();
+    let _ = server.await;
+    if tokio::time::timeout(DRAIN, done_rx.recv()).await.is_err() {
+        tracing::warn!(
+            "connections still open after {}s; stopping anyway",
+            DRAIN.as_secs()
+        );
     }
-    if !credentials_tasks.is_empty() {
-        for t in credentials_tasks {
-            t.abort();
-        }
+    for task in background {
+        task.abort();
+    }
+    if daemon.credentials_endpoint.is_some() {
         let _ = std::fs::remove_file(&daemon.credentials_token_file);
     }
     remove_socket(&socket_path);
     tracing::info!("stopped");
-    result
-}
-
-/// Waits for SIGTERM/SIGINT (returns) and handles SIGHUP (reload) meanwhile.
-async fn signals(shared: &Arc<Shared>) -> Result<(), DaemonError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(shared).await,
-        }
-    }
+    Ok(())
 }
 
 /// SIGHUP: re-reads the configuration. An invalid file is reported and the running
@@ -377,7 +466,7 @@ async fn reload(shared: &Arc<Shared>) {
         };
         let mut st = shared.lock();
         if let Some(client) = client {
-            st.client = Arc::new(client);
+            st.client = client;
             st.entries.clear();
         }
         st.entries
@@ -449,7 +538,12 @@ async fn schedule_loop(shared: Arc<Shared>) {
 }
 
 /// One refresh attempt for `host`, then its next time.
-async fn refresh(shared: Arc<Shared>, host: String, registry: Registry, client: Arc<Client>) {
+async fn refresh(
+    shared: Arc<Shared>,
+    host: String,
+    registry: Registry,
+    client: Arc<dyn TokenSource>,
+) {
     tracing::debug!(registry = %host, "refreshing");
     let result = client.fetch(&registry).await;
     let now = Instant::now();
@@ -664,11 +758,24 @@ fn remove_socket(path: &Path) {
     }
 }
 
-async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    done: tokio::sync::mpsc::Sender<()>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // Wait for a free slot before accepting: over the cap, clients queue in the kernel.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, shared.clone()));
+                let (shared, done) = (shared.clone(), done.clone());
+                tokio::spawn(async move {
+                    connection(stream, shared).await;
+                    drop((permit, done));
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
