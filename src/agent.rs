@@ -15,21 +15,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// How long the helper waits for the daemon's first reply before doing the work itself, unless
-/// `ECR_EDGE_DAEMON_WAIT` (seconds) says otherwise. A healthy daemon answers in well under a
-/// millisecond; this bounds the cost of a hung one without racing a daemon that is busy in a
-/// TLS handshake on a slow CPU.
-pub const FIRST_REPLY: Duration = Duration::from_millis(200);
-
-/// [`FIRST_REPLY`], or `ECR_EDGE_DAEMON_WAIT` in seconds (0 to 60) when set and valid.
-pub fn first_reply_from_env() -> Duration {
-    std::env::var("ECR_EDGE_DAEMON_WAIT")
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 60.0)
-        .map_or(FIRST_REPLY, Duration::from_secs_f64)
-}
-
 /// Longest request or reply line accepted.
 pub const MAX_LINE: u64 = 256 * 1024;
 
@@ -266,7 +251,7 @@ mod tests {
         let err = ask(
             &dir.path().join("none.sock"),
             &Request::Status,
-            FIRST_REPLY,
+            crate::settings::DEFAULT_DAEMON_WAIT,
             Duration::from_secs(5),
         )
         .unwrap_err();
@@ -296,10 +281,22 @@ mod tests {
             line
         });
         let start = Instant::now();
-        let err = ask(&path, &Request::Status, FIRST_REPLY, Duration::from_secs(5)).unwrap_err();
+        let err = ask(
+            &path,
+            &Request::Status,
+            crate::settings::DEFAULT_DAEMON_WAIT,
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
         assert!(matches!(err, AskError::Timeout), "{err}");
         assert!(start.elapsed() < Duration::from_secs(1));
-        let reply = ask(&path, &Request::Status, FIRST_REPLY, Duration::from_secs(5)).unwrap();
+        let reply = ask(
+            &path,
+            &Request::Status,
+            crate::settings::DEFAULT_DAEMON_WAIT,
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert_eq!(
             reply,
             Reply::Error {

@@ -2,7 +2,7 @@
 //!
 //! The cache key is the registry host plus the identity of the credential *source* (profile,
 //! role, IoT thing), never secret material: the incumbent keys by access key ID, so rotating role
-//! credentials miss every time. Files live in a private directory (see [`default_dir`]); an entry
+//! credentials miss every time. Files live in a private directory (see [`crate::settings::cache_dir`]); an entry
 //! that cannot be parsed or does not match its key is ignored and later replaced, never trusted.
 //! Writes are atomic ([`crate::files::write_atomic`]), so readers never see half a file.
 
@@ -22,22 +22,6 @@ pub const MAX_ENTRY_BYTES: u64 = 64 * 1024;
 
 /// Version of the entry format; entries of another version are ignored.
 const FORMAT_VERSION: u32 = 1;
-
-/// Where the cache lives, by precedence: `$ECR_EDGE_CACHE_DIR`; `$XDG_RUNTIME_DIR/ecr-edge`
-/// (tmpfs: no flash wear, gone at logout); `$HOME/.cache/ecr-edge`; `/tmp/ecr-edge-<uid>` (so
-/// the helper works with `HOME` unset, as under systemd).
-pub fn default_dir() -> PathBuf {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(dir) = var("ECR_EDGE_CACHE_DIR") {
-        PathBuf::from(dir)
-    } else if let Some(run) = var("XDG_RUNTIME_DIR") {
-        Path::new(&run).join("ecr-edge")
-    } else if let Some(home) = var("HOME") {
-        Path::new(&home).join(".cache/ecr-edge")
-    } else {
-        PathBuf::from(format!("/tmp/ecr-edge-{}", nix::unistd::geteuid()))
-    }
-}
 
 /// A cache directory that has been checked to be private to this user.
 #[derive(Debug)]

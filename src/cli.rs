@@ -321,14 +321,7 @@ fn daemon_configured(config: Option<&Path>) -> u8 {
 
 /// `ecr-edge doctor`: prints each check; exit 0 when none failed, 1 otherwise.
 fn doctor(config: Option<&Path>, json: bool) -> u8 {
-    let deadline = match helper::deadline_from_env() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("{e}");
-            return 2;
-        }
-    };
-    let checks = crate::doctor::run(config, deadline);
+    let checks = crate::doctor::run(config);
     let ok = crate::doctor::ok(&checks);
     if json {
         println!("{}", serde_json::json!({ "ok": ok, "checks": checks }));
@@ -424,19 +417,14 @@ fn configure(
 
 /// `ecr-edge credentials`: the `[iot]` exchange (and role hop), as `credential_process` JSON.
 fn credentials(config: Option<&Path>) -> Result<String, String> {
-    let config = crate::config::load(config).map_err(|e| e.to_string())?;
-    let iot = config
-        .iot
-        .as_ref()
-        .ok_or("no [iot] section in the configuration: nothing to exchange")?;
-    let region = crate::iot::endpoint_region(&iot.endpoint)
-        .map(str::to_owned)
-        .or_else(|| std::env::var("AWS_REGION").ok())
-        .unwrap_or_else(|| "us-east-1".into());
-    let deadline = helper::deadline_from_env().map_err(|e| e.to_string())?;
-    let source = crate::credentials::Source::select(&config);
+    let settings = crate::settings::Settings::load(config).map_err(|e| e.to_string())?;
+    if settings.config.iot.is_none() {
+        return Err("no [iot] section in the configuration: nothing to exchange".into());
+    }
+    let source = crate::credentials::Source::select(&settings.config);
+    let region = crate::credentials::home_region(&source, None);
     let fetcher =
-        crate::ecr::Fetcher::new(&source, &region, deadline).map_err(|e| e.to_string())?;
+        crate::ecr::Fetcher::new(&source, &region, settings.deadline).map_err(|e| e.to_string())?;
     let creds = fetcher.credentials().map_err(|e| e.to_string())?;
     let expiration = crate::ecr::expiration_rfc3339(&creds);
     let out = serde_json::json!({
@@ -458,10 +446,13 @@ fn init_logging(default: tracing_subscriber::filter::LevelFilter) {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let level = std::env::var("ECR_EDGE_LOG")
-        .ok()
-        .and_then(|v| v.trim().parse::<LevelFilter>().ok())
-        .unwrap_or(default);
+    let level = match crate::settings::log_level() {
+        Ok(level) => level.unwrap_or(default),
+        Err(e) => {
+            eprintln!("ecr-edge: {e}; logging at the default level");
+            default
+        }
+    };
     if level == LevelFilter::OFF {
         return;
     }

@@ -31,16 +31,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// The daemon's socket: `$ECR_EDGE_SOCKET` if set (empty: none), else `[daemon] socket`,
-    /// else [`DEFAULT_SOCKET`].
-    pub fn socket(&self) -> Option<PathBuf> {
-        if let Some(v) = std::env::var_os("ECR_EDGE_SOCKET") {
-            return (!v.is_empty()).then(|| PathBuf::from(v));
-        }
-        Some(match &self.daemon {
+    /// The daemon's socket as the file says: `[daemon] socket`, else [`DEFAULT_SOCKET`]
+    /// (`$ECR_EDGE_SOCKET` overrides it: [`crate::settings::Settings::socket`]).
+    pub fn socket_path(&self) -> PathBuf {
+        match &self.daemon {
             Some(d) => d.socket.clone(),
             None => PathBuf::from(DEFAULT_SOCKET),
-        })
+        }
     }
 }
 

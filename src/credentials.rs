@@ -73,6 +73,23 @@ impl Source {
     }
 }
 
+/// The region a credential source's own calls go to (STS for a role hop, the IoT exchange's
+/// `credentials` command): the IoT endpoint's region, else `AWS_REGION`, else `fallback` (the
+/// registry being served), else `us-east-1`. The one rule for the helper, the daemon and
+/// `ecr-edge credentials`.
+pub fn home_region(source: &Source, fallback: Option<&str>) -> String {
+    if let Source::Iot(iot) = source {
+        if let Some(r) = crate::iot::endpoint_region(&iot.endpoint) {
+            return r.to_owned();
+        }
+    }
+    std::env::var("AWS_REGION")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .or_else(|| fallback.map(str::to_owned))
+        .unwrap_or_else(|| "us-east-1".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

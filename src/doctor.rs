@@ -18,6 +18,7 @@ use crate::config::{self, Config};
 use crate::credentials::Source;
 use crate::elf::{self, Arch};
 use crate::registry::Registry;
+use crate::settings::Settings;
 
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -331,9 +332,23 @@ pub fn check_helper(
     }
 }
 
-/// Runs every check. `config_flag` is `--config`; `deadline` bounds each network step.
-pub fn run(config_flag: Option<&Path>, deadline: Duration) -> Vec<Check> {
+/// Runs every check, in the order a person would look: this binary and the CPU, the helpers
+/// and keys in the auth files, the settings, the device identity, the network and clock, and
+/// one real token. `config_flag` is `--config`.
+pub fn run(config_flag: Option<&Path>) -> Vec<Check> {
     let mut checks = Vec::new();
+    let (kernel, userland) = binary_and_cpu(&mut checks);
+    let registries = auth_files_and_helpers(&mut checks, kernel, userland);
+    let settings = settings(&mut checks, config_flag);
+    iot_identity(&mut checks, &settings.config);
+    network_and_clock(&mut checks, &registries, &settings);
+    one_token(&mut checks, &registries, &settings);
+    checks
+}
+
+/// What the running file was built for, and whether the kernel and userland can run it;
+/// returns the kernel's and the userland's architectures.
+fn binary_and_cpu(checks: &mut Vec<Check>) -> (Option<Arch>, Option<Arch>) {
     let this = elf::this_binary();
     let (machine, kernel) = kernel_arch();
     let userland = read_header(Path::new("/bin/sh"))
@@ -389,8 +404,16 @@ pub fn run(config_flag: Option<&Path>, deadline: Duration) -> Vec<Check> {
             format!("unknown machine {machine:?}"),
         )),
     }
+    (kernel, userland)
+}
 
-    // Helpers and credHelpers keys in every auth file.
+/// Every `credHelpers` key and every helper named in the auth files; returns the ECR
+/// registries that name ecr-edge.
+fn auth_files_and_helpers(
+    checks: &mut Vec<Check>,
+    kernel: Option<Arch>,
+    userland: Option<Arch>,
+) -> Vec<Registry> {
     let mut registries: Vec<Registry> = Vec::new();
     let files = auth_files();
     if files.is_empty() {
@@ -435,27 +458,41 @@ pub fn run(config_flag: Option<&Path>, deadline: Duration) -> Vec<Check> {
             checks.push(check_helper(name, kernel, userland, used_by));
         }
     }
+    registries
+}
 
-    // Configuration and credential source.
-    let config = match config::load(config_flag) {
-        Ok(c) => {
-            let (path, _) = config::locate(config_flag);
-            let what = match &c.iot {
+/// The configuration file and the `ECR_EDGE_*` variables, read as every other command reads
+/// them; on failure the checks go on with the defaults.
+fn settings(checks: &mut Vec<Check>, config_flag: Option<&Path>) -> Settings {
+    match Settings::load(config_flag) {
+        Ok(s) => {
+            let what = match &s.config.iot {
                 Some(iot) => format!("[iot] thing {} via {}", iot.thing_name, iot.endpoint),
                 None => "AWS default credential chain".into(),
             };
             checks.push(check(
                 "config",
                 Status::Pass,
-                format!("{}: {what}", path.display()),
+                format!("{}: {what}", s.config_path.display()),
             ));
-            c
+            s
         }
         Err(e) => {
             checks.push(check("config", Status::Fail, e.to_string()));
-            Config::default()
+            Settings {
+                config: config::load(config_flag).unwrap_or_default(),
+                config_path: config::locate(config_flag).0,
+                deadline: crate::settings::DEFAULT_DEADLINE,
+                daemon_wait: crate::settings::DEFAULT_DAEMON_WAIT,
+                cache_dir: crate::settings::cache_dir(),
+                socket: None,
+            }
         }
-    };
+    }
+}
+
+/// The device certificate and key, checked locally.
+fn iot_identity(checks: &mut Vec<Check>, config: &Config) {
     if let Some(iot) = &config.iot {
         match crate::iot::Device::load(iot, crate::token::now()) {
             Ok(d) => checks.push(check(
@@ -469,13 +506,15 @@ pub fn run(config_flag: Option<&Path>, deadline: Duration) -> Vec<Check> {
             Err(e) => checks.push(check("iot-identity", Status::Fail, e.to_string())),
         }
     }
+}
 
-    // Network: each endpoint's reachability and, from its Date header, the clock.
+/// Each endpoint's reachability and, from its `Date` header, the clock.
+fn network_and_clock(checks: &mut Vec<Check>, registries: &[Registry], settings: &Settings) {
     let mut endpoints: Vec<String> = registries
         .iter()
         .map(|r| r.endpoint().trim_start_matches("https://").to_owned())
         .collect();
-    if let Some(iot) = &config.iot {
+    if let Some(iot) = &settings.config.iot {
         endpoints.push(iot.endpoint.clone());
     }
     endpoints.dedup();
@@ -488,8 +527,7 @@ pub fn run(config_flag: Option<&Path>, deadline: Duration) -> Vec<Check> {
             let (host_name, port) = crate::iot::host_port(endpoint);
             let via = crate::https::proxy_for(host_name, port)
                 .map_or_else(|| "direct".to_owned(), |p| format!("via proxy {p}"));
-            let result = runtime.block_on(probe(host_name, port, deadline));
-            match result {
+            match runtime.block_on(probe(host_name, port, settings.deadline)) {
                 Ok((status, date)) => {
                     checks.push(check(
                         "network",
@@ -497,7 +535,7 @@ pub fn run(config_flag: Option<&Path>, deadline: Duration) -> Vec<Check> {
                         format!("{endpoint} reachable {via} (HTTP {status})"),
                     ));
                     if let Some(server) = date {
-                        skews.push((endpoint.clone(), crate::token::now() - server));
+                        skews.push((endpoint.clone(), crate::token::now().saturating_sub(server)));
                     }
                 }
                 Err(e) => checks.push(check(
@@ -509,32 +547,33 @@ pub fn run(config_flag: Option<&Path>, deadline: Duration) -> Vec<Check> {
         }
     }
     checks.push(clock_check(&skews));
+}
 
-    // One real GetAuthorizationToken call (after any IoT exchange).
-    match registries.first() {
-        None => checks.push(check(
+/// One real `GetAuthorizationToken` call (after any IoT exchange) for the first registry.
+fn one_token(checks: &mut Vec<Check>, registries: &[Registry], settings: &Settings) {
+    let Some(registry) = registries.first() else {
+        checks.push(check(
             "credentials",
             Status::Warn,
             "no credHelpers entry names ecr-edge, so no registry to test against",
-        )),
-        Some(registry) => {
-            let source = Source::select(&config);
-            let result = crate::ecr::Fetcher::new(&source, registry.region(), deadline)
-                .and_then(|f| f.fetch(registry));
-            checks.push(match result {
-                Ok(t) => check(
-                    "credentials",
-                    Status::Pass,
-                    format!(
-                        "ecr:GetAuthorizationToken allowed for {registry}; token valid until {}",
-                        rfc3339(t.expires_at)
-                    ),
-                ),
-                Err(e) => check("credentials", Status::Fail, format!("{registry}: {e}")),
-            });
-        }
-    }
-    checks
+        ));
+        return;
+    };
+    let source = Source::select(&settings.config);
+    let region = crate::credentials::home_region(&source, Some(registry.region()));
+    let result = crate::ecr::Fetcher::new(&source, &region, settings.deadline)
+        .and_then(|f| f.fetch(registry));
+    checks.push(match result {
+        Ok(t) => check(
+            "credentials",
+            Status::Pass,
+            format!(
+                "ecr:GetAuthorizationToken allowed for {registry}; token valid until {}",
+                rfc3339(t.expires_at)
+            ),
+        ),
+        Err(e) => check("credentials", Status::Fail, format!("{registry}: {e}")),
+    });
 }
 
 /// `GET /` on an endpoint: proves DNS, TCP, proxy and TLS, and returns the server's clock.

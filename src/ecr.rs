@@ -34,9 +34,6 @@ use crate::token::{self, Token};
 /// Tries the helper gives each call within its deadline.
 pub const HELPER_ATTEMPTS: u32 = 5;
 
-/// Default overall deadline for obtaining a token, retries included.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
-
 /// Why no token could be fetched. Each variant is a cause the user can act on.
 #[derive(Debug)]
 pub enum FetchError {
@@ -202,7 +199,8 @@ pub fn fetch(
     source: &Source,
     deadline: Duration,
 ) -> Result<Token, FetchError> {
-    Fetcher::new(source, registry.region(), deadline)?.fetch(registry)
+    let region = crate::credentials::home_region(source, Some(registry.region()));
+    Fetcher::new(source, &region, deadline)?.fetch(registry)
 }
 
 /// Fetches tokens for any number of registries with one credential source, blocking: a

@@ -6,26 +6,23 @@
 //! [`CREDENTIALS_NOT_FOUND`], which makes it carry on anonymously. So that text is used for one
 //! case only, a host that is not ECR; every failure on an ECR host names its cause instead.
 //!
-//! `get` is the hot path. A cache hit reads one small file and prints: no async runtime, no AWS
-//! configuration, no network. Only a miss (or a token past half its life) goes to [`crate::ecr`],
-//! under a per-key file lock so that concurrent helpers make one upstream call between them.
+//! This module is the protocol front-end only: it reads the action's input, asks
+//! [`crate::resolve`] for a token, and turns every outcome into Docker's output in one place
+//! ([`run`]).
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use std::path::Path;
 
-use crate::agent;
-use crate::cache::{self, Cache};
-use crate::config::{self, ConfigError};
+use crate::cache::Cache;
 use crate::credentials::Source;
-use crate::ecr::{self, FetchError};
-use crate::files::FilesError;
 use crate::registry::Registry;
-use crate::token::{self, Token, USERNAME};
+use crate::resolve::{self, ResolveError};
+use crate::settings::{Settings, SettingsError};
+use crate::token::{self, USERNAME};
 
 /// Docker's word-for-word "nothing here" answer (docker-credential-helpers `credentials/error.go`).
 /// Docker matches on this exact text, then pulls anonymously.
@@ -79,30 +76,14 @@ pub enum HelperError {
     BadInput(String),
     /// `store` for a registry ecr-edge does not manage.
     StoreUnsupported(String),
-    /// A setting in the environment is malformed.
-    BadSetting(String),
-    /// The configuration file is missing, unreadable or invalid.
-    Config(ConfigError),
-    /// No usable token could be obtained for this ECR registry.
-    Fetch {
+    /// The configuration file or an `ECR_EDGE_*` variable is unusable.
+    Settings(SettingsError),
+    /// No usable token could be had for this ECR registry.
+    Resolve {
         /// The registry host.
         registry: String,
         /// Why.
-        cause: FetchError,
-    },
-    /// The cache lock was held by another helper past the deadline and no usable token exists.
-    Busy {
-        /// The registry host.
-        registry: String,
-        /// The lock failure.
-        cause: FilesError,
-    },
-    /// The daemon answered for this registry and could not get a usable token.
-    Daemon {
-        /// The registry host.
-        registry: String,
-        /// The daemon's message.
-        message: String,
+        cause: ResolveError,
     },
     /// Stdin or stdout failed.
     Io(std::io::Error),
@@ -122,13 +103,8 @@ impl fmt::Display for HelperError {
                 f,
                 "ecr-edge: {host} is not an Amazon ECR registry; ecr-edge stores no other credentials"
             ),
-            HelperError::BadSetting(why) => write!(f, "ecr-edge: {why}"),
-            HelperError::Config(e) => write!(f, "ecr-edge: {e}"),
-            HelperError::Fetch { registry, cause } => write!(f, "ecr-edge: {registry}: {cause}"),
-            HelperError::Busy { registry, cause } => write!(f, "ecr-edge: {registry}: {cause}"),
-            HelperError::Daemon { registry, message } => {
-                write!(f, "ecr-edge: {registry}: {message} (from the ecr-edge daemon)")
-            }
+            HelperError::Settings(e) => write!(f, "ecr-edge: {e}"),
+            HelperError::Resolve { registry, cause } => write!(f, "ecr-edge: {registry}: {cause}"),
             HelperError::Io(e) => write!(f, "ecr-edge: {e}"),
         }
     }
@@ -149,7 +125,10 @@ pub fn run(
     let result = (|| -> Result<Vec<u8>, HelperError> {
         match action {
             Action::Version => Ok(format!("{}\n", crate::version_line()).into_bytes()),
-            Action::List => Ok(list(&Cache::open(cache::default_dir()).ok(), token::now())),
+            Action::List => Ok(list(
+                &Cache::open(crate::settings::cache_dir()).ok(),
+                token::now(),
+            )),
             Action::Get => get(&read_input(stdin)?, config),
             Action::Store => store(&read_input(stdin)?).map(|()| Vec::new()),
             Action::Erase => erase(&read_input(stdin)?, config).map(|()| Vec::new()),
@@ -172,47 +151,10 @@ pub fn run(
 
 /// Reads all of stdin up to [`MAX_INPUT_BYTES`] as UTF-8.
 fn read_input(stdin: &mut dyn Read) -> Result<String, HelperError> {
-    let buf = read_capped(stdin, MAX_INPUT_BYTES)
+    let buf = crate::input::read_capped(stdin, MAX_INPUT_BYTES)
         .map_err(HelperError::Io)?
         .ok_or(HelperError::InputTooLarge)?;
     String::from_utf8(buf).map_err(|_| HelperError::BadInput("not UTF-8".into()))
-}
-
-/// All of `input` if it is at most `limit` bytes, `None` if longer (reading stops just past the
-/// limit, so an endless stdin cannot exhaust memory).
-///
-/// # Errors
-/// What reading reported.
-pub fn read_capped(input: &mut dyn Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
-    let mut buf = Vec::new();
-    input.take(limit + 1).read_to_end(&mut buf)?;
-    Ok((buf.len() as u64 <= limit).then_some(buf))
-}
-
-/// The credential source the configuration selects (read on every call: the cache key depends
-/// on it, and a small TOML file costs microseconds).
-fn source(config: Option<&Path>) -> Result<Source, HelperError> {
-    Ok(Source::select(
-        &config::load(config).map_err(HelperError::Config)?,
-    ))
-}
-
-/// The overall deadline: `ECR_EDGE_TIMEOUT` in seconds (e.g. `10`, `2.5`), else 10 s.
-pub fn deadline_from_env() -> Result<Duration, HelperError> {
-    match std::env::var("ECR_EDGE_TIMEOUT") {
-        Err(_) => Ok(ecr::DEFAULT_DEADLINE),
-        Ok(v) => v
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| {
-                HelperError::BadSetting(format!(
-                    "ECR_EDGE_TIMEOUT must be a number of seconds between 0 and 3600, got {v:?}"
-                ))
-            }),
-    }
 }
 
 /// `get`: a token for the registry named on stdin, as Docker's JSON answer.
@@ -222,182 +164,12 @@ fn get(input: &str, config: Option<&Path>) -> Result<Vec<u8>, HelperError> {
         return Err(HelperError::NoServerUrl);
     }
     let registry = Registry::parse(server_url).ok_or(HelperError::NotEcr)?;
-    let config = config::load(config).map_err(HelperError::Config)?;
-    let token = credentials(&registry, &config)?;
-    Ok(get_response(server_url, &token.password))
-}
-
-/// A usable token for `registry`: from the daemon when one answers for this configuration's
-/// credential source (its `fetched_at` is then when the daemon's answer came), else
-/// [`token_for`].
-/// Shared by the Docker helper and the kubelet credential provider.
-///
-/// # Errors
-/// [`HelperError`] naming why no usable token could be had; never an expired token.
-pub fn credentials(registry: &Registry, config: &config::Config) -> Result<Token, HelperError> {
-    let source = Source::select(config);
-    if let Some(served) = from_daemon(config, registry, &source)? {
-        return Ok(served);
-    }
-    token_for(registry, &source)
-}
-
-/// The daemon's token and its expiry, when a daemon answers for this credential source;
-/// `Ok(None)` when the helper should do the work itself (no daemon, no answer within
-/// [`agent::first_reply_from_env`], refused, or another identity). A token the daemon serves is
-/// printed, never written to disk.
-fn from_daemon(
-    config: &config::Config,
-    registry: &Registry,
-    source: &Source,
-) -> Result<Option<Token>, HelperError> {
-    let Some(socket) = config.socket() else {
-        return Ok(None);
-    };
-    let stream = match agent::connect(&socket) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!("{e} at {}", socket.display());
-            return Ok(None);
-        }
-    };
-    let request = agent::Request::Get {
+    let settings = Settings::load(config).map_err(HelperError::Settings)?;
+    let token = resolve::token(&registry, &settings).map_err(|cause| HelperError::Resolve {
         registry: registry.host().to_owned(),
-        identity: source.identity(),
-    };
-    match agent::exchange(
-        stream,
-        &request,
-        agent::first_reply_from_env(),
-        deadline_from_env()?,
-    ) {
-        Ok(agent::Reply::Token {
-            password,
-            expires_at,
-        }) if token::usable(expires_at, token::now()) => {
-            tracing::debug!(registry = registry.host(), "served by the daemon");
-            Ok(Some(Token {
-                password,
-                expires_at,
-                fetched_at: token::now(),
-            }))
-        }
-        Ok(agent::Reply::Error { message }) => Err(HelperError::Daemon {
-            registry: registry.host().to_owned(),
-            message,
-        }),
-        Ok(other) => {
-            tracing::debug!("daemon answered {other:?}; fetching here");
-            Ok(None)
-        }
-        Err(e) => {
-            tracing::warn!("daemon at {}: {e}; fetching here", socket.display());
-            Ok(None)
-        }
-    }
-}
-
-/// A usable token for `registry`: from the cache while it is before half-life, else fetched.
-///
-/// When fetching fails but the cached token is still usable, the cached one is served and a
-/// warning logged; an expired token is never returned.
-pub fn token_for(registry: &Registry, source: &Source) -> Result<Token, HelperError> {
-    let identity = source.identity();
-    let host = registry.host();
-    let cache = match Cache::open(cache::default_dir()) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!("token cache disabled: {e}");
-            None
-        }
-    };
-    let cached = cache.as_ref().and_then(|c| c.get(host, &identity));
-    if let Some(t) = &cached {
-        if t.is_fresh(token::now()) {
-            tracing::debug!(registry = host, expires_at = t.expires_at, "cache hit");
-            return Ok(t.clone());
-        }
-    }
-
-    // Slow path.
-    tracing::debug!(
-        registry = host,
-        cached = cached.is_some(),
-        "cache miss or past half-life"
-    );
-    let deadline = deadline_from_env()?;
-    let start = Instant::now();
-    let _lock = match &cache {
-        Some(c) => match c.lock(host, &identity, start + deadline) {
-            Ok(lock) => Some(lock),
-            Err(cause) => {
-                return serve_stale(cache.as_ref(), host, &identity, cached).ok_or(
-                    HelperError::Busy {
-                        registry: host.to_owned(),
-                        cause,
-                    },
-                )
-            }
-        },
-        None => None,
-    };
-    // Another helper may have refreshed while we waited for the lock.
-    let cached = cache
-        .as_ref()
-        .and_then(|c| c.get(host, &identity))
-        .or(cached);
-    if let Some(t) = &cached {
-        if t.is_fresh(token::now()) {
-            return Ok(t.clone());
-        }
-    }
-    let remaining = deadline.saturating_sub(start.elapsed());
-    tracing::debug!(
-        registry = host,
-        endpoint = registry.endpoint(),
-        "fetching token"
-    );
-    match ecr::fetch(registry, source, remaining) {
-        Ok(token) => {
-            tracing::debug!(
-                registry = host,
-                expires_at = token.expires_at,
-                "token fetched"
-            );
-            if let Some(c) = &cache {
-                if let Err(e) = c.put(host, &identity, &token) {
-                    tracing::warn!("token not cached: {e}");
-                }
-            }
-            Ok(token)
-        }
-        Err(cause) => {
-            serve_stale(cache.as_ref(), host, &identity, cached).ok_or(HelperError::Fetch {
-                registry: host.to_owned(),
-                cause,
-            })
-        }
-    }
-}
-
-/// The cached token when it is still usable after a failed refresh, with a warning.
-fn serve_stale(
-    cache: Option<&Cache>,
-    host: &str,
-    identity: &str,
-    cached: Option<Token>,
-) -> Option<Token> {
-    let latest = cache.and_then(|c| c.get(host, identity)).or(cached)?;
-    let now = token::now();
-    if latest.is_usable(now) {
-        tracing::warn!(
-            "refresh failed; serving cached token for {host} valid for {} more seconds",
-            latest.expires_at - now
-        );
-        Some(latest)
-    } else {
-        None
-    }
+        cause,
+    })?;
+    Ok(get_response(server_url, &token.password))
 }
 
 /// Docker's `get` answer, byte for byte as the Go helpers print it (`json.Encoder`, which escapes
@@ -490,8 +262,12 @@ fn erase(input: &str, config: Option<&Path>) -> Result<(), HelperError> {
         return Err(HelperError::NoServerUrl);
     }
     let registry = Registry::parse(server_url).ok_or(HelperError::NotEcr)?;
-    if let Ok(cache) = Cache::open(cache::default_dir()) {
-        cache.remove(registry.host(), &source(config)?.identity());
+    let settings = Settings::load(config).map_err(HelperError::Settings)?;
+    if let Ok(cache) = Cache::open(settings.cache_dir) {
+        cache.remove(
+            registry.host(),
+            &Source::select(&settings.config).identity(),
+        );
     }
     Ok(())
 }

@@ -1,9 +1,21 @@
-//! Describing bad outside input without repeating it.
+//! Reading outside input within a bound, and describing bad input without repeating it.
 //!
 //! serde's messages quote what they could not use (`invalid type: string "hunter2", expected
 //! struct X`, ``unknown field `…` ``), and helper `store` input and kubelet requests carry
 //! secrets (a registry password, a service account token). Errors about them say where the
 //! input went wrong and what was expected, never what it held.
+
+/// All of `input` if it is at most `limit` bytes, `None` if longer (reading stops just past the
+/// limit, so an endless stdin cannot exhaust memory).
+///
+/// # Errors
+/// What reading reported.
+pub fn read_capped(input: &mut dyn std::io::Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    input.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= limit).then_some(buf))
+}
 
 /// Describes a JSON parse error by line, column and kind, with serde's own words only where
 /// they cannot contain input: syntax errors (`expected value`, `trailing characters`), a

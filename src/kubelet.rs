@@ -6,7 +6,7 @@
 //! on stdout, in the API version asked (`credentialprovider.kubelet.k8s.io/v1`, or `v1beta1`
 //! for kubelets before 1.26). The token comes from the same place as the Docker helper's: the
 //! daemon when it answers, else the cache, IoT or default credentials
-//! ([`helper::credentials`]). Every failure is one line on stderr and exit status 1, which the
+//! ([`crate::resolve`]). Every failure is one line on stderr and exit status 1, which the
 //! kubelet logs and treats as "no credentials from this provider".
 //!
 //! [`install`] writes the provider configuration for k3s or a plain kubelet
@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config;
 use crate::files::{self, FilesError};
-use crate::helper::{self, HelperError};
 use crate::registry::Registry;
+use crate::resolve::{self, ResolveError};
+use crate::settings::{Settings, SettingsError};
 use crate::token::Secret;
 
 /// The current API version (Kubernetes 1.26 and later).
@@ -91,8 +91,15 @@ pub enum KubeletError {
     /// The image's registry is not an Amazon ECR registry (the configuration's `matchImages`
     /// should not have sent it here): its registry host, `None` for Docker Hub.
     NotEcr(Option<String>),
-    /// The configuration file is unusable, or no token could be had.
-    Credentials(HelperError),
+    /// The configuration file or an `ECR_EDGE_*` variable is unusable.
+    Settings(SettingsError),
+    /// No usable token could be had for the image's registry.
+    Resolve {
+        /// The registry host.
+        registry: String,
+        /// Why.
+        cause: ResolveError,
+    },
     /// Reading stdin or writing stdout failed.
     Io(std::io::Error),
 }
@@ -127,9 +134,9 @@ impl fmt::Display for KubeletError {
                     None => "on Docker Hub".to_owned(),
                 }
             ),
-            KubeletError::Credentials(e) => {
-                // HelperError's lines start with "ecr-edge: " already.
-                fmt::Display::fmt(e, f)
+            KubeletError::Settings(e) => write!(f, "ecr-edge: {e}"),
+            KubeletError::Resolve { registry, cause } => {
+                write!(f, "ecr-edge: {registry}: {cause}")
             }
             KubeletError::Io(e) => write!(f, "ecr-edge: {e}"),
         }
@@ -147,9 +154,12 @@ pub fn run(
     stderr: &mut dyn Write,
 ) -> u8 {
     let result = read_request(stdin).and_then(|(api_version, registry)| {
-        let config =
-            config::load(config).map_err(|e| KubeletError::Credentials(HelperError::Config(e)))?;
-        let token = helper::credentials(&registry, &config).map_err(KubeletError::Credentials)?;
+        let settings = Settings::load(config).map_err(KubeletError::Settings)?;
+        let token =
+            resolve::token(&registry, &settings).map_err(|cause| KubeletError::Resolve {
+                registry: registry.host().to_owned(),
+                cause,
+            })?;
         Ok(response(
             &api_version,
             registry.host(),
@@ -174,7 +184,7 @@ pub fn run(
 }
 
 fn read_request(stdin: &mut dyn Read) -> Result<(String, Registry), KubeletError> {
-    let buf = helper::read_capped(stdin, MAX_REQUEST_BYTES)
+    let buf = crate::input::read_capped(stdin, MAX_REQUEST_BYTES)
         .map_err(KubeletError::Io)?
         .ok_or(KubeletError::TooLarge)?;
     parse_request(&buf)

@@ -10,8 +10,8 @@ use crate::agent::{self, Reply, Request, StatusReport};
 
 /// Runs `ecr-edge status`; returns the exit status.
 pub fn run(config: Option<&Path>, json: bool) -> u8 {
-    let socket = match crate::config::load(config) {
-        Ok(c) => c.socket(),
+    let socket = match crate::settings::Settings::load(config) {
+        Ok(s) => s.socket,
         Err(e) => {
             eprintln!("ecr-edge status: {e}");
             return 2;
@@ -24,8 +24,18 @@ pub fn run(config: Option<&Path>, json: bool) -> u8 {
     let wait = Duration::from_secs(2);
     let report = match agent::ask(&socket, &Request::Status, wait, wait) {
         Ok(Reply::Status(r)) => r,
-        Ok(other) => {
-            eprintln!("ecr-edge status: unexpected answer from the daemon: {other:?}");
+        Ok(Reply::Error { message } | Reply::Refused { reason: message }) => {
+            eprintln!(
+                "ecr-edge status: the daemon at {} answered: {message}",
+                socket.display()
+            );
+            return 2;
+        }
+        Ok(_) => {
+            eprintln!(
+                "ecr-edge status: the daemon at {} gave no status (a different version?)",
+                socket.display()
+            );
             return 2;
         }
         Err(e) => {

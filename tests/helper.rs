@@ -659,3 +659,58 @@ fn an_unusable_ca_bundle_is_named_not_an_empty_store() {
         "doctor names the same cause: {report}"
     );
 }
+
+/// Settings are read once, the same way for every part: a malformed variable is the same
+/// clear error from the helper, the kubelet provider, the daemon and `doctor` (before, the
+/// daemon replaced a bad ECR_EDGE_TIMEOUT by the default and ECR_EDGE_DAEMON_WAIT was never
+/// checked).
+#[test]
+fn a_bad_variable_is_the_same_error_everywhere() {
+    for (name, value, says) in [
+        (
+            "ECR_EDGE_TIMEOUT",
+            "soon",
+            "ECR_EDGE_TIMEOUT must be a number of seconds above 0 and at most 3600, got \"soon\"",
+        ),
+        (
+            "ECR_EDGE_DAEMON_WAIT",
+            "-1",
+            "ECR_EDGE_DAEMON_WAIT must be a number of seconds from 0 to 60, got \"-1\"",
+        ),
+    ] {
+        let mut sb = Sandbox::new();
+        sb.set(name, Some(value));
+        let helper = sb.helper("get", HOST.as_bytes());
+        assert_eq!(text(&helper.stdout), format!("ecr-edge: {says}\n"));
+        assert!(!helper.status.success());
+
+        let request = format!(
+            r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"{HOST}/app:1"}}"#
+        );
+        let provider = support::run_with_input(
+            sb.command_for(&support::binary(), "kubelet-credential-provider"),
+            request.as_bytes(),
+        );
+        assert_eq!(text(&provider.stderr), format!("ecr-edge: {says}\n"));
+        assert!(!provider.status.success());
+
+        let config = sb.dir.path().join("daemon.toml");
+        std::fs::write(&config, "[daemon]\n").unwrap();
+        let mut daemon = sb.command_for(&support::binary(), "daemon");
+        daemon.env("ECR_EDGE_CONFIG", &config);
+        let daemon = support::run_with_input(daemon, b"");
+        assert!(
+            text(&daemon.stderr).contains(&format!("ecr-edge daemon: {says}")),
+            "{}",
+            text(&daemon.stderr)
+        );
+        assert_eq!(daemon.status.code(), Some(1));
+
+        let doctor = support::run_with_input(sb.command_for(&support::binary(), "doctor"), b"");
+        assert!(
+            text(&doctor.stdout).contains(&format!("FAIL  config       {says}")),
+            "{}",
+            text(&doctor.stdout)
+        );
+    }
+}

@@ -33,11 +33,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::agent::{self, RegistryStatus, Reply, Request, StatusReport};
-use crate::config::{self, Config, ConfigError, DaemonConfig, SinkConfig};
+use crate::config::{Config, DaemonConfig, SinkConfig};
 use crate::credentials::Source;
 use crate::ecr::{FetchError, TokenSource};
 use crate::registry::Registry;
 use crate::schedule::{self, Backoff, SystemJitter};
+use crate::settings::SettingsError;
 use crate::token::{self, Token, MIN_REMAINING_SECS};
 
 use self::notify::Notifier;
@@ -57,8 +58,8 @@ pub const DRAIN: Duration = Duration::from_secs(2);
 /// Why the daemon could not start.
 #[derive(Debug)]
 pub enum DaemonError {
-    /// The configuration is missing, unreadable or invalid.
-    Config(ConfigError),
+    /// The configuration file or an `ECR_EDGE_*` variable is unusable.
+    Settings(SettingsError),
     /// The credential source cannot work (device identity files, …).
     Credentials(FetchError),
     /// The socket could not be set up.
@@ -75,7 +76,7 @@ pub enum DaemonError {
 impl fmt::Display for DaemonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DaemonError::Config(e) => e.fmt(f),
+            DaemonError::Settings(e) => e.fmt(f),
             DaemonError::Credentials(e) => write!(f, "credentials: {e}"),
             DaemonError::Socket { path, detail } => {
                 write!(f, "socket {}: {detail}", path.display())
@@ -145,20 +146,21 @@ impl Start {
     /// # Errors
     /// [`DaemonError`] for an invalid configuration or an unusable credential source.
     pub async fn from_config(config_path: Option<PathBuf>) -> Result<Start, DaemonError> {
-        let config = config::load(config_path.as_deref()).map_err(DaemonError::Config)?;
-        let daemon = daemon_config(&config);
-        let source = Source::select(&config);
-        let deadline = crate::helper::deadline_from_env().unwrap_or(crate::ecr::DEFAULT_DEADLINE);
-        let client = client_for(&source, &daemon, deadline).await?;
-        let socket = config
-            .socket()
-            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
+        let settings = crate::settings::Settings::load(config_path.as_deref())
+            .map_err(DaemonError::Settings)?;
+        let daemon = daemon_config(&settings.config);
+        let source = Source::select(&settings.config);
+        let client = client_for(&source, &daemon, settings.deadline).await?;
         Ok(Start {
             config_path,
-            config,
+            // ECR_EDGE_SOCKET set empty means "no daemon" to a helper; the daemon itself
+            // still needs a socket, so it takes the configured one.
+            socket: settings
+                .socket
+                .unwrap_or_else(|| settings.config.socket_path()),
+            config: settings.config,
             source: client,
-            socket,
-            deadline,
+            deadline: settings.deadline,
             reload: Arc::new(Notify::new()),
         })
     }
@@ -270,25 +272,11 @@ async fn client_for(
     Ok(Arc::new(client))
 }
 
-/// The region a client calls STS in: the IoT endpoint's, else the environment's, else the
-/// first registry's.
+/// The region the daemon's client calls STS in ([`crate::credentials::home_region`], with the
+/// first configured registry's region as the fallback).
 fn home_region(source: &Source, daemon: &DaemonConfig) -> String {
-    if let Source::Iot(iot) = source {
-        if let Some(r) = crate::iot::endpoint_region(&iot.endpoint) {
-            return r.to_owned();
-        }
-    }
-    std::env::var("AWS_REGION")
-        .ok()
-        .filter(|r| !r.is_empty())
-        .or_else(|| {
-            daemon
-                .registries
-                .iter()
-                .find_map(|r| Registry::parse(r))
-                .map(|r| r.region().to_owned())
-        })
-        .unwrap_or_else(|| "us-east-1".into())
+    let first = daemon.registries.iter().find_map(|r| Registry::parse(r));
+    crate::credentials::home_region(source, first.as_ref().map(Registry::region))
 }
 
 fn settings(source: &Source, daemon: &DaemonConfig, socket_gid: u32) -> Settings {
@@ -360,7 +348,10 @@ pub async fn run(
         config_path,
         socket_gid,
         deadline,
-        fixed: (config.socket(), daemon.credentials_endpoint.clone()),
+        fixed: (
+            Some(socket_path.clone()),
+            daemon.credentials_endpoint.clone(),
+        ),
     });
     let (registries, identity) = {
         let st = shared.lock();
@@ -450,11 +441,14 @@ pub async fn run(
 async fn reload(shared: &Arc<Shared>) {
     shared.notifier.send("RELOADING=1");
     let result = async {
-        let config = config::load(shared.config_path.as_deref()).map_err(DaemonError::Config)?;
+        let loaded = crate::settings::Settings::load(shared.config_path.as_deref())
+            .map_err(DaemonError::Settings)?;
+        let config = loaded.config;
         let daemon = daemon_config(&config);
         let source = Source::select(&config);
         let new = settings(&source, &daemon, shared.socket_gid);
-        if (config.socket(), daemon.credentials_endpoint.clone()) != shared.fixed {
+        let socket = loaded.socket.unwrap_or_else(|| config.socket_path());
+        if (Some(socket), daemon.credentials_endpoint.clone()) != shared.fixed {
             tracing::warn!(
                 "socket and credentials_endpoint changes take effect at the next restart"
             );
