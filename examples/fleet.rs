@@ -1,4 +1,4 @@
-//! A fleet of devices running the daemon's real scheduling code (`ecr_edge::schedule`) in
+//! A fleet of devices running the daemon's real scheduling code (`ecr_edge::internal::schedule`) in
 //! virtual time: the request rate each fleet puts on ECR and on the IoT credentials provider,
 //! in steady state and when every device's uplink comes back at once after an outage.
 //!
@@ -18,7 +18,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
-use ecr_edge::schedule::{self, Backoff, Failure, Jitter, SeededJitter};
+use ecr_edge::internal::schedule::{self, Backoff, Failure, Jitter, SeededJitter};
 
 const HOUR_MS: u64 = 3_600_000;
 const ECR_LIMIT_PER_S: u32 = 500;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::helper::{self, Action};
+use crate::frontend::helper::{self, Action};
 
 /// Amazon ECR credentials for edge devices.
 #[derive(Debug, Parser)]
@@ -115,7 +115,7 @@ pub fn main(args: Vec<OsString>) -> u8 {
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if program == crate::kubelet::PROVIDER_NAME {
+    if program == crate::frontend::kubelet::PROVIDER_NAME {
         init_logging(LevelFilter::WARN);
         return kubelet_provider(None);
     }
@@ -161,13 +161,13 @@ pub fn main(args: Vec<OsString>) -> u8 {
             let mut status = 0;
             if k3s {
                 status = status.max(install_provider(
-                    &crate::kubelet::Layout::k3s(&root),
+                    &crate::commands::provider_setup::Layout::k3s(&root),
                     &root,
                     dry_run,
                 ));
             }
             if let Some(path) = kubelet_config {
-                let layout = crate::kubelet::Layout::kubelet(&root, &path);
+                let layout = crate::commands::provider_setup::Layout::kubelet(&root, &path);
                 status = status.max(install_provider(&layout, &root, dry_run));
                 if status == 0 {
                     println!(
@@ -210,7 +210,7 @@ pub fn main(args: Vec<OsString>) -> u8 {
                 }
             }
         }
-        Some(Command::Status { json }) => crate::status::run(cli.config.as_deref(), json),
+        Some(Command::Status { json }) => crate::commands::status::run(cli.config.as_deref(), json),
         Some(Command::Credentials) => match credentials(cli.config.as_deref()) {
             Ok(json) => {
                 println!("{json}");
@@ -247,7 +247,7 @@ fn run_helper(program: &str, action: Option<&str>, argc: usize, config: Option<&
 
 /// The kubelet credential provider on this process's stdin, stdout and stderr.
 fn kubelet_provider(config: Option<&Path>) -> u8 {
-    crate::kubelet::run(
+    crate::frontend::kubelet::run(
         config,
         &mut std::io::stdin().lock(),
         &mut std::io::stdout().lock(),
@@ -257,7 +257,11 @@ fn kubelet_provider(config: Option<&Path>) -> u8 {
 
 /// `configure --k3s` / `--kubelet-config`: links the provider name to this binary and writes
 /// the provider configuration.
-fn install_provider(layout: &crate::kubelet::Layout, root: &Path, dry_run: bool) -> u8 {
+fn install_provider(
+    layout: &crate::commands::provider_setup::Layout,
+    root: &Path,
+    dry_run: bool,
+) -> u8 {
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
@@ -273,14 +277,17 @@ fn install_provider(layout: &crate::kubelet::Layout, root: &Path, dry_run: bool)
     if dry_run {
         println!(
             "would link {} -> {} and write {}:\n{}",
-            layout.bin_dir.join(crate::kubelet::PROVIDER_NAME).display(),
+            layout
+                .bin_dir
+                .join(crate::frontend::kubelet::PROVIDER_NAME)
+                .display(),
             binary.display(),
             layout.config.display(),
-            crate::kubelet::provider_config()
+            crate::commands::provider_setup::provider_config()
         );
         return 0;
     }
-    match crate::kubelet::install(layout, &binary) {
+    match crate::commands::provider_setup::install(layout, &binary) {
         Ok(changes) if changes.is_empty() => {
             println!("{}: already up to date", layout.config.display());
             0
@@ -321,8 +328,8 @@ fn daemon_configured(config: Option<&Path>) -> u8 {
 
 /// `ecr-edge doctor`: prints each check; exit 0 when none failed, 1 otherwise.
 fn doctor(config: Option<&Path>, json: bool) -> u8 {
-    let checks = crate::doctor::run(config);
-    let ok = crate::doctor::ok(&checks);
+    let checks = crate::commands::doctor::run(config);
+    let ok = crate::commands::doctor::ok(&checks);
     if json {
         println!("{}", serde_json::json!({ "ok": ok, "checks": checks }));
     } else {
@@ -377,7 +384,7 @@ fn configure(
         }
     }
     let mut targets = Vec::new();
-    match docker_config.or_else(crate::configure::docker_config_path) {
+    match docker_config.or_else(crate::commands::configure::docker_config_path) {
         Some(p) => targets.push(p),
         None => {
             eprintln!(
@@ -387,7 +394,7 @@ fn configure(
         }
     }
     if containers {
-        match crate::configure::containers_auth_path() {
+        match crate::commands::configure::containers_auth_path() {
             Some(p) => targets.push(p),
             None => {
                 eprintln!("ecr-edge configure: HOME and REGISTRY_AUTH_FILE are unset");
@@ -397,7 +404,7 @@ fn configure(
     }
     let mut status = 0;
     for path in targets {
-        match crate::configure::apply(&path, &hosts, remove, dry_run) {
+        match crate::commands::configure::apply(&path, &hosts, remove, dry_run) {
             Ok(changes) if changes.is_empty() => println!("{}: already up to date", path.display()),
             Ok(changes) => {
                 let verb = if dry_run { "would change" } else { "updated" };
@@ -421,12 +428,12 @@ fn credentials(config: Option<&Path>) -> Result<String, String> {
     if settings.config.iot.is_none() {
         return Err("no [iot] section in the configuration: nothing to exchange".into());
     }
-    let source = crate::credentials::Source::select(&settings.config);
-    let region = crate::credentials::home_region(&source, None);
-    let fetcher =
-        crate::ecr::Fetcher::new(&source, &region, settings.deadline).map_err(|e| e.to_string())?;
+    let source = crate::aws::credentials::Source::select(&settings.config);
+    let region = crate::aws::credentials::home_region(&source, None);
+    let fetcher = crate::aws::ecr::Fetcher::new(&source, &region, settings.deadline)
+        .map_err(|e| e.to_string())?;
     let creds = fetcher.credentials().map_err(|e| e.to_string())?;
-    let expiration = crate::ecr::expiration_rfc3339(&creds);
+    let expiration = crate::aws::ecr::expiration_rfc3339(&creds);
     let out = serde_json::json!({
         "Version": 1,
         "AccessKeyId": creds.access_key_id(),

@@ -98,7 +98,7 @@ pub fn named_host(input: &[u8]) -> String {
         return crate::registry::host_of(&url).unwrap_or_default();
     }
     if let Some(image) = value_of(r#""image":""#) {
-        return crate::kubelet::image_registry(&image).unwrap_or_default();
+        return crate::frontend::kubelet::image_registry(&image).unwrap_or_default();
     }
     String::new()
 }

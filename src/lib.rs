@@ -1,56 +1,117 @@
 //! ecr-edge: Amazon ECR credentials for edge devices.
 //!
+//! Data flows one way: a front-end (the Docker helper, the kubelet provider, the daemon's
+//! socket) asks resolution for a token; resolution asks the daemon, the cache, or the AWS
+//! clients. Every module is private; [`cli`] is the binary's entry, and [`internal`] re-exports
+//! what the integration tests, fuzz targets, benchmarks and examples call (nothing else), so
+//! unused code is reported.
+//!
 //! # Map
-//! - [`registry`]: which hosts are ECR, and the API endpoint of each (pure).
-//! - [`helper`]: the Docker credential helper protocol, and the cached `get` hot path.
-//! - [`cache`]: the per-user token cache, keyed by registry and credential-source identity.
-//! - [`config`]: the configuration file (`[iot]`), validated once.
-//! - [`configure`]: exact `credHelpers` entries in Docker and containers auth files.
-//! - [`credentials`]: naming the credential source without loading it.
-//! - [`dns`]: name resolution bounded by the caller's deadline, on detached threads.
-//! - [`trust`]: the one TLS trust policy (system store plus Amazon roots).
-//! - [`https`]: one HTTPS GET over rustls through the proxy (IoT exchange, doctor probes).
-//! - [`elf`]: which CPU an executable was built for.
-//! - [`iot`]: the AWS IoT certificate-for-credentials exchange (mutual TLS).
-//! - [`doctor`]: diagnose a device that cannot pull.
-//! - [`kubelet`]: the kubelet image credential provider, and its k3s/kubelet configuration.
-//! - [`ecr`]: fetching a token (the only async and AWS SDK code on the helper path).
-//! - [`token`]: a token, its half-life and its expiry margin.
-//! - [`files`]: atomic, private, symlink-refusing file access and the cross-process lock.
-//! - [`daemon`]: the refresher daemon (timers, backoff, socket server, sinks, systemd).
-//! - [`schedule`]: when to refresh and when to retry (pure; shared with the fleet simulation).
-//! - [`agent`]: the daemon's socket protocol and the blocking client the helper uses.
-//! - [`status`]: `ecr-edge status`, the daemon's state for people and scripts.
-//! - [`cli`]: argument parsing and dispatch for the binary.
+//! - [`cli`]: argument parsing, logging set-up, dispatch to the parts below, exit codes.
+//! - `settings`: the configuration file and every `ECR_EDGE_*` variable, read once;
+//!   `config`: the file's schema and its pure parser.
+//! - `frontend/`: the protocol front-ends, each turning outcomes into its client's output in
+//!   one place: `helper` (Docker credential helper), `kubelet` (image credential provider).
+//! - `resolve`: a usable token for a registry: the daemon, else the cache, else a fetch;
+//!   serve-stale; never an expired token.
+//! - `aws/`: `ecr` (the token call, its error classes, the token-source trait), `iot` (the
+//!   certificate exchange), `credentials` (naming the source; the one region rule), `trust`
+//!   (the one TLS trust policy), `dns` (resolution bounded by the caller's deadline), `https`
+//!   (one GET for what the SDK does not do).
+//! - `store/`: `files` (atomic, private, symlink-refusing; locks), `cache` (per-user tokens),
+//!   `authfile` (Docker/containers auth files edited in place, for `configure` and sinks).
+//! - `daemon/`: the refresher (`run(listener, start, shutdown)`), its socket protocol and
+//!   client (`agent`), timing rules (`schedule`, pure), sinks, the credentials endpoint,
+//!   systemd notification and peer checks.
+//! - `commands/`: `doctor` (with `elf`), `configure`, `provider_setup` (k3s/kubelet), `status`.
+//! - `registry` (host forms, pure), `token` (tokens, the `Secret` type), `input` (bounded reads,
+//!   errors that never repeat input).
 
 #![forbid(unsafe_code)]
 // Input never panics the helper: library code handles every `Result` (tests may unwrap).
 #![warn(clippy::unwrap_used)]
 
-pub mod agent;
-pub mod cache;
+mod aws;
 pub mod cli;
-pub mod config;
-pub mod configure;
-pub mod credentials;
-pub mod daemon;
-pub mod dns;
-pub mod doctor;
-pub mod ecr;
-pub mod elf;
-pub mod files;
-pub mod helper;
-pub mod https;
-pub mod input;
-pub mod iot;
-pub mod kubelet;
-pub mod registry;
-pub mod resolve;
-pub mod schedule;
-pub mod settings;
-pub mod status;
-pub mod token;
-pub mod trust;
+mod commands;
+mod config;
+mod daemon;
+mod frontend;
+mod input;
+mod registry;
+mod resolve;
+mod settings;
+mod store;
+mod token;
+
+/// What the integration tests, fuzz targets, benchmarks and examples reach, by the module
+/// names they have always used. Not an API: hidden from the documentation.
+#[doc(hidden)]
+pub mod internal {
+    /// The daemon's socket protocol.
+    pub mod agent {
+        pub use crate::daemon::agent::{Reply, Request};
+    }
+    /// The token cache.
+    pub mod cache {
+        pub use crate::store::cache::Cache;
+    }
+    /// The configuration file's parser.
+    pub mod config {
+        pub use crate::config::{parse, Config, IotConfig};
+    }
+    /// The `credHelpers` edit.
+    pub mod configure {
+        pub use crate::commands::configure::edit;
+    }
+    /// Naming the credential source.
+    pub mod credentials {
+        pub use crate::aws::credentials::Source;
+    }
+    /// The daemon, for in-process tests under a paused clock.
+    pub mod daemon {
+        pub use crate::daemon::{run, DaemonError, Start, MAX_CONNECTIONS};
+    }
+    /// The token call.
+    pub mod ecr {
+        pub use crate::aws::ecr::{token_from, BoxFuture, FetchError, Fetcher, TokenSource};
+    }
+    /// File locks.
+    pub mod files {
+        pub use crate::store::files::lock_exclusive_dir;
+    }
+    /// The Docker credential helper.
+    pub mod helper {
+        pub use crate::frontend::helper::{run, Action};
+    }
+    /// Checks that errors never repeat input.
+    pub mod input {
+        pub use crate::input::{echoed_run, named_host, REFUSAL_WORDS};
+    }
+    /// The IoT provider's answer parser.
+    pub mod iot {
+        pub use crate::aws::iot::parse_response;
+    }
+    /// The kubelet credential provider and its installed configuration.
+    pub mod kubelet {
+        pub use crate::commands::provider_setup::provider_config;
+        pub use crate::frontend::kubelet::{
+            go_duration, parse_request, response, run, API_V1, API_V1BETA1,
+        };
+    }
+    /// Registry host forms.
+    pub mod registry {
+        pub use crate::registry::{host_of, Registry, Service};
+    }
+    /// The daemon's timing rules (also the fleet simulation's).
+    pub mod schedule {
+        pub use crate::daemon::schedule::*;
+    }
+    /// Tokens.
+    pub mod token {
+        pub use crate::token::{now, Secret, Token, MIN_REMAINING_SECS};
+    }
+}
 
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,13 +11,13 @@
 use std::fmt;
 use std::time::Instant;
 
-use crate::agent;
-use crate::cache::Cache;
-use crate::credentials::Source;
-use crate::ecr::{self, FetchError};
-use crate::files::FilesError;
+use crate::aws::credentials::Source;
+use crate::aws::ecr::{self, FetchError};
+use crate::daemon::agent;
 use crate::registry::Registry;
 use crate::settings::Settings;
+use crate::store::cache::Cache;
+use crate::store::files::FilesError;
 use crate::token::{self, Token};
 
 /// Why no usable token could be had. [`fmt::Display`] is the cause, in words; the front-end

@@ -238,8 +238,8 @@ fn daemon_serves_the_helper_from_memory_and_adds_registries_on_demand() {
     assert_eq!(regs.len(), 2, "{status}");
     let other = regs.iter().find(|r| r["registry"] == OTHER).unwrap();
     assert_eq!(other["on_demand"], true);
-    assert!(other["expires_at"].as_i64().unwrap() > ecr_edge::token::now() + 40_000);
-    assert!(other["next_attempt"].as_i64().unwrap() > ecr_edge::token::now() + 3600);
+    assert!(other["expires_at"].as_i64().unwrap() > ecr_edge::internal::token::now() + 40_000);
+    assert!(other["next_attempt"].as_i64().unwrap() > ecr_edge::internal::token::now() + 3600);
 
     // Human-readable status, exit 0 when every registry has a token.
     let mut c = support::command(&support::binary());
@@ -306,7 +306,8 @@ fn a_held_sink_lock_delays_neither_gets_nor_the_watchdog() {
     assert!(sink.exists(), "first sink write: {}", d.log());
     let calls = ecr_calls(&sb);
 
-    let lock = ecr_edge::files::lock_exclusive_dir(&sink_dir, std::time::Instant::now()).unwrap();
+    let lock = ecr_edge::internal::files::lock_exclusive_dir(&sink_dir, std::time::Instant::now())
+        .unwrap();
     // A registry added on demand: its refresh wants to write the sink, which now waits.
     let held_since = Instant::now();
     let (ok, out) = get(&sb, OTHER);

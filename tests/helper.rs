@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use ecr_edge::cache::Cache;
-use ecr_edge::credentials::Source;
-use ecr_edge::token::Token;
+use ecr_edge::internal::cache::Cache;
+use ecr_edge::internal::credentials::Source;
+use ecr_edge::internal::token::Token;
 
 use crate::support::{self, text, Mode, Sandbox};
 
@@ -27,10 +27,10 @@ fn sandbox_identity() -> String {
 }
 
 fn plant(sb: &Sandbox, host: &str, password: &str, fetched_ago: i64, expires_in: i64) {
-    let now = ecr_edge::token::now();
+    let now = ecr_edge::internal::token::now();
     let cache = Cache::open(sb.cache_dir()).unwrap();
     let token = Token {
-        password: ecr_edge::token::Secret::new(password),
+        password: ecr_edge::internal::token::Secret::new(password),
         expires_at: now + expires_in,
         fetched_at: now - fetched_ago,
     };

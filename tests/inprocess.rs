@@ -5,10 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use ecr_edge::config::IotConfig;
-use ecr_edge::credentials::Source;
-use ecr_edge::ecr::Fetcher;
-use ecr_edge::registry::Registry;
+use ecr_edge::internal::config::IotConfig;
+use ecr_edge::internal::credentials::Source;
+use ecr_edge::internal::ecr::Fetcher;
+use ecr_edge::internal::registry::Registry;
 
 use support::iot::{device_identity, FakeIot, KeyKind, Validity, ROLE_ALIAS, THING_NAME};
 use support::{Sandbox, TestCa};
@@ -66,11 +66,11 @@ mod daemon_time {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use ecr_edge::agent::{Reply, Request};
-    use ecr_edge::daemon::{run, Start};
-    use ecr_edge::ecr::{BoxFuture, FetchError, TokenSource};
-    use ecr_edge::registry::Registry;
-    use ecr_edge::token::{self, Secret, Token};
+    use ecr_edge::internal::agent::{Reply, Request};
+    use ecr_edge::internal::daemon::{run, Start};
+    use ecr_edge::internal::ecr::{BoxFuture, FetchError, TokenSource};
+    use ecr_edge::internal::registry::Registry;
+    use ecr_edge::internal::token::{self, Secret, Token};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
     const REG: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
@@ -151,12 +151,12 @@ mod daemon_time {
     async fn outage_keeps_valid_tokens_never_serves_expired_ones_and_recovers_within_the_cap() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
-        let config = ecr_edge::config::parse(&format!(
+        let config = ecr_edge::internal::config::parse(&format!(
             "[daemon]\nregistries = [\"{REG}\"]\nbackoff_max = 2\nsocket = \"{}\"\n",
             socket.display()
         ))
         .unwrap();
-        let identity = ecr_edge::credentials::Source::select(&config).identity();
+        let identity = ecr_edge::internal::credentials::Source::select(&config).identity();
         // 330-second tokens: usable (>= 300 s left) for 30 s, refreshed 12-15 s after issue.
         let source = Arc::new(Scripted {
             link: Mutex::new((true, "before-outage".into())),
@@ -255,14 +255,14 @@ mod daemon_time {
         Arc<Scripted>,
         Request,
         tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<(), ecr_edge::daemon::DaemonError>>,
+        tokio::task::JoinHandle<Result<(), ecr_edge::internal::daemon::DaemonError>>,
     ) {
-        let config = ecr_edge::config::parse(&format!(
+        let config = ecr_edge::internal::config::parse(&format!(
             "[daemon]\nregistries = [\"{REG}\"]\nsocket = \"{}\"\n",
             socket.display()
         ))
         .unwrap();
-        let identity = ecr_edge::credentials::Source::select(&config).identity();
+        let identity = ecr_edge::internal::credentials::Source::select(&config).identity();
         let source = Arc::new(Scripted {
             link: Mutex::new((true, "pw".into())),
             life: 43_200,
@@ -300,7 +300,7 @@ mod daemon_time {
         let socket = dir.path().join("agent.sock");
         let (_source, get, stop, task) = start(&socket, Duration::ZERO).await;
         let mut idle = Vec::new();
-        for _ in 0..ecr_edge::daemon::MAX_CONNECTIONS {
+        for _ in 0..ecr_edge::internal::daemon::MAX_CONNECTIONS {
             idle.push(tokio::net::UnixStream::connect(&socket).await.unwrap());
         }
         // Let the daemon accept them all.

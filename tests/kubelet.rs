@@ -252,7 +252,7 @@ fn configure_k3s_installs_the_layout_k3s_looks_for() {
     let config = base.join("config.yaml");
     assert_eq!(
         std::fs::read_to_string(&config).unwrap(),
-        ecr_edge::kubelet::provider_config()
+        ecr_edge::internal::kubelet::provider_config()
     );
     assert_eq!(mode(&config), 0o600);
     assert_eq!(mode(&base.join("bin")), 0o700);
@@ -327,7 +327,7 @@ fn configure_kubelet_config_writes_the_file_and_names_the_flags() {
     );
     assert_eq!(
         std::fs::read_to_string(root.join("etc/kubernetes/ecr-edge-test-provider.yaml")).unwrap(),
-        ecr_edge::kubelet::provider_config()
+        ecr_edge::internal::kubelet::provider_config()
     );
     assert!(root
         .join("usr/libexec/ecr-edge/ecr-edge-credential-provider")

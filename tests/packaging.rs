@@ -136,8 +136,9 @@ fn yocto_example_config_is_valid_after_provisioning() {
     )
     .unwrap();
     assert!(template.contains("\"@THING_NAME@\""));
-    let config = ecr_edge::config::parse(&template.replace("@THING_NAME@", "edge-thing-0001"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        ecr_edge::internal::config::parse(&template.replace("@THING_NAME@", "edge-thing-0001"))
+            .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.iot.unwrap().thing_name, "edge-thing-0001");
     assert!(!config.daemon.unwrap().registries.is_empty());
 }

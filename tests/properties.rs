@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 
-use ecr_edge::registry::{host_of, Registry};
+use ecr_edge::internal::registry::{host_of, Registry};
 
 /// Payloads that carry a secret (`{S}`) where a parser refuses it: every JSON kind, keys,
 /// values of the wrong type, truncation, trailing text, bad escapes, unknown versions.
@@ -32,7 +32,7 @@ const SECRET_SHAPES: &[&str] = &[
 
 /// The registry host named in a shape, which an error may name.
 fn host_in(input: &str) -> String {
-    ecr_edge::input::named_host(input.as_bytes())
+    ecr_edge::internal::input::named_host(input.as_bytes())
 }
 
 /// A region label as AWS writes them (`us-west-2`, `eusc-de-east-1`, `us-gov-west-1`).
@@ -84,7 +84,7 @@ proptest! {
         prop_assert_eq!(r.host(), host.as_str());
         prop_assert_eq!(r.region(), region.as_str());
         match r.service() {
-            ecr_edge::registry::Service::Private { account: a, .. } => prop_assert_eq!(a, &account),
+            ecr_edge::internal::registry::Service::Private { account: a, .. } => prop_assert_eq!(a, &account),
             other => prop_assert!(false, "{:?}", other),
         }
         // A look-alike under someone else's domain is never ECR.
@@ -94,7 +94,7 @@ proptest! {
 
     #[test]
     fn kubelet_requests_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-        let _ = ecr_edge::kubelet::parse_request(&bytes);
+        let _ = ecr_edge::internal::kubelet::parse_request(&bytes);
     }
 
     #[test]
@@ -104,20 +104,20 @@ proptest! {
         repo in "[a-z0-9]{1,12}(/[a-z0-9]{1,12}){0,2}",
         tag in "(:[a-z0-9.]{1,8})?",
     ) {
-        let api = if v1 { ecr_edge::kubelet::API_V1 } else { ecr_edge::kubelet::API_V1BETA1 };
+        let api = if v1 { ecr_edge::internal::kubelet::API_V1 } else { ecr_edge::internal::kubelet::API_V1BETA1 };
         let req = serde_json::json!({
             "apiVersion": api, "kind": "CredentialProviderRequest",
             "image": format!("{host}/{repo}{tag}"), "serviceAccountToken": "t",
         });
         let (version, registry) =
-            ecr_edge::kubelet::parse_request(req.to_string().as_bytes()).unwrap();
+            ecr_edge::internal::kubelet::parse_request(req.to_string().as_bytes()).unwrap();
         prop_assert_eq!(version, api);
         prop_assert_eq!(registry.host(), host.as_str());
     }
 
     #[test]
     fn go_durations_are_exact(secs in 0u64..10_000_000) {
-        let text = ecr_edge::kubelet::go_duration(secs);
+        let text = ecr_edge::internal::kubelet::go_duration(secs);
         let mut total = 0;
         let mut n = 0;
         for c in text.chars() {
@@ -134,7 +134,7 @@ proptest! {
 
     #[test]
     fn config_parsing_never_panics(s in ".{0,400}") {
-        let _ = ecr_edge::config::parse(&s);
+        let _ = ecr_edge::internal::config::parse(&s);
     }
 
     #[test]
@@ -144,7 +144,7 @@ proptest! {
     ) {
         let list: Vec<String> = hosts.iter().map(|(h, _, _)| format!("{h:?}")).collect();
         let text = format!("[daemon]\nregistries = [{}]\nbackoff_max = {backoff}\n", list.join(", "));
-        let d = ecr_edge::config::parse(&text).unwrap().daemon.unwrap();
+        let d = ecr_edge::internal::config::parse(&text).unwrap().daemon.unwrap();
         prop_assert_eq!(d.registries.len(), hosts.len());
         prop_assert_eq!(d.backoff_max, backoff);
     }
@@ -162,7 +162,7 @@ proptest! {
         root.insert("credHelpers".into(), serde_json::to_value(&helpers).unwrap());
         let old = serde_json::Value::Object(root).to_string();
         let hosts = vec![host.clone()];
-        let (added, changes) = ecr_edge::configure::edit(&old, &hosts, false).unwrap();
+        let (added, changes) = ecr_edge::internal::configure::edit(&old, &hosts, false).unwrap();
         prop_assert_eq!(changes.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&added).unwrap();
         for (k, val) in &other {
@@ -176,22 +176,22 @@ proptest! {
             }
         }
         prop_assert_eq!(&v["credHelpers"][&host], "ecr-edge");
-        let (_, again) = ecr_edge::configure::edit(&added, &hosts, false).unwrap();
+        let (_, again) = ecr_edge::internal::configure::edit(&added, &hosts, false).unwrap();
         prop_assert!(again.is_empty());
         // Removing takes out exactly what was added.
-        let (removed, _) = ecr_edge::configure::edit(&added, &hosts, true).unwrap();
+        let (removed, _) = ecr_edge::internal::configure::edit(&added, &hosts, true).unwrap();
         let v: serde_json::Value = serde_json::from_str(&removed).unwrap();
         prop_assert!(v.get("credHelpers").and_then(|h| h.get(&host)).is_none());
     }
 
     #[test]
     fn docker_config_edits_never_panic(s in ".{0,300}", remove in any::<bool>()) {
-        let _ = ecr_edge::configure::edit(&s, &["public.ecr.aws".to_owned()], remove);
+        let _ = ecr_edge::internal::configure::edit(&s, &["public.ecr.aws".to_owned()], remove);
     }
 
     #[test]
     fn iot_answers_never_panic(status in 0u16..600, body in proptest::collection::vec(any::<u8>(), 0..300)) {
-        let _ = ecr_edge::iot::parse_response(status, &body);
+        let _ = ecr_edge::internal::iot::parse_response(status, &body);
     }
 
     #[test]
@@ -206,7 +206,7 @@ proptest! {
             "accessKeyId": key, "secretAccessKey": secret, "sessionToken": token,
             "expiration": expiration,
         }});
-        let c = ecr_edge::iot::parse_response(200, body.to_string().as_bytes()).unwrap();
+        let c = ecr_edge::internal::iot::parse_response(200, body.to_string().as_bytes()).unwrap();
         prop_assert_eq!(c.access_key_id, key);
         prop_assert_eq!(c.session_token, token);
         prop_assert_eq!(c.expiration, secs);
@@ -216,16 +216,16 @@ proptest! {
     fn ecr_tokens_decode_to_their_password(pw in "[\\x21-\\x7e]{1,200}", life in 0i64..43_200) {
         let now = 1_800_000_000;
         let encoded = aws_smithy_types::base64::encode(format!("AWS:{pw}"));
-        let got = ecr_edge::ecr::token_from(Some(&encoded), Some(now + life), now);
+        let got = ecr_edge::internal::ecr::token_from(Some(&encoded), Some(now + life), now);
         // A token with less than MIN_REMAINING_SECS left is refused, never handed out.
-        if life < ecr_edge::token::MIN_REMAINING_SECS {
+        if life < ecr_edge::internal::token::MIN_REMAINING_SECS {
             prop_assert!(got.is_err());
             return Ok(());
         }
         let t = got.unwrap();
         prop_assert_eq!(t.password.expose(), pw.as_str());
         // Anything else is refused or decoded, never a panic.
-        let _ = ecr_edge::ecr::token_from(Some(&pw), Some(now + life), now);
+        let _ = ecr_edge::internal::ecr::token_from(Some(&pw), Some(now + life), now);
     }
 
     /// A secret placed anywhere in a `store` payload or a kubelet request, in any shape the
@@ -236,24 +236,24 @@ proptest! {
         let (code, out) = if kubelet {
             let mut out = Vec::new();
             let mut err = Vec::new();
-            let code = ecr_edge::kubelet::run(None, &mut input.as_bytes(), &mut out, &mut err);
+            let code = ecr_edge::internal::kubelet::run(None, &mut input.as_bytes(), &mut out, &mut err);
             (code, String::from_utf8_lossy(&err).into_owned() + &String::from_utf8_lossy(&out))
         } else {
             let mut out = Vec::new();
-            let code = ecr_edge::helper::run(ecr_edge::helper::Action::Store, None, &mut input.as_bytes(), &mut out);
+            let code = ecr_edge::internal::helper::run(ecr_edge::internal::helper::Action::Store, None, &mut input.as_bytes(), &mut out);
             (code, String::from_utf8_lossy(&out).into_owned())
         };
         let host = host_in(&input);
         if code != 0 {
-            let allowed = [host.as_str(), ecr_edge::input::REFUSAL_WORDS];
-            prop_assert_eq!(ecr_edge::input::echoed_run(secret.as_bytes(), &out, &allowed), None, "input {} -> {}", input, out);
+            let allowed = [host.as_str(), ecr_edge::internal::input::REFUSAL_WORDS];
+            prop_assert_eq!(ecr_edge::internal::input::echoed_run(secret.as_bytes(), &out, &allowed), None, "input {} -> {}", input, out);
         }
     }
 
     #[test]
     fn helper_store_input_is_one_line_whatever_comes_in(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut out = Vec::new();
-        let code = ecr_edge::helper::run(ecr_edge::helper::Action::Store, None, &mut &bytes[..], &mut out);
+        let code = ecr_edge::internal::helper::run(ecr_edge::internal::helper::Action::Store, None, &mut &bytes[..], &mut out);
         prop_assert!(code == 0 || code == 1);
         prop_assert!(code == 0 && out.is_empty() || out.iter().filter(|&&b| b == b'\n').count() == 1);
     }

@@ -6,7 +6,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(c) = ecr_edge::config::parse(s) {
+    if let Ok(c) = ecr_edge::internal::config::parse(s) {
         // Accepted settings are the validated kind.
         if let Some(d) = &c.daemon {
             assert!(d.socket.is_absolute());

@@ -1,6 +1,6 @@
 //! `ecr-edge configure` editing a user's Docker config.json.
 #![no_main]
-use ecr_edge::configure::edit;
+use ecr_edge::internal::configure::edit;
 use libfuzzer_sys::fuzz_target;
 
 const HOSTS: &[&str] = &[

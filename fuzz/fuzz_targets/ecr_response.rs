@@ -1,7 +1,7 @@
 //! What ecr-edge takes from a GetAuthorizationToken answer: the base64 `AWS:<password>` token
 //! and its expiry, in the response's JSON shape.
 #![no_main]
-use ecr_edge::ecr::token_from;
+use ecr_edge::internal::ecr::token_from;
 use libfuzzer_sys::fuzz_target;
 
 const NOW: i64 = 1_800_000_000;

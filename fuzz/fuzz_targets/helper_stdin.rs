@@ -1,8 +1,8 @@
 //! The Docker helper's stdin for `store` (JSON) and the server-URL checks every action shares;
 //! `get` and `erase` go on to the cache and network, which this target does not reach.
 #![no_main]
-use ecr_edge::helper::{run, Action};
-use ecr_edge::input::{echoed_run, named_host, REFUSAL_WORDS};
+use ecr_edge::internal::helper::{run, Action};
+use ecr_edge::internal::input::{echoed_run, named_host, REFUSAL_WORDS};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,6 +1,6 @@
 //! The AWS IoT credentials provider's answer (any status, any body).
 #![no_main]
-use ecr_edge::iot::parse_response;
+use ecr_edge::internal::iot::parse_response;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

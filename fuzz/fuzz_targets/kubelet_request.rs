@@ -1,7 +1,7 @@
 //! The kubelet's CredentialProviderRequest.
 #![no_main]
-use ecr_edge::input::{echoed_run, named_host, REFUSAL_WORDS};
-use ecr_edge::kubelet::{parse_request, response};
+use ecr_edge::internal::input::{echoed_run, named_host, REFUSAL_WORDS};
+use ecr_edge::internal::kubelet::{parse_request, response};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
             let out = response(
                 &version,
                 registry.host(),
-                &ecr_edge::token::Secret::new("pw"),
+                &ecr_edge::internal::token::Secret::new("pw"),
                 2_000_000_000,
                 1_999_990_000,
             );

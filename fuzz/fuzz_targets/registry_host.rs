@@ -1,6 +1,6 @@
 //! Registry host parsing: anything Docker may hand the helper as a server URL.
 #![no_main]
-use ecr_edge::registry::{host_of, Registry};
+use ecr_edge::internal::registry::{host_of, Registry};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

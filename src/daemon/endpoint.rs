@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::schedule::{self, Backoff, SystemJitter};
+use crate::daemon::schedule::{self, Backoff, SystemJitter};
 
 /// Role credentials and when they stop being usable, on the monotonic clock.
 #[derive(Clone)]
@@ -41,7 +41,7 @@ pub(super) fn write_token(path: &Path) -> Result<String, String> {
         .fill(&mut raw)
         .map_err(|_| "no randomness for the credentials token".to_owned())?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    crate::files::write_atomic(path, token.as_bytes(), 0o600).map_err(|e| e.to_string())?;
+    crate::store::files::write_atomic(path, token.as_bytes(), 0o600).map_err(|e| e.to_string())?;
     Ok(token)
 }
 
@@ -57,7 +57,7 @@ pub(super) async fn refresh_loop(shared: Arc<Shared>) {
             // are a failure, never held or served.
             match schedule::credentials_life(creds.expiry(), std::time::SystemTime::now()) {
                 Some(life) => Ok((creds, life)),
-                None => Err(crate::ecr::FetchError::BadResponse {
+                None => Err(crate::aws::ecr::FetchError::BadResponse {
                     detail: "the role credentials had already expired (check the system clock)"
                         .into(),
                 }),
@@ -158,7 +158,7 @@ fn answer<B>(req: &Request<B>, shared: &Shared, token: &str) -> Response<Full<By
                 "AccessKeyId": h.creds.access_key_id(),
                 "SecretAccessKey": h.creds.secret_access_key(),
                 "Token": h.creds.session_token(),
-                "Expiration": crate::ecr::expiration_rfc3339(&h.creds),
+                "Expiration": crate::aws::ecr::expiration_rfc3339(&h.creds),
             }),
         ),
         None => json(

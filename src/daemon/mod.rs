@@ -16,9 +16,11 @@
 //! time from NTP after boot) neither expires nor prolongs a token. Tokens live in memory only;
 //! nothing the daemon serves is written to disk except by a configured sink.
 
+pub mod agent;
 mod endpoint;
 mod notify;
 mod peer;
+pub mod schedule;
 pub mod sink;
 
 use std::collections::BTreeMap;
@@ -32,12 +34,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::agent::{self, RegistryStatus, Reply, Request, StatusReport};
+use self::agent::{RegistryStatus, Reply, Request, StatusReport};
+use self::schedule::{Backoff, SystemJitter};
+use crate::aws::credentials::Source;
+use crate::aws::ecr::{FetchError, TokenSource};
 use crate::config::{Config, DaemonConfig, SinkConfig};
-use crate::credentials::Source;
-use crate::ecr::{FetchError, TokenSource};
 use crate::registry::Registry;
-use crate::schedule::{self, Backoff, SystemJitter};
 use crate::settings::SettingsError;
 use crate::token::{self, Token, MIN_REMAINING_SECS};
 
@@ -266,17 +268,17 @@ async fn client_for(
     daemon: &DaemonConfig,
     deadline: Duration,
 ) -> Result<Arc<dyn TokenSource>, DaemonError> {
-    let client = crate::ecr::Client::new(source, &home_region(source, daemon), deadline, 1)
+    let client = crate::aws::ecr::Client::new(source, &home_region(source, daemon), deadline, 1)
         .await
         .map_err(DaemonError::Credentials)?;
     Ok(Arc::new(client))
 }
 
-/// The region the daemon's client calls STS in ([`crate::credentials::home_region`], with the
+/// The region the daemon's client calls STS in ([`crate::aws::credentials::home_region`], with the
 /// first configured registry's region as the fallback).
 fn home_region(source: &Source, daemon: &DaemonConfig) -> String {
     let first = daemon.registries.iter().find_map(|r| Registry::parse(r));
-    crate::credentials::home_region(source, first.as_ref().map(Registry::region))
+    crate::aws::credentials::home_region(source, first.as_ref().map(Registry::region))
 }
 
 fn settings(source: &Source, daemon: &DaemonConfig, socket_gid: u32) -> Settings {

@@ -1,14 +1,14 @@
 //! Sinks: auth files kept current for consumers that cannot run a credential helper (k3s's
 //! `registries.yaml` alternatives, CRI-O, scripts). Both formats are `{"auths": {"<host>":
 //! {"auth": base64("AWS:<password>")}}}`; every other key and entry in the file is kept, and
-//! the file is rewritten through [`crate::configure::update`] (directory lock, atomic, mode and
+//! the file is rewritten through [`crate::authfile::update`] (directory lock, atomic, mode and
 //! owner kept, 0600 when new, symlinks refused).
 
 use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::configure::{self, ConfigureError, EditError};
+use crate::store::authfile::{self, AuthFileError, EditError};
 use crate::token::USERNAME;
 
 /// One registry's entry for a sink: the password while a usable token is held, else `None`
@@ -20,7 +20,7 @@ pub type SinkEntry<'a> = (&'a str, Option<&'a crate::token::Secret>);
 /// # Errors
 /// [`EditError`] when `old` is not a JSON object or its `auths` is not an object.
 pub fn edit(old: &str, entries: &[SinkEntry<'_>]) -> Result<(String, Vec<String>), EditError> {
-    let mut root = configure::parse_object(old)?;
+    let mut root = authfile::parse_object(old)?;
     let auths = root
         .entry("auths")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -52,15 +52,15 @@ pub fn edit(old: &str, entries: &[SinkEntry<'_>]) -> Result<(String, Vec<String>
             }
         }
     }
-    Ok((configure::to_text(root)?, changed))
+    Ok((authfile::to_text(root)?, changed))
 }
 
 /// Brings the auth file at `path` up to date with `entries`; returns the hosts changed.
 ///
 /// # Errors
-/// [`ConfigureError`]; the file is unchanged in every error case.
-pub fn write(path: &Path, entries: &[SinkEntry<'_>]) -> Result<Vec<String>, ConfigureError> {
-    configure::update(path, false, |old| edit(old, entries))
+/// [`AuthFileError`]; the file is unchanged in every error case.
+pub fn write(path: &Path, entries: &[SinkEntry<'_>]) -> Result<Vec<String>, AuthFileError> {
+    authfile::update(path, false, |old| edit(old, entries))
 }
 
 #[cfg(test)]

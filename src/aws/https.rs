@@ -1,7 +1,7 @@
 //! One HTTPS GET over rustls, for the calls the AWS SDK does not make for us: the IoT
 //! credentials exchange (it needs a client certificate) and `doctor`'s reachability and clock
 //! probes. hyper speaks HTTP/1.1; `HTTPS_PROXY`/`NO_PROXY` are honoured through hyper-util's
-//! CONNECT tunnel, as the SDK's client does. Names are resolved by [`crate::dns`]. The caller
+//! CONNECT tunnel, as the SDK's client does. Names are resolved by [`crate::aws::dns`]. The caller
 //! bounds the time ([`timed_out`] says whether DNS was the silent part); the body is bounded
 //! here.
 
@@ -50,7 +50,7 @@ impl std::error::Error for HttpsError {}
 /// What to say when a request to `host` ran out of time: the DNS lookup that is still
 /// unanswered, if that is what was waiting, else `None` (the endpoint was silent).
 pub fn timed_out(host: &str) -> Option<String> {
-    crate::dns::unanswered(host).map(|e| e.to_string())
+    crate::aws::dns::unanswered(host).map(|e| e.to_string())
 }
 
 /// The proxy in use for `https://host:port`, if any, with its user info removed (for display).
@@ -79,7 +79,7 @@ async fn connect(host: &str, port: u16) -> Result<Box<dyn Io>, HttpsError> {
         Some(intercept) => {
             use tower_service::Service;
             let mut http = hyper_util::client::legacy::connect::HttpConnector::new_with_resolver(
-                crate::dns::Resolver,
+                crate::aws::dns::Resolver,
             );
             http.enforce_http(false);
             let mut tunnel = hyper_util::client::legacy::connect::proxy::Tunnel::new(
@@ -97,7 +97,7 @@ async fn connect(host: &str, port: u16) -> Result<Box<dyn Io>, HttpsError> {
         }
         None => {
             // Resolved by the deadline-bounded resolver, never tokio's blocking pool.
-            let addrs: Vec<std::net::SocketAddr> = crate::dns::resolve(host)
+            let addrs: Vec<std::net::SocketAddr> = crate::aws::dns::resolve(host)
                 .await
                 .map_err(|e| HttpsError::Unreachable(e.to_string()))?
                 .into_iter()

@@ -8,71 +8,18 @@
 //! Running twice changes nothing the second time.
 //!
 //! The edit itself is pure ([`edit`]: text in, text out) so it can be tested and fuzzed apart
-//! from the file handling.
+//! from the file handling, which [`crate::store::authfile`] does for this command and for the
+//! daemon's sinks alike.
 
 use std::fmt;
-use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::files::{self, FilesError};
+use crate::store::authfile::{parse_object, to_text, update, AuthFileError, EditError};
 
 /// The helper name written as the `credHelpers` value (`docker-credential-ecr-edge`).
 pub const HELPER_NAME: &str = "ecr-edge";
-
-/// Largest auth file read: Docker configs are a few KiB even with many registries.
-pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
-
-/// Why a configuration file could not be updated.
-#[derive(Debug)]
-pub enum ConfigureError {
-    /// The existing file is not a JSON object; it was left untouched.
-    NotJson {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message (with line and column).
-        detail: String,
-    },
-    /// A key ecr-edge edits (`credHelpers`, `auths`) is not an object; the file was left
-    /// untouched.
-    NotAnObject {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: &'static str,
-    },
-    /// Reading, locking or writing failed.
-    Files(FilesError),
-}
-
-impl fmt::Display for ConfigureError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigureError::NotJson { path, detail } => write!(
-                f,
-                "{} is not a valid JSON object ({detail}); left untouched",
-                path.display()
-            ),
-            ConfigureError::NotAnObject { path, key } => write!(
-                f,
-                "{}: \"{key}\" is not an object; left untouched",
-                path.display()
-            ),
-            ConfigureError::Files(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for ConfigureError {}
-
-impl From<FilesError> for ConfigureError {
-    fn from(e: FilesError) -> Self {
-        ConfigureError::Files(e)
-    }
-}
 
 /// One change to `credHelpers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,49 +94,6 @@ pub fn edit(old: &str, hosts: &[String], remove: bool) -> Result<(String, Vec<Ch
     Ok((to_text(root)?, changes))
 }
 
-/// The JSON object in `old` (empty text: a new, empty object).
-///
-/// # Errors
-/// [`EditError::NotObject`] when `old` is not a JSON object.
-pub fn parse_object(old: &str) -> Result<Map<String, Value>, EditError> {
-    if old.trim().is_empty() {
-        return Ok(Map::new());
-    }
-    match serde_json::from_str::<Value>(old) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(EditError::NotObject(
-            "the top level is not an object".into(),
-        )),
-        Err(e) => Err(EditError::NotObject(e.to_string())),
-    }
-}
-
-/// `root` as Docker writes its config: tab-indented, with a final newline.
-///
-/// # Errors
-/// [`EditError::NotObject`] if serialisation fails (it does not for parsed input).
-pub fn to_text(root: Map<String, Value>) -> Result<String, EditError> {
-    let mut out = Vec::new();
-    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"\t");
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
-    serde::Serialize::serialize(&Value::Object(root), &mut ser)
-        .map_err(|e| EditError::NotObject(e.to_string()))?;
-    out.push(b'\n');
-    Ok(String::from_utf8(out).unwrap_or_default())
-}
-
-/// Why [`edit`] refused a file.
-#[derive(Debug, PartialEq, Eq)]
-pub enum EditError {
-    /// Not JSON, or not an object at the top.
-    NotObject(String),
-    /// This key is not an object.
-    NotAnObject(&'static str),
-}
-
-/// How long a run waits for another `configure` on the same directory.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
-
 /// Updates the auth file at `path` for `hosts`; returns the changes made (or, with `dry_run`,
 /// the changes that would be made, writing nothing).
 ///
@@ -197,93 +101,14 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// owner. A symlink at `path` is refused rather than followed or replaced.
 ///
 /// # Errors
-/// [`ConfigureError`]; the file is unchanged in every error case.
+/// [`AuthFileError`]; the file is unchanged in every error case.
 pub fn apply(
     path: &Path,
     hosts: &[String],
     remove: bool,
     dry_run: bool,
-) -> Result<Vec<Change>, ConfigureError> {
+) -> Result<Vec<Change>, AuthFileError> {
     update(path, dry_run, |old| edit(old, hosts, remove))
-}
-
-/// Rewrites the JSON file at `path` with `edit` (old text in; new text and changes out) under
-/// the directory lock, atomically, keeping the file's mode and owner; writes nothing when there
-/// are no changes or with `dry_run`. A missing file is created (0600, its directory 0700); a
-/// symlink at `path` is refused.
-///
-/// # Errors
-/// [`ConfigureError`]; the file is unchanged in every error case.
-pub fn update<C>(
-    path: &Path,
-    dry_run: bool,
-    edit: impl FnOnce(&str) -> Result<(String, Vec<C>), EditError>,
-) -> Result<Vec<C>, ConfigureError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.exists() && !dry_run {
-        files::ensure_private_dir(&dir)?;
-    }
-    // Serialise concurrent runs: a lock on the directory itself, so no lock file is left behind.
-    let _lock = if dir.exists() && !dry_run {
-        Some(files::lock_exclusive_dir(&dir, Instant::now() + LOCK_WAIT)?)
-    } else {
-        None
-    };
-    let existing = match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            return Err(FilesError::Unexpected {
-                path: path.to_owned(),
-                found: "a symlink",
-            }
-            .into())
-        }
-        Ok(m) if !m.file_type().is_file() => {
-            return Err(FilesError::Unexpected {
-                path: path.to_owned(),
-                found: "not a regular file",
-            }
-            .into())
-        }
-        Ok(m) => Some(m),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(FilesError::Io {
-                path: path.to_owned(),
-                source,
-            }
-            .into())
-        }
-    };
-    let old = match &existing {
-        Some(_) => files::read_limited(path, MAX_FILE_BYTES)?,
-        None => Vec::new(),
-    };
-    let old = String::from_utf8(old).map_err(|_| ConfigureError::NotJson {
-        path: path.to_owned(),
-        detail: "not UTF-8".into(),
-    })?;
-    let (new, changes) = edit(&old).map_err(|e| match e {
-        EditError::NotObject(detail) => ConfigureError::NotJson {
-            path: path.to_owned(),
-            detail,
-        },
-        EditError::NotAnObject(key) => ConfigureError::NotAnObject {
-            path: path.to_owned(),
-            key,
-        },
-    })?;
-    if changes.is_empty() || dry_run {
-        return Ok(changes);
-    }
-    let (mode, owner) = match &existing {
-        Some(m) => (m.mode() & 0o7777, Some((m.uid(), m.gid()))),
-        None => (0o600, None),
-    };
-    files::write_atomic_owned(path, new.as_bytes(), mode, owner)?;
-    Ok(changes)
 }
 
 /// The Docker config file: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.

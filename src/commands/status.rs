@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::agent::{self, Reply, Request, StatusReport};
+use crate::daemon::agent::{self, Reply, Request, StatusReport};
 
 /// Runs `ecr-edge status`; returns the exit status.
 pub fn run(config: Option<&Path>, json: bool) -> u8 {
@@ -117,7 +117,7 @@ fn span(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::RegistryStatus;
+    use crate::daemon::agent::RegistryStatus;
 
     #[test]
     fn renders_each_registry() {

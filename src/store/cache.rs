@@ -4,7 +4,7 @@
 //! role, IoT thing), never secret material: the incumbent keys by access key ID, so rotating role
 //! credentials miss every time. Files live in a private directory (see [`crate::settings::cache_dir`]); an entry
 //! that cannot be parsed or does not match its key is ignored and later replaced, never trusted.
-//! Writes are atomic ([`crate::files::write_atomic`]), so readers never see half a file.
+//! Writes are atomic ([`crate::store::files::write_atomic`]), so readers never see half a file.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::{self, FilesError, Lock};
+use crate::store::files::{self, FilesError, Lock};
 use crate::token::Token;
 
 /// Largest cache file read. An entry is well under 4 KiB; ECR does not bound token length, so

@@ -23,8 +23,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
+use crate::aws::https::{self, HttpsError};
 use crate::config::IotConfig;
-use crate::https::{self, HttpsError};
 use crate::token;
 
 /// Largest response body accepted: a success is about 1 KB.
@@ -80,7 +80,7 @@ pub enum IotError {
     /// TLS could not be set up with this identity.
     Tls(String),
     /// The trust store for the endpoint could not be built (`ca`, `SSL_CERT_FILE`).
-    Trust(crate::trust::TrustError),
+    Trust(crate::aws::trust::TrustError),
     /// The endpoint refused our certificate during the handshake (not registered, inactive, or
     /// signed by a CA the account does not know), or we refused its certificate. Not retried.
     Handshake {
@@ -450,7 +450,7 @@ impl Device {
                 key: cfg.key.clone(),
             });
         }
-        let roots = crate::trust::root_store(cfg.ca.as_deref()).map_err(IotError::Trust)?;
+        let roots = crate::aws::trust::root_store(cfg.ca.as_deref()).map_err(IotError::Trust)?;
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| IotError::Tls(e.to_string()))?
@@ -523,15 +523,17 @@ pub async fn exchange(
         let result = match tokio::time::timeout(left, attempt(cfg, device)).await {
             Ok(Ok((status, body))) => parse_response(status, &body),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(match crate::https::timed_out(host_port(&cfg.endpoint).0) {
-                Some(dns) => IotError::Unreachable {
-                    endpoint: cfg.endpoint.clone(),
-                    detail: dns,
+            Err(_) => Err(
+                match crate::aws::https::timed_out(host_port(&cfg.endpoint).0) {
+                    Some(dns) => IotError::Unreachable {
+                        endpoint: cfg.endpoint.clone(),
+                        detail: dns,
+                    },
+                    None => IotError::Timeout {
+                        endpoint: cfg.endpoint.clone(),
+                    },
                 },
-                None => IotError::Timeout {
-                    endpoint: cfg.endpoint.clone(),
-                },
-            }),
+            ),
         };
         let err = match result {
             Ok(creds) => return Ok(creds),

@@ -79,7 +79,7 @@ impl Source {
 /// `ecr-edge credentials`.
 pub fn home_region(source: &Source, fallback: Option<&str>) -> String {
     if let Source::Iot(iot) = source {
-        if let Some(r) = crate::iot::endpoint_region(&iot.endpoint) {
+        if let Some(r) = crate::aws::iot::endpoint_region(&iot.endpoint) {
             return r.to_owned();
         }
     }

@@ -123,11 +123,12 @@ pub fn pem() -> Result<Vec<u8>, TrustError> {
 }
 
 fn read_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
-    let bytes =
-        crate::files::read_limited(path, MAX_BUNDLE_BYTES).map_err(|e| TrustError::Unreadable {
+    let bytes = crate::store::files::read_limited(path, MAX_BUNDLE_BYTES).map_err(|e| {
+        TrustError::Unreadable {
             path: path.to_owned(),
             detail: e.to_string(),
-        })?;
+        }
+    })?;
     let certs = parse(&bytes);
     if certs.is_empty() {
         return Err(TrustError::NoCertificates {

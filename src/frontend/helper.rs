@@ -17,11 +17,11 @@ use serde::Deserialize;
 
 use std::path::Path;
 
-use crate::cache::Cache;
-use crate::credentials::Source;
+use crate::aws::credentials::Source;
 use crate::registry::Registry;
 use crate::resolve::{self, ResolveError};
 use crate::settings::{Settings, SettingsError};
+use crate::store::cache::Cache;
 use crate::token::{self, USERNAME};
 
 /// Docker's word-for-word "nothing here" answer (docker-credential-helpers `credentials/error.go`).

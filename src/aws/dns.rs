@@ -95,7 +95,7 @@ impl std::error::Error for DnsError {}
 /// `/etc/resolv.conf`.
 fn servers() -> String {
     const RESOLV_CONF: &str = "/etc/resolv.conf";
-    let text = crate::files::read_limited(std::path::Path::new(RESOLV_CONF), 64 * 1024)
+    let text = crate::store::files::read_limited(std::path::Path::new(RESOLV_CONF), 64 * 1024)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let servers: Vec<&str> = text

@@ -14,9 +14,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::aws::credentials::Source;
+use crate::commands::elf::{self, Arch};
 use crate::config::{self, Config};
-use crate::credentials::Source;
-use crate::elf::{self, Arch};
 use crate::registry::Registry;
 use crate::settings::Settings;
 
@@ -148,7 +148,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Judges one `credHelpers` key (whose helper is `helper`).
 pub fn check_key(key: &str, helper: &str) -> Check {
     let Some(registry) = Registry::parse(key) else {
-        return if helper == crate::configure::HELPER_NAME
+        return if helper == crate::commands::configure::HELPER_NAME
             || key.contains(".dkr.ecr")
             || key.contains(".dkr-ecr")
         {
@@ -221,18 +221,18 @@ pub fn check_key(key: &str, helper: &str) -> Check {
 /// The auth files Docker and containers tools read `credHelpers` from, that exist.
 fn auth_files() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    out.extend(crate::configure::docker_config_path());
+    out.extend(crate::commands::configure::docker_config_path());
     if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         out.push(Path::new(&run).join("containers/auth.json"));
     }
-    out.extend(crate::configure::containers_auth_path());
+    out.extend(crate::commands::configure::containers_auth_path());
     out.dedup();
     out.into_iter().filter(|p| p.exists()).collect()
 }
 
 /// `credHelpers` (key -> helper) and `credsStore` of one auth file.
 fn helpers_in(path: &Path) -> Result<(BTreeMap<String, String>, Option<String>), String> {
-    let bytes = crate::files::read_limited(path, crate::configure::MAX_FILE_BYTES)
+    let bytes = crate::store::files::read_limited(path, crate::store::authfile::MAX_FILE_BYTES)
         .map_err(|e| e.to_string())?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
         // An auth file holds passwords (`auths`): never quote it.
@@ -437,7 +437,7 @@ fn auth_files_and_helpers(
                     helpers
                         .entry(helper.clone())
                         .or_insert_with(|| format!("{key} in {}", file.display()));
-                    if helper == crate::configure::HELPER_NAME {
+                    if helper == crate::commands::configure::HELPER_NAME {
                         if let Some(r) = Registry::parse(key).filter(|r| r.host() == key) {
                             if !registries.contains(&r) {
                                 registries.push(r);
@@ -494,7 +494,7 @@ fn settings(checks: &mut Vec<Check>, config_flag: Option<&Path>) -> Settings {
 /// The device certificate and key, checked locally.
 fn iot_identity(checks: &mut Vec<Check>, config: &Config) {
     if let Some(iot) = &config.iot {
-        match crate::iot::Device::load(iot, crate::token::now()) {
+        match crate::aws::iot::Device::load(iot, crate::token::now()) {
             Ok(d) => checks.push(check(
                 "iot-identity",
                 Status::Pass,
@@ -524,8 +524,8 @@ fn network_and_clock(checks: &mut Vec<Check>, registries: &[Registry], settings:
         .build()
     {
         for endpoint in &endpoints {
-            let (host_name, port) = crate::iot::host_port(endpoint);
-            let via = crate::https::proxy_for(host_name, port)
+            let (host_name, port) = crate::aws::iot::host_port(endpoint);
+            let via = crate::aws::https::proxy_for(host_name, port)
                 .map_or_else(|| "direct".to_owned(), |p| format!("via proxy {p}"));
             match runtime.block_on(probe(host_name, port, settings.deadline)) {
                 Ok((status, date)) => {
@@ -560,8 +560,8 @@ fn one_token(checks: &mut Vec<Check>, registries: &[Registry], settings: &Settin
         return;
     };
     let source = Source::select(&settings.config);
-    let region = crate::credentials::home_region(&source, Some(registry.region()));
-    let result = crate::ecr::Fetcher::new(&source, &region, settings.deadline)
+    let region = crate::aws::credentials::home_region(&source, Some(registry.region()));
+    let result = crate::aws::ecr::Fetcher::new(&source, &region, settings.deadline)
         .and_then(|f| f.fetch(registry));
     checks.push(match result {
         Ok(t) => check(
@@ -578,7 +578,7 @@ fn one_token(checks: &mut Vec<Check>, registries: &[Registry], settings: &Settin
 
 /// `GET /` on an endpoint: proves DNS, TCP, proxy and TLS, and returns the server's clock.
 async fn probe(host: &str, port: u16, deadline: Duration) -> Result<(u16, Option<i64>), String> {
-    let roots = crate::trust::root_store(None).map_err(|e| e.to_string())?;
+    let roots = crate::aws::trust::root_store(None).map_err(|e| e.to_string())?;
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -586,9 +586,9 @@ async fn probe(host: &str, port: u16, deadline: Duration) -> Result<(u16, Option
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let get = crate::https::get(std::sync::Arc::new(tls), host, port, "/", &[], 16 * 1024);
+    let get = crate::aws::https::get(std::sync::Arc::new(tls), host, port, "/", &[], 16 * 1024);
     match tokio::time::timeout(deadline, get).await {
-        Err(_) => Err(crate::https::timed_out(host)
+        Err(_) => Err(crate::aws::https::timed_out(host)
             .unwrap_or_else(|| format!("no answer within {:.1}s", deadline.as_secs_f64()))),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(r)) => {

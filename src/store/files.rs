@@ -81,7 +81,7 @@ impl std::fmt::Display for FilesError {
 
 impl std::error::Error for FilesError {}
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FilesError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FilesError + '_ {
     move |source| FilesError::Io {
         path: path.to_owned(),
         source,

@@ -25,10 +25,10 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext,
 use aws_smithy_http_client::Connector;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
-use crate::credentials::Source;
-use crate::iot::{Device, IotError, IotProvider};
+use crate::aws::credentials::Source;
+use crate::aws::iot::{Device, IotError, IotProvider};
+use crate::daemon::schedule::Failure;
 use crate::registry::Registry;
-use crate::schedule::Failure;
 use crate::token::{self, Token};
 
 /// Tries the helper gives each call within its deadline.
@@ -93,9 +93,9 @@ pub enum FetchError {
     /// The device's IoT identity could not be exchanged for credentials.
     Iot(IotError),
     /// The TLS trust store could not be built (`SSL_CERT_FILE`, the system CA bundle).
-    Trust(crate::trust::TrustError),
+    Trust(crate::aws::trust::TrustError),
     /// A name could not be resolved: the resolver said no, or did not answer in time.
-    Dns(crate::dns::DnsError),
+    Dns(crate::aws::dns::DnsError),
     /// The async runtime could not be started.
     Runtime {
         /// What the system said.
@@ -199,7 +199,7 @@ pub fn fetch(
     source: &Source,
     deadline: Duration,
 ) -> Result<Token, FetchError> {
-    let region = crate::credentials::home_region(source, Some(registry.region()));
+    let region = crate::aws::credentials::home_region(source, Some(registry.region()));
     Fetcher::new(source, &region, deadline)?.fetch(registry)
 }
 
@@ -350,7 +350,7 @@ fn timed_out(endpoint: &str, deadline: Duration) -> FetchError {
     let host = endpoint
         .split_once("://")
         .map(|(_, rest)| rest.split(['/', ':']).next().unwrap_or(rest));
-    match host.and_then(crate::dns::unanswered) {
+    match host.and_then(crate::aws::dns::unanswered) {
         Some(dns) => FetchError::Dns(dns),
         None => FetchError::Timeout {
             endpoint: endpoint.to_owned(),
@@ -441,7 +441,7 @@ async fn sdk_config(
             .region(region.clone())
             .identity_cache(
                 aws_config::identity::IdentityCache::lazy()
-                    .buffer_time(crate::iot::REFRESH_MARGIN)
+                    .buffer_time(crate::aws::iot::REFRESH_MARGIN)
                     .build(),
             )
             .timeout_config(
@@ -500,19 +500,19 @@ async fn sdk_config(
     Ok(sdk)
 }
 
-/// The HTTPS client handed to the SDK: rustls with ring, [`crate::trust`]'s policy, proxy
-/// settings from the environment, names resolved by [`crate::dns`].
+/// The HTTPS client handed to the SDK: rustls with ring, [`crate::aws::trust`]'s policy, proxy
+/// settings from the environment, names resolved by [`crate::aws::dns`].
 ///
 /// # Errors
 /// [`FetchError::Trust`] when the trust store cannot be built.
 fn http_client() -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, FetchError> {
-    let trust =
-        TrustStore::empty().with_pem_certificate(crate::trust::pem().map_err(FetchError::Trust)?);
+    let trust = TrustStore::empty()
+        .with_pem_certificate(crate::aws::trust::pem().map_err(FetchError::Trust)?);
     let tls_context = TlsContext::builder()
         .with_trust_store(trust)
         .build()
         .map_err(|e| {
-            FetchError::Trust(crate::trust::TrustError::Unreadable {
+            FetchError::Trust(crate::aws::trust::TrustError::Unreadable {
                 path: "the system CA bundle".into(),
                 detail: e.to_string(),
             })
@@ -528,7 +528,7 @@ fn http_client() -> Result<aws_smithy_runtime_api::client::http::SharedHttpClien
                 builder
                     .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
                     .tls_context(tls_context.clone())
-                    .build_with_resolver(crate::dns::Resolver)
+                    .build_with_resolver(crate::aws::dns::Resolver)
             },
         ),
     )
@@ -665,7 +665,7 @@ where
     if let Some(c) = find_source::<CredentialsError>(&err) {
         return credentials_error(c);
     }
-    if let Some(dns) = find_source::<crate::dns::DnsError>(&err) {
+    if let Some(dns) = find_source::<crate::aws::dns::DnsError>(&err) {
         return FetchError::Dns(dns.clone());
     }
     match &err {

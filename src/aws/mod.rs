@@ -1,0 +1,10 @@
+//! Talking to AWS: the ECR token call, the IoT certificate exchange, naming the credential
+//! source, and the network underneath them all (one TLS trust policy, name resolution bounded
+//! by the caller's deadline, one HTTPS GET for what the SDK does not do).
+
+pub mod credentials;
+pub mod dns;
+pub mod ecr;
+pub mod https;
+pub mod iot;
+pub mod trust;

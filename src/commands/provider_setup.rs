@@ -1,0 +1,221 @@
+//! `ecr-edge configure --k3s` / `--kubelet-config`: installs the kubelet image credential
+//! provider ([`crate::frontend::kubelet`]): the provider link and a `CredentialProviderConfig`
+//! naming it for every ECR host form. Files ecr-edge did not write are never replaced.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::frontend::kubelet::{match_images, API_V1, PROVIDER_NAME};
+use crate::store::files::{self, FilesError};
+
+/// The first line of every configuration file [`install`] writes: a file without it is
+/// someone else's and is never overwritten.
+pub const MARKER: &str = "# Written by `ecr-edge configure`; rerun it to update this file.";
+
+/// A `CredentialProviderConfig` naming ecr-edge for every ECR host form.
+pub fn provider_config() -> String {
+    let mut out = format!(
+        "{MARKER}\napiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\n\
+         providers:\n  - name: {PROVIDER_NAME}\n    apiVersion: {API_V1}\n    matchImages:\n"
+    );
+    for pattern in match_images() {
+        out.push_str(&format!("      - \"{pattern}\"\n"));
+    }
+    // Used only if a response had no cacheDuration; ecr-edge always sends one.
+    out.push_str("    defaultCacheDuration: \"6h\"\n");
+    out
+}
+
+/// Where [`install`] puts things.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The `CredentialProviderConfig` file.
+    pub config: PathBuf,
+    /// The directory the kubelet runs providers from; gets the [`PROVIDER_NAME`] link.
+    pub bin_dir: PathBuf,
+}
+
+impl Layout {
+    /// k3s's fixed paths under `root` (k3s enables the provider flags when both exist).
+    pub fn k3s(root: &Path) -> Layout {
+        let base = root.join("var/lib/rancher/credentialprovider");
+        Layout {
+            config: base.join("config.yaml"),
+            bin_dir: base.join("bin"),
+        }
+    }
+
+    /// A plain kubelet: `config` (the path as the target system sees it) and the link in
+    /// `/usr/libexec/ecr-edge` (the packages install the same link), both under `root`.
+    pub fn kubelet(root: &Path, config: &Path) -> Layout {
+        let config = if root == Path::new("/") {
+            config.to_owned()
+        } else {
+            root.join(config.strip_prefix("/").unwrap_or(config))
+        };
+        Layout {
+            config,
+            bin_dir: root.join("usr/libexec/ecr-edge"),
+        }
+    }
+}
+
+/// Why [`install`] changed nothing.
+#[derive(Debug)]
+pub enum InstallError {
+    /// A file or link at our path was not written by ecr-edge; it is left as it is.
+    NotOurs {
+        /// The file.
+        path: PathBuf,
+        /// What to do instead.
+        hint: String,
+    },
+    /// A file operation failed.
+    Files(FilesError),
+}
+
+impl fmt::Display for InstallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InstallError::NotOurs { path, hint } => write!(
+                f,
+                "{} exists and was not written by ecr-edge; left unchanged. {hint}",
+                path.display()
+            ),
+            InstallError::Files(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for InstallError {}
+
+impl From<FilesError> for InstallError {
+    fn from(e: FilesError) -> InstallError {
+        InstallError::Files(e)
+    }
+}
+
+/// Installs the provider: `layout.bin_dir/ecr-edge-credential-provider` as a symlink to
+/// `binary`, and the configuration file (0600). The bin directory must be a real directory of
+/// this user's (created 0700 with missing parents at the default mode); the configuration's
+/// directory is created 0700 when missing and otherwise left as it is. Idempotent; both are written atomically (temp name, then rename). An existing
+/// file or link that ecr-edge did not write is never replaced. Returns what changed.
+///
+/// # Errors
+/// [`InstallError`]; what was already in place stays as it was.
+pub fn install(layout: &Layout, binary: &Path) -> Result<Vec<String>, InstallError> {
+    let link = layout.bin_dir.join(PROVIDER_NAME);
+    let text = provider_config();
+    let mut changed = Vec::new();
+    // Check both before touching either.
+    let link_ok = link_in_place(&link, binary)?;
+    let config_ok = config_in_place(&layout.config, &text)?;
+    if !link_ok {
+        files::ensure_private_dir(&layout.bin_dir)?;
+        let tmp = layout
+            .bin_dir
+            .join(format!(".{PROVIDER_NAME}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(binary, &tmp).map_err(files::io_err(&tmp))?;
+        std::fs::rename(&tmp, &link).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            files::io_err(&link)(e)
+        })?;
+        changed.push(format!("{} -> {}", link.display(), binary.display()));
+    }
+    if !config_ok {
+        let dir = parent(&layout.config);
+        if !dir.exists() {
+            files::ensure_private_dir(&dir)?;
+        }
+        files::write_atomic(&layout.config, text.as_bytes(), 0o600)?;
+        changed.push(format!("{} written", layout.config.display()));
+    }
+    Ok(changed)
+}
+
+/// Whether the link is already ours and right (`false`: it must be (re)made).
+fn link_in_place(link: &Path, binary: &Path) -> Result<bool, InstallError> {
+    match std::fs::symlink_metadata(link) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(files::io_err(link)(e).into()),
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::read_link(link).map_err(files::io_err(link))?;
+            if target == binary {
+                Ok(true)
+            } else if target.is_absolute() && target.file_name().is_some_and(|n| n == "ecr-edge") {
+                Ok(false) // an earlier install of ecr-edge elsewhere: repoint it
+            } else {
+                Err(InstallError::NotOurs {
+                    path: link.to_owned(),
+                    hint: format!(
+                        "It points to {}; remove it to use ecr-edge.",
+                        target.display()
+                    ),
+                })
+            }
+        }
+        Ok(_) => Err(InstallError::NotOurs {
+            path: link.to_owned(),
+            hint: "Remove it to use ecr-edge.".into(),
+        }),
+    }
+}
+
+/// Whether the file already says exactly `text` (`false`: it must be written).
+fn config_in_place(path: &Path, text: &str) -> Result<bool, InstallError> {
+    let old = match files::read_limited(path, 256 * 1024) {
+        Ok(old) => old,
+        Err(FilesError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(false)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if old == text.as_bytes() {
+        return Ok(true);
+    }
+    if old.starts_with(MARKER.as_bytes()) {
+        return Ok(false);
+    }
+    Err(InstallError::NotOurs {
+        path: path.to_owned(),
+        hint: format!(
+            "Add this provider to its providers list:\n{}",
+            text.lines()
+                .skip_while(|l| !l.starts_with("  - "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    })
+}
+
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_config_lists_every_pattern_and_the_packaged_example_agrees() {
+        let text = provider_config();
+        assert!(text.starts_with(MARKER));
+        for p in match_images() {
+            assert!(text.contains(&format!("- \"{p}\"")), "{p}");
+        }
+        let example = include_str!("../../packaging/kubelet-credential-provider.yaml");
+        for p in match_images() {
+            assert!(example.contains(&format!("- \"{p}\"")), "example lacks {p}");
+        }
+        assert_eq!(
+            example.matches("      - \"").count(),
+            match_images().len(),
+            "example has patterns the provider does not list"
+        );
+        assert!(example.contains(&format!("name: {PROVIDER_NAME}")));
+    }
+}
