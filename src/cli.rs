@@ -63,46 +63,50 @@ enum Command {
     },
     /// Add exact credHelpers entries naming ecr-edge to the Docker config (and, with
     /// --containers, the containers auth file), keeping everything else in the file.
-    Configure {
-        /// Registry host (repeatable); URLs are reduced to the bare host.
-        #[arg(long = "registry", value_name = "HOST")]
-        registries: Vec<String>,
-        /// With --region: the private registry of this 12-digit account.
-        #[arg(long, requires = "region")]
-        account: Option<String>,
-        /// With --account: the registry's region.
-        #[arg(long, requires = "account")]
-        region: Option<String>,
-        /// Also the containers auth file ($REGISTRY_AUTH_FILE or ~/.config/containers/auth.json).
-        #[arg(long)]
-        containers: bool,
-        /// The Docker config file [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]
-        #[arg(long, value_name = "PATH")]
-        docker_config: Option<PathBuf>,
-        /// Take the entries out instead (only entries naming ecr-edge).
-        #[arg(long)]
-        remove: bool,
-        /// Print the changes without writing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Install the kubelet image credential provider for k3s: the provider link and
-        /// config.yaml in /var/lib/rancher/credentialprovider (k3s uses them when both exist).
-        #[arg(long)]
-        k3s: bool,
-        /// Write a kubelet CredentialProviderConfig to PATH (plain kubelets), and the provider
-        /// link in /usr/libexec/ecr-edge.
-        #[arg(long, value_name = "PATH")]
-        kubelet_config: Option<PathBuf>,
-        /// With --k3s or --kubelet-config: install under DIR (an image's root file system).
-        #[arg(long, value_name = "DIR", default_value = "/")]
-        root: PathBuf,
-    },
+    Configure(ConfigureArgs),
 }
 
 /// The command-line definition, for generating the man pages and shell completions
 /// (examples/gen-docs.rs); the binary itself never calls it, so none of that is linked in.
 pub fn command() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
+}
+
+/// `ecr-edge configure`'s options.
+#[derive(Debug, clap::Args)]
+struct ConfigureArgs {
+    /// Registry host (repeatable); URLs are reduced to the bare host.
+    #[arg(long = "registry", value_name = "HOST")]
+    registries: Vec<String>,
+    /// With --region: the private registry of this 12-digit account.
+    #[arg(long, requires = "region")]
+    account: Option<String>,
+    /// With --account: the registry's region.
+    #[arg(long, requires = "account")]
+    region: Option<String>,
+    /// Also the containers auth file ($REGISTRY_AUTH_FILE or ~/.config/containers/auth.json).
+    #[arg(long)]
+    containers: bool,
+    /// The Docker config file [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]
+    #[arg(long, value_name = "PATH")]
+    docker_config: Option<PathBuf>,
+    /// Take the entries out instead (only entries naming ecr-edge).
+    #[arg(long)]
+    remove: bool,
+    /// Print the changes without writing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Install the kubelet image credential provider for k3s: the provider link and
+    /// config.yaml in /var/lib/rancher/credentialprovider (k3s uses them when both exist).
+    #[arg(long)]
+    k3s: bool,
+    /// Write a kubelet CredentialProviderConfig to PATH (plain kubelets), and the provider
+    /// link in /usr/libexec/ecr-edge.
+    #[arg(long, value_name = "PATH")]
+    kubelet_config: Option<PathBuf>,
+    /// With --k3s or --kubelet-config: install under DIR (an image's root file system).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
 }
 
 const HELPER_PREFIX: &str = "docker-credential-";
@@ -145,86 +149,99 @@ pub fn main(args: Vec<OsString>) -> u8 {
         Some(Command::Helper { action }) => {
             run_helper("ecr-edge helper", Some(&action), 2, cli.config.as_deref())
         }
-        Some(Command::Configure {
-            registries,
-            account,
-            region,
-            containers,
-            docker_config,
-            remove,
-            dry_run,
-            k3s,
-            kubelet_config,
-            root,
-        }) => {
-            let kubelet = k3s || kubelet_config.is_some();
-            let mut status = 0;
-            if k3s {
-                status = status.max(install_provider(
-                    &crate::commands::provider_setup::Layout::k3s(&root),
-                    &root,
-                    dry_run,
-                ));
-            }
-            if let Some(path) = kubelet_config {
-                let layout = crate::commands::provider_setup::Layout::kubelet(&root, &path);
-                status = status.max(install_provider(&layout, &root, dry_run));
-                if status == 0 {
-                    println!(
-                        "start the kubelet with --image-credential-provider-config={} \
-                         --image-credential-provider-bin-dir={}",
-                        path.display(),
-                        Path::new("/")
-                            .join(
-                                layout
-                                    .bin_dir
-                                    .strip_prefix(&root)
-                                    .unwrap_or(&layout.bin_dir)
-                            )
-                            .display()
-                    );
-                }
-            }
-            if kubelet && registries.is_empty() && account.is_none() {
-                return status;
-            }
-            status.max(configure(
-                registries,
-                account.zip(region),
-                containers,
-                docker_config,
-                remove,
-                dry_run,
-            ))
-        }
+        Some(Command::Configure(args)) => configure_command(args),
         Some(Command::KubeletCredentialProvider) => kubelet_provider(cli.config.as_deref()),
         Some(Command::Doctor { json }) => doctor(cli.config.as_deref(), json),
         Some(Command::Daemon { check: true }) => daemon_configured(cli.config.as_deref()),
-        Some(Command::Daemon { check: false }) => {
-            match crate::daemon::main(cli.config.as_deref()) {
-                Ok(()) => 0,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("ecr-edge daemon: {e}");
-                    1
-                }
-            }
-        }
+        Some(Command::Daemon { check: false }) => daemon(cli.config.as_deref()),
         Some(Command::Status { json }) => crate::commands::status::run(cli.config.as_deref(), json),
-        Some(Command::Credentials) => match credentials(cli.config.as_deref()) {
-            Ok(json) => {
-                println!("{json}");
-                0
-            }
-            Err(e) => {
-                eprintln!("ecr-edge: {e}");
-                1
-            }
-        },
+        Some(Command::Credentials) => print_credentials(cli.config.as_deref()),
         None => {
             println!("{}", crate::version_line());
             println!("Run `ecr-edge --help` for commands.");
             0
+        }
+    }
+}
+
+/// `ecr-edge configure`: the kubelet provider (`--k3s`, `--kubelet-config`) and the
+/// `credHelpers` entries, each as asked; the exit status is the worst of them.
+fn configure_command(args: ConfigureArgs) -> u8 {
+    let ConfigureArgs {
+        registries,
+        account,
+        region,
+        containers,
+        docker_config,
+        remove,
+        dry_run,
+        k3s,
+        kubelet_config,
+        root,
+    } = args;
+    let kubelet = k3s || kubelet_config.is_some();
+    let mut status = 0;
+    if k3s {
+        status = status.max(install_provider(
+            &crate::commands::provider_setup::Layout::k3s(&root),
+            &root,
+            dry_run,
+        ));
+    }
+    if let Some(path) = kubelet_config {
+        let layout = crate::commands::provider_setup::Layout::kubelet(&root, &path);
+        status = status.max(install_provider(&layout, &root, dry_run));
+        if status == 0 {
+            println!(
+                "start the kubelet with --image-credential-provider-config={} \
+                 --image-credential-provider-bin-dir={}",
+                path.display(),
+                Path::new("/")
+                    .join(
+                        layout
+                            .bin_dir
+                            .strip_prefix(&root)
+                            .unwrap_or(&layout.bin_dir)
+                    )
+                    .display()
+            );
+        }
+    }
+    if kubelet && registries.is_empty() && account.is_none() {
+        return status;
+    }
+    status.max(configure(
+        registries,
+        account.zip(region),
+        containers,
+        docker_config,
+        remove,
+        dry_run,
+    ))
+}
+
+/// `ecr-edge daemon`: runs until stopped; a failure to start is one line on stderr (the
+/// journal) and exit status 1.
+fn daemon(config: Option<&Path>) -> u8 {
+    match crate::daemon::main(config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ecr-edge daemon: {e}");
+            1
+        }
+    }
+}
+
+/// `ecr-edge credentials`: the JSON on stdout, or one line on stderr and exit status 1.
+fn print_credentials(config: Option<&Path>) -> u8 {
+    match credentials(config) {
+        Ok(json) => {
+            println!("{json}");
+            0
+        }
+        Err(e) => {
+            eprintln!("ecr-edge: {e}");
+            1
         }
     }
 }
