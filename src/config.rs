@@ -185,7 +185,14 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// The configuration file to use and whether it was named explicitly.
 pub fn locate(flag: Option<&Path>) -> (PathBuf, bool) {

@@ -156,7 +156,16 @@ impl fmt::Display for FetchError {
     }
 }
 
-impl StdError for FetchError {}
+impl StdError for FetchError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            FetchError::Iot(e) => Some(e),
+            FetchError::Dns(e) => Some(e),
+            FetchError::Trust(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl FetchError {
     /// How this failure should be retried: soon (network, server), slower (throttled), or

@@ -183,7 +183,14 @@ impl fmt::Display for IotError {
     }
 }
 
-impl std::error::Error for IotError {}
+impl std::error::Error for IotError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            IotError::Trust(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 fn rfc3339(secs: i64) -> String {
     aws_smithy_types::DateTime::from_secs(secs)

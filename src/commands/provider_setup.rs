@@ -87,7 +87,14 @@ impl fmt::Display for InstallError {
     }
 }
 
-impl std::error::Error for InstallError {}
+impl std::error::Error for InstallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            InstallError::Files(e) => Some(e),
+            InstallError::NotOurs { .. } => None,
+        }
+    }
+}
 
 impl From<FilesError> for InstallError {
     fn from(e: FilesError) -> InstallError {

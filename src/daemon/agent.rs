@@ -136,7 +136,14 @@ impl fmt::Display for AskError {
     }
 }
 
-impl std::error::Error for AskError {}
+impl std::error::Error for AskError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AskError::NoDaemon(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Sends `request` to the daemon at `socket` and returns its final reply. The first reply must
 /// come within `first`; after a [`Reply::Wait`], the final one within `deadline` of the start.

@@ -88,7 +88,16 @@ impl fmt::Display for DaemonError {
     }
 }
 
-impl std::error::Error for DaemonError {}
+impl std::error::Error for DaemonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DaemonError::Settings(e) => Some(e),
+            DaemonError::Credentials(e) => Some(e),
+            DaemonError::Runtime(e) => Some(e),
+            DaemonError::Socket { .. } => None,
+        }
+    }
+}
 
 /// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration. `config` is the
 /// `--config` path, if any.

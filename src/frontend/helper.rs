@@ -110,7 +110,16 @@ impl fmt::Display for HelperError {
     }
 }
 
-impl std::error::Error for HelperError {}
+impl std::error::Error for HelperError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HelperError::Settings(e) => Some(e),
+            HelperError::Resolve { cause, .. } => Some(cause),
+            HelperError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Runs `action` with the given stdin and stdout; returns the process exit status (0 or 1).
 /// `config` is the `--config` path, if any (else `$ECR_EDGE_CONFIG` or the default path).

@@ -142,7 +142,16 @@ impl fmt::Display for KubeletError {
     }
 }
 
-impl std::error::Error for KubeletError {}
+impl std::error::Error for KubeletError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            KubeletError::Settings(e) => Some(e),
+            KubeletError::Resolve { cause, .. } => Some(cause),
+            KubeletError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Runs the provider: request on `stdin`, response on `stdout`, the error line on `stderr`.
 /// Returns the exit status (0, or 1 on any failure).

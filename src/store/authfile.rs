@@ -60,7 +60,14 @@ impl fmt::Display for AuthFileError {
     }
 }
 
-impl std::error::Error for AuthFileError {}
+impl std::error::Error for AuthFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AuthFileError::Files(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<FilesError> for AuthFileError {
     fn from(e: FilesError) -> Self {

@@ -79,7 +79,14 @@ impl std::fmt::Display for FilesError {
     }
 }
 
-impl std::error::Error for FilesError {}
+impl std::error::Error for FilesError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FilesError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FilesError + '_ {
     move |source| FilesError::Io {
