@@ -52,6 +52,10 @@ pub mod internal {
     pub mod agent {
         pub use crate::daemon::agent::{Reply, Request};
     }
+    /// Reading certificates (the fake IoT provider checks client chains with it).
+    pub mod cert {
+        pub use crate::aws::cert::{parse, spki_parts, Certificate};
+    }
     /// The token cache.
     pub mod cache {
         pub use crate::store::cache::Cache;

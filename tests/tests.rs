@@ -7,6 +7,7 @@ mod daemon;
 mod dns;
 mod doctor;
 mod helper;
+mod identity;
 mod iot;
 mod kubelet;
 mod realclients;

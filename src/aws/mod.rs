@@ -2,6 +2,7 @@
 //! source, and the network underneath them all (one TLS trust policy, name resolution bounded
 //! by the caller's deadline, one HTTPS GET for what the SDK does not do).
 
+pub mod cert;
 pub mod credentials;
 pub mod dns;
 pub mod ecr;

@@ -491,22 +491,67 @@ fn settings(checks: &mut Vec<Check>, config_flag: Option<&Path>) -> Settings {
     }
 }
 
-/// The device certificate and key, checked locally.
+/// The device certificate and key, checked locally, and shown in one block as an operator
+/// compares them with the AWS IoT console: names, version, key, validity with days left (a
+/// warning under [`ROTATE_WARN_DAYS`]: fleets need time to rotate), the key file's mode and
+/// owner, the intermediates, and the fingerprints.
 fn iot_identity(checks: &mut Vec<Check>, config: &Config) {
-    if let Some(iot) = &config.iot {
-        match crate::aws::iot::Device::load(iot, crate::token::now()) {
-            Ok(d) => checks.push(check(
-                "iot-identity",
-                Status::Pass,
-                format!(
-                    "certificate and key match; valid until {}",
-                    rfc3339(d.not_after)
-                ),
-            )),
-            Err(e) => checks.push(check("iot-identity", Status::Fail, e.to_string())),
+    let Some(iot) = &config.iot else {
+        return;
+    };
+    let d = match crate::aws::iot::Device::load(iot, crate::token::now()) {
+        Ok(d) => d,
+        Err(e) => {
+            checks.push(check("iot-identity", Status::Fail, e.to_string()));
+            return;
         }
-    }
+    };
+    let id = &d.identity;
+    let days_left = d.not_after.saturating_sub(crate::token::now()) / 86_400;
+    let key_file = std::fs::metadata(&iot.key).map_or_else(
+        |e| format!("unreadable: {e}"),
+        |m| {
+            use std::os::unix::fs::MetadataExt;
+            format!(
+                "mode {:04o}, owner uid {} gid {}",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            )
+        },
+    );
+    let detail = format!(
+        "certificate and key match\n      subject       {}\n      issuer        {}{}\n      \
+         version       X.509 v{}\n      key           {}\n      valid         {} to {} \
+         ({days_left} days left)\n      key file      {} ({key_file})\n      chain         \
+         {} intermediate certificate(s) after the device certificate\n      certificate ID \
+         {}\n      public key    SHA-256 {}",
+        id.subject,
+        id.issuer,
+        if id.issuer == id.subject {
+            " (self-signed)"
+        } else {
+            ""
+        },
+        id.version,
+        id.key,
+        rfc3339(id.not_before),
+        rfc3339(d.not_after),
+        iot.key.display(),
+        id.intermediates,
+        id.certificate_id,
+        id.public_key_sha256,
+    );
+    let status = if days_left < ROTATE_WARN_DAYS {
+        Status::Warn
+    } else {
+        Status::Pass
+    };
+    checks.push(check("iot-identity", status, detail));
 }
+
+/// Days of certificate life left under which `doctor` warns.
+pub const ROTATE_WARN_DAYS: i64 = 30;
 
 /// Each endpoint's reachability and, from its `Date` header, the clock.
 fn network_and_clock(checks: &mut Vec<Check>, registries: &[Registry], settings: &Settings) {

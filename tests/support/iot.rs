@@ -1,7 +1,9 @@
 //! A fake AWS IoT credentials provider over real mutual TLS, and device identities to use it.
 //!
-//! Like the real endpoint it requires a client certificate chaining to the device CA (the
-//! handshake fails without one), serves `GET /role-aliases/<alias>/credentials`, checks the
+//! Like the real endpoint it requires a client certificate that chains to a registered CA, or
+//! is itself registered (AWS IoT's registration without a CA), and accepts what AWS IoT accepts:
+//! X.509 v1 and v3 certificates, RSA and ECDSA (webpki, and so rustls's own verifier, would
+//! refuse v1). The handshake fails without one. It serves `GET /role-aliases/<alias>/credentials`, checks the
 //! `x-amzn-iot-thingname` header, and answers in the provider's JSON. The credentials it hands
 //! out are the ones the fake ECR verifies signatures with, so an end-to-end `get` proves the ECR
 //! call was signed with the exchanged key and session token.
@@ -46,12 +48,16 @@ pub struct IotCall {
     pub path: String,
     /// `x-amzn-iot-thingname`.
     pub thing: Option<String>,
+    /// The client certificate presented (DER).
+    pub client_cert: Option<Vec<u8>>,
 }
 
 struct State {
     faults: Faults<IotMode>,
     calls: Vec<IotCall>,
     handshake_failures: u32,
+    /// Seconds of life of the credentials handed out.
+    life: i64,
 }
 
 /// The fake provider, listening on `localhost:<port>`.
@@ -60,6 +66,130 @@ pub struct FakeIot {
     pub endpoint: String,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
+    registry: Arc<Registered>,
+}
+
+/// What the account has registered: CA certificates, and device certificates registered
+/// without a CA.
+#[derive(Debug)]
+struct Registered {
+    cas: Mutex<Vec<Vec<u8>>>,
+    devices: Mutex<Vec<Vec<u8>>>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl Registered {
+    /// Whether `cert` is registered, or chains (through `intermediates`) to a registered CA,
+    /// every signature verified.
+    fn accepts(&self, cert: &[u8], intermediates: &[&[u8]]) -> bool {
+        if self.devices.lock().unwrap().iter().any(|d| d == cert) {
+            return true;
+        }
+        let cas = self.cas.lock().unwrap().clone();
+        let mut current = cert.to_vec();
+        for _ in 0..4 {
+            let Some(c) = ecr_edge::internal::cert::parse(&current) else {
+                return false;
+            };
+            let issued_by = |issuer: &[u8]| {
+                ecr_edge::internal::cert::parse(issuer)
+                    .is_some_and(|i| i.subject == c.issuer && signed_by(&c, i.spki))
+            };
+            if cas.iter().any(|ca| issued_by(ca)) {
+                return true;
+            }
+            match intermediates.iter().find(|i| issued_by(i)) {
+                Some(next) => current = next.to_vec(),
+                None => return false,
+            }
+        }
+        false
+    }
+}
+
+/// Whether `cert`'s signature verifies with the issuer's public key `issuer_spki`.
+fn signed_by(cert: &ecr_edge::internal::cert::Certificate<'_>, issuer_spki: &[u8]) -> bool {
+    use ring::signature as sig;
+    const SHA256_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
+    const SHA384_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
+    const SHA512_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
+    const ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+    const ECDSA_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
+    const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let Some(parts) = ecr_edge::internal::cert::spki_parts(issuer_spki) else {
+        return false;
+    };
+    let p256 = parts.curve == Some(P256);
+    let alg: &dyn sig::VerificationAlgorithm = match cert.signature_algorithm {
+        SHA256_RSA => &sig::RSA_PKCS1_2048_8192_SHA256,
+        SHA384_RSA => &sig::RSA_PKCS1_2048_8192_SHA384,
+        SHA512_RSA => &sig::RSA_PKCS1_2048_8192_SHA512,
+        ECDSA_SHA256 if p256 => &sig::ECDSA_P256_SHA256_ASN1,
+        ECDSA_SHA256 => &sig::ECDSA_P384_SHA256_ASN1,
+        ECDSA_SHA384 if p256 => &sig::ECDSA_P256_SHA384_ASN1,
+        ECDSA_SHA384 => &sig::ECDSA_P384_SHA384_ASN1,
+        _ => return false,
+    };
+    sig::UnparsedPublicKey::new(alg, parts.key)
+        .verify(cert.tbs, cert.signature)
+        .is_ok()
+}
+
+impl rustls::server::danger::ClientCertVerifier for Registered {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let intermediates: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
+        if self.accepts(end_entity, &intermediates) {
+            Ok(rustls::server::danger::ClientCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(
+            "this fake speaks TLS 1.3 only".into(),
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        // The proof of possession, checked against the certificate's key whatever its version.
+        let spki = ecr_edge::internal::cert::parse(cert)
+            .map(|c| c.spki.to_vec())
+            .ok_or(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadEncoding,
+            ))?;
+        rustls::crypto::verify_tls13_signature_with_raw_key(
+            message,
+            &rustls::pki_types::SubjectPublicKeyInfoDer::from(spki.as_slice()),
+            dss,
+            &self.algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 /// A device key kind.
@@ -94,21 +224,18 @@ impl FakeIot {
     /// [`FakeIot::start`] presenting a certificate for `name`, listening on `addr`; the
     /// endpoint is `name:port`.
     pub fn start_named(server_ca: &TestCa, device_ca: &TestCa, name: &str, addr: &str) -> FakeIot {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(device_ca.der()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .unwrap();
+        let registry = Arc::new(Registered {
+            cas: Mutex::new(vec![device_ca.der().to_vec()]),
+            devices: Mutex::new(Vec::new()),
+            algorithms: provider.signature_verification_algorithms,
+        });
         let (chain, key) = server_ca.issue(name);
         let config = Arc::new(
             rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
+                .with_protocol_versions(&[&rustls::version::TLS13])
                 .unwrap()
-                .with_client_cert_verifier(verifier)
+                .with_client_cert_verifier(registry.clone())
                 .with_single_cert(chain, key)
                 .unwrap(),
         );
@@ -118,6 +245,7 @@ impl FakeIot {
             faults: Faults::new(IotMode::Ok),
             calls: Vec::new(),
             handshake_failures: 0,
+            life: 3600,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -138,6 +266,10 @@ impl FakeIot {
                         }
                     }
                     let sni = tls.server_name().map(str::to_owned);
+                    let client_cert = tls
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.to_vec());
                     let mut stream = rustls::Stream::new(&mut tls, &mut conn);
                     let Ok((line, headers)) = read_head(&mut BufReader::new(&mut stream)) else {
                         st.lock().unwrap().handshake_failures += 1;
@@ -148,14 +280,15 @@ impl FakeIot {
                         .iter()
                         .find(|(k, _)| k == "x-amzn-iot-thingname")
                         .map(|(_, v)| v.clone());
-                    let mode = {
+                    let (mode, life) = {
                         let mut s = st.lock().unwrap();
                         s.calls.push(IotCall {
                             sni,
                             path: path.clone(),
                             thing: thing.clone(),
+                            client_cert,
                         });
-                        s.faults.take(IotMode::Ok)
+                        (s.faults.take(IotMode::Ok), s.life)
                     };
                     let (status, body) = match mode {
                         IotMode::Reset => return,
@@ -169,7 +302,7 @@ impl FakeIot {
                         IotMode::Ok if thing.as_deref() != Some(THING_NAME) => {
                             (403, r#"{"message":"Invalid thing name passed"}"#.into())
                         }
-                        IotMode::Ok => (200, success_body()),
+                        IotMode::Ok => (200, success_body(life)),
                     };
                     let response = format!(
                         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -186,7 +319,23 @@ impl FakeIot {
             endpoint,
             state,
             stop,
+            registry,
         }
+    }
+
+    /// Registers a CA certificate (PEM or DER): device certificates it signed are accepted.
+    pub fn register_ca(&self, cert: &[u8]) {
+        self.registry.cas.lock().unwrap().push(der_of(cert));
+    }
+
+    /// Registers a device certificate without a CA (PEM or DER).
+    pub fn register_device(&self, cert: &[u8]) {
+        self.registry.devices.lock().unwrap().push(der_of(cert));
+    }
+
+    /// Hands out credentials that expire `secs` seconds after each exchange.
+    pub fn set_credentials_life(&self, secs: i64) {
+        self.state.lock().unwrap().life = secs;
     }
 
     /// Answers every request with `mode`.
@@ -216,8 +365,8 @@ impl Drop for FakeIot {
     }
 }
 
-fn success_body() -> String {
-    let expiration = aws_smithy_types::DateTime::from_secs(ecr_edge_now() + 3600)
+fn success_body(life: i64) -> String {
+    let expiration = aws_smithy_types::DateTime::from_secs(ecr_edge_now() + life)
         .fmt(aws_smithy_types::date_time::Format::DateTime)
         .unwrap();
     format!(
@@ -313,6 +462,15 @@ pub fn device_identity(
     let cert = ca.sign(&params, &key_pair);
     std::fs::write(&cert_path, pem("CERTIFICATE", &cert)).unwrap();
     (cert_path, key_path)
+}
+
+/// The first certificate of a PEM text, or `bytes` themselves when they are DER already.
+pub fn der_of(bytes: &[u8]) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    match CertificateDer::pem_slice_iter(bytes).next() {
+        Some(Ok(c)) => c.to_vec(),
+        _ => bytes.to_vec(),
+    }
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
