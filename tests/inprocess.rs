@@ -151,39 +151,15 @@ mod daemon_time {
     async fn outage_keeps_valid_tokens_never_serves_expired_ones_and_recovers_within_the_cap() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
-        let config = ecr_edge::internal::config::parse(&format!(
-            "[daemon]\nregistries = [\"{REG}\"]\nbackoff_max = 2\nsocket = \"{}\"\n",
-            socket.display()
-        ))
-        .unwrap();
-        let identity = ecr_edge::internal::credentials::Source::select(&config).identity();
         // 330-second tokens: usable (>= 300 s left) for 30 s, refreshed 12-15 s after issue.
-        let source = Arc::new(Scripted {
-            link: Mutex::new((true, "before-outage".into())),
-            life: 330,
-            calls: AtomicUsize::new(0),
-            delay: Duration::ZERO,
-        });
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(run(
-            listener,
-            Start {
-                config_path: None,
-                config,
-                source: source.clone(),
-                socket: socket.clone(),
-                deadline: Duration::from_secs(10),
-                reload: Arc::new(tokio::sync::Notify::new()),
-            },
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let get = Request::Get {
-            registry: REG.into(),
-            identity,
-        };
+        let (source, get, stop, daemon) = start(
+            &socket,
+            Duration::ZERO,
+            330,
+            "before-outage",
+            "backoff_max = 2\n",
+        )
+        .await;
         let issued = tokio::time::Instant::now();
         match ask(&socket, &get).await {
             Reply::Token { password, .. } => assert_eq!(password.expose(), "before-outage"),
@@ -246,11 +222,15 @@ mod daemon_time {
         assert!(!socket.exists(), "socket removed on shutdown");
     }
 
-    /// A daemon on `socket` whose source takes `delay` per fetch; returns the source, the
+    /// A daemon on `socket` for `REG` (and `daemon_options`) whose source takes `delay` per
+    /// fetch and hands out tokens of `life` seconds with `password`; returns the source, the
     /// request for `REG`, the stop switch and the running task.
     async fn start(
         socket: &std::path::Path,
         delay: Duration,
+        life: i64,
+        password: &str,
+        daemon_options: &str,
     ) -> (
         Arc<Scripted>,
         Request,
@@ -258,14 +238,14 @@ mod daemon_time {
         tokio::task::JoinHandle<Result<(), ecr_edge::internal::daemon::DaemonError>>,
     ) {
         let config = ecr_edge::internal::config::parse(&format!(
-            "[daemon]\nregistries = [\"{REG}\"]\nsocket = \"{}\"\n",
+            "[daemon]\nregistries = [\"{REG}\"]\nsocket = \"{}\"\n{daemon_options}",
             socket.display()
         ))
         .unwrap();
         let identity = ecr_edge::internal::credentials::Source::select(&config).identity();
         let source = Arc::new(Scripted {
-            link: Mutex::new((true, "pw".into())),
-            life: 43_200,
+            link: Mutex::new((true, password.into())),
+            life,
             calls: AtomicUsize::new(0),
             delay,
         });
@@ -298,7 +278,7 @@ mod daemon_time {
     async fn connections_are_capped_and_the_next_waits_for_a_slot() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
-        let (_source, get, stop, task) = start(&socket, Duration::ZERO).await;
+        let (_source, get, stop, task) = start(&socket, Duration::ZERO, 43_200, "pw", "").await;
         let mut idle = Vec::new();
         for _ in 0..ecr_edge::internal::daemon::MAX_CONNECTIONS {
             idle.push(tokio::net::UnixStream::connect(&socket).await.unwrap());
@@ -328,7 +308,8 @@ mod daemon_time {
     async fn shutdown_drains_a_client_waiting_for_a_refresh() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
-        let (source, get, stop, task) = start(&socket, Duration::from_millis(1500)).await;
+        let (source, get, stop, task) =
+            start(&socket, Duration::from_millis(1500), 43_200, "pw", "").await;
         let other = "210987654321.dkr.ecr.eu-central-1.amazonaws.com";
         let Request::Get { identity, .. } = get.clone() else {
             unreachable!()
