@@ -142,3 +142,57 @@ fn yocto_example_config_is_valid_after_provisioning() {
     assert_eq!(config.iot.unwrap().thing_name, "edge-thing-0001");
     assert!(!config.daemon.unwrap().registries.is_empty());
 }
+
+/// The `rust-version` the package declares (the floor Yocto's Rust must meet: wrynose ships
+/// 1.94.1) is at least every locked dependency's own `rust-version`, so a dependency update
+/// that raises the floor fails here, not on a user's build host.
+#[test]
+fn declared_rust_version_covers_every_dependency() {
+    let host = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .unwrap();
+    let host = String::from_utf8_lossy(&host.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--offline",
+            "--filter-platform",
+        ])
+        .arg(&host)
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let version = |v: &str| -> Vec<u32> { v.split('.').map(|n| n.parse().unwrap()).collect() };
+    let packages = meta["packages"].as_array().unwrap();
+    let ours = packages
+        .iter()
+        .find(|p| p["name"] == "ecr-edge")
+        .and_then(|p| p["rust_version"].as_str())
+        .map(version)
+        .unwrap();
+    let mut needing_more = Vec::new();
+    for p in packages {
+        if let Some(v) = p["rust_version"].as_str() {
+            if version(v) > ours {
+                needing_more.push(format!("{} {} needs Rust {v}", p["name"], p["version"]));
+            }
+        }
+    }
+    assert!(
+        needing_more.is_empty(),
+        "raise rust-version in Cargo.toml (and check Yocto's Rust): {needing_more:?}"
+    );
+}
