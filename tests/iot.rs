@@ -428,3 +428,39 @@ fn daemon_serves_role_credentials_locally_only_with_the_token() {
     assert!(!d.log().contains(support::SECRET_ACCESS_KEY));
     assert!(!d.log().contains(&token));
 }
+
+/// Role credentials that arrive already expired (a wrong clock, a stale answer) are never held
+/// or served by the credentials endpoint: it answers 503 and the refresh is retried. (Before,
+/// a failed expiry computation counted as another hour of validity.)
+#[test]
+fn the_credentials_endpoint_never_serves_expired_credentials() {
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    s.iot.set_credentials_life(-60);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token_file = s.sb.dir.path().join("credentials-token");
+    let config = s.config(&format!(
+        "[daemon]\ncredentials_endpoint = \"127.0.0.1:{port}\"\ncredentials_token_file = \"{}\"\n",
+        token_file.display()
+    ));
+    let d = crate::daemon::Daemon::start(&mut s.sb, &config);
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let start = Instant::now();
+    while !d.log().contains("role credentials refresh failed") {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        d.log()
+            .contains("the role credentials had already expired (check the system clock)"),
+        "{}",
+        d.log()
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let (status, body) = http_get(port, "/credentials", Some(&token));
+    assert_eq!(status, 503, "{body}");
+    assert!(!body.contains(support::SECRET_ACCESS_KEY), "{body}");
+}

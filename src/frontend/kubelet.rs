@@ -360,6 +360,28 @@ mod tests {
         }
     }
 
+    /// The response types never show the password in `Debug` (logs, panics).
+    #[test]
+    fn debug_never_shows_the_password() {
+        let secret = Secret::new("s3cr3t-password");
+        let auth = AuthConfig {
+            username: "AWS",
+            password: &secret,
+        };
+        let mut map = std::collections::BTreeMap::new();
+        map.insert(HOST, auth);
+        let response = Response {
+            api_version: API_V1,
+            kind: "CredentialProviderResponse",
+            cache_key_type: "Registry",
+            cache_duration: "1h0m0s".into(),
+            auth: map,
+        };
+        let debug = format!("{response:?}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+    }
+
     #[test]
     fn every_bad_request_is_a_named_error() {
         let cases: &[(&str, &str)] = &[
