@@ -188,11 +188,13 @@ fn start(name: &str) -> Result<Arc<Lookup>, DnsError> {
                     true => Err("no address for the name".to_owned()),
                     false => Ok(ips),
                 });
-            let _ = shared.answer.set(answer);
+            // Forgotten and answered under one lock: whoever sees the answer no longer finds
+            // the lookup listed as unanswered.
             let mut table = in_flight().lock().unwrap_or_else(|p| p.into_inner());
             if table.get(&owned).is_some_and(|l| Arc::ptr_eq(l, &shared)) {
                 table.remove(&owned);
             }
+            let _ = shared.answer.set(answer);
             drop(table);
             shared.done.notify_waiters();
         })
