@@ -306,8 +306,12 @@ fn a_held_sink_lock_delays_neither_gets_nor_the_watchdog() {
     assert!(sink.exists(), "first sink write: {}", d.log());
     let calls = ecr_calls(&sb);
 
-    let lock = ecr_edge::internal::files::lock_exclusive_dir(&sink_dir, std::time::Instant::now())
-        .unwrap();
+    // The daemon may still be finishing its first write (slow under an emulator): wait for it.
+    let lock = ecr_edge::internal::files::lock_exclusive_dir(
+        &sink_dir,
+        std::time::Instant::now() + Duration::from_secs(10),
+    )
+    .unwrap();
     // A registry added on demand: its refresh wants to write the sink, which now waits.
     let held_since = Instant::now();
     let (ok, out) = get(&sb, OTHER);
