@@ -9,15 +9,23 @@ LICENSE = "Apache-2.0"
 LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 CVE_PRODUCT = "ecr-edge"
 
-# One crate:// entry and checksum per Cargo.lock package, written by scripts/yocto-crates.
-require ${BPN}-crates.inc
+# "+git": oe-core appends the source revision to PKGV when packaging (package.bbclass,
+# package_setup_pkgv), so every commit is a new package version and feeds offer the upgrade.
+PV = "0.1.0+git"
 
-# ECR_EDGE_REPO (conf/layer.conf) is the checkout this layer lives in. SRCREV follows it;
-# pin a commit here or in a bbappend for release images.
+# The main source first (devtool and recipetool expect it): ECR_EDGE_REPO (conf/layer.conf)
+# is the checkout this layer lives in, on branch ECR_EDGE_BRANCH. SRCREV follows that
+# branch's tip (AUTOREV: BitBake re-parses the recipe on every run to look it up). Offline
+# builds (BB_NO_NETWORK) and release images pin SRCREV in a bbappend, or point
+# ECR_EDGE_GIT_URI at a mirror; for a working tree use devtool modify or externalsrc
+# (yocto/README.md).
 ECR_EDGE_GIT_URI ??= "git://${ECR_EDGE_REPO};protocol=file"
-SRC_URI += "${ECR_EDGE_GIT_URI};branch=main"
+ECR_EDGE_BRANCH ??= "main"
+SRC_URI = "${ECR_EDGE_GIT_URI};branch=${ECR_EDGE_BRANCH}"
 # nooelint: oelint.vars.autorev - the layer builds the checkout it lives in, so its own commit cannot be written here; release images pin SRCREV in a bbappend
 SRCREV ??= "${AUTOREV}"
+# One crate:// entry and checksum per Cargo.lock package, written by scripts/yocto-crates.
+require ${BPN}-crates.inc
 
 inherit cargo systemd useradd bash-completion
 
@@ -33,8 +41,18 @@ CARGO_BUILD_FLAGS:append = " --no-default-features"
 export CARGO_PROFILE_RELEASE_STRIP = "false"
 
 # build.rs refuses other targets: a helper built for the wrong CPU fails on a device as a
-# silent "credentials not found".
-COMPATIBLE_HOST = "(x86_64|aarch64|armv7).*-linux.*"
+# silent "credentials not found". HOST_SYS only says "arm" for every 32-bit ARM machine, so
+# the armv7 hard-float check reads the Rust target triple (RUST_HOST_SYS), which says it.
+COMPATIBLE_HOST = "(x86_64|aarch64|arm).*-linux.*"
+# nooelint: oelint.task.noanonpython - the only way to refuse 32-bit ARM without hard float with a message naming the reason; it reads one variable
+python () {
+    rust_host = d.getVar('RUST_HOST_SYS') or ''
+    arch = rust_host.split('-')[0]
+    if arch in ('x86_64', 'aarch64') or (arch.startswith('armv7') and rust_host.endswith('eabihf')):
+        return
+    raise bb.parse.SkipRecipe("ecr-edge runs on x86_64, aarch64 and 32-bit ARMv7 hard-float; "
+                              "this machine's Rust target is %s" % rust_host)
+}
 
 do_install:append() {
     ln -sf ecr-edge ${D}${bindir}/docker-credential-ecr-edge
