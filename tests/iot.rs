@@ -375,10 +375,13 @@ fn http_get(port: u16, path: &str, auth: Option<&str>) -> (u16, String) {
     (status, body)
 }
 
-#[test]
-fn daemon_serves_role_credentials_locally_only_with_the_token() {
-    use std::os::unix::fs::PermissionsExt;
-    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+/// Starts the daemon with the local credentials endpoint on a free port (plus `daemon`
+/// settings) and waits until its log says `wait_for`; returns it, the port and the token file.
+fn start_with_endpoint(
+    s: &mut IotSandbox,
+    daemon: &str,
+    wait_for: &str,
+) -> (crate::daemon::Daemon, u16, std::path::PathBuf) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -386,17 +389,29 @@ fn daemon_serves_role_credentials_locally_only_with_the_token() {
         .port();
     let token_file = s.sb.dir.path().join("credentials-token");
     let config = s.config(&format!(
-        "[daemon]\nregistries = [\"{HOST}\"]\ncredentials_endpoint = \"127.0.0.1:{port}\"\n\
+        "[daemon]\n{daemon}credentials_endpoint = \"127.0.0.1:{port}\"\n\
          credentials_token_file = \"{}\"\n",
         token_file.display()
     ));
     let d = crate::daemon::Daemon::start(&mut s.sb, &config);
     d.wait_notify("READY=1", Duration::from_secs(20));
     let start = Instant::now();
-    while !d.log().contains("role credentials refreshed") {
+    while !d.log().contains(wait_for) {
         assert!(start.elapsed() < Duration::from_secs(20), "{}", d.log());
         std::thread::sleep(Duration::from_millis(50));
     }
+    (d, port, token_file)
+}
+
+#[test]
+fn daemon_serves_role_credentials_locally_only_with_the_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let (d, port, token_file) = start_with_endpoint(
+        &mut s,
+        &format!("registries = [\"{HOST}\"]\n"),
+        "role credentials refreshed",
+    );
     let token = std::fs::read_to_string(&token_file).unwrap();
     assert_eq!(token.len(), 64);
     assert_eq!(
@@ -436,23 +451,7 @@ fn daemon_serves_role_credentials_locally_only_with_the_token() {
 fn the_credentials_endpoint_never_serves_expired_credentials() {
     let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
     s.iot.set_credentials_life(-60);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let token_file = s.sb.dir.path().join("credentials-token");
-    let config = s.config(&format!(
-        "[daemon]\ncredentials_endpoint = \"127.0.0.1:{port}\"\ncredentials_token_file = \"{}\"\n",
-        token_file.display()
-    ));
-    let d = crate::daemon::Daemon::start(&mut s.sb, &config);
-    d.wait_notify("READY=1", Duration::from_secs(20));
-    let start = Instant::now();
-    while !d.log().contains("role credentials refresh failed") {
-        assert!(start.elapsed() < Duration::from_secs(20), "{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (d, port, token_file) = start_with_endpoint(&mut s, "", "role credentials refresh failed");
     assert!(
         d.log()
             .contains("the role credentials had already expired (check the system clock)"),
