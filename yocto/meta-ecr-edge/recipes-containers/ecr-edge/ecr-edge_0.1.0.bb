@@ -5,8 +5,9 @@ DESCRIPTION = "One binary that is a Docker credential helper (docker-credential-
                AWS IoT certificate exchange, so a device pulls from ECR with no long-lived \
                AWS keys."
 SECTION = "admin"
-LICENSE = "Apache-2.0"
-LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
+# LICENSE and LIC_FILES_CHKSUM: ecr-edge's own (Apache-2.0) and those of every crate built
+# into the binary, with the licence files the crates ship; written by scripts/yocto-crates.
+require ${BPN}-licenses.inc
 CVE_PRODUCT = "ecr-edge"
 
 # "+git": oe-core appends the source revision to PKGV when packaging (package.bbclass,
