@@ -124,9 +124,9 @@ pub fn main(args: Vec<OsString>) -> u8 {
         return kubelet_provider(None);
     }
     if program.starts_with(HELPER_PREFIX) {
-        init_logging(LevelFilter::WARN);
+        let level = init_logging(LevelFilter::WARN);
         let action = args.get(1).and_then(|a| a.to_str());
-        return run_helper(&program, action, args.len(), None);
+        return run_helper(&program, action, args.len(), None, level);
     }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
@@ -137,7 +137,7 @@ pub fn main(args: Vec<OsString>) -> u8 {
     };
     // The daemon logs its refreshes to the journal by default; everything else only warns.
     // Chosen from the parsed command, so options before it (`--config X daemon`) count.
-    init_logging(match cli.command {
+    let level = init_logging(match cli.command {
         Some(Command::Daemon { check: false }) => LevelFilter::INFO,
         _ => LevelFilter::WARN,
     });
@@ -146,9 +146,13 @@ pub fn main(args: Vec<OsString>) -> u8 {
         return 0;
     }
     match cli.command {
-        Some(Command::Helper { action }) => {
-            run_helper("ecr-edge helper", Some(&action), 2, cli.config.as_deref())
-        }
+        Some(Command::Helper { action }) => run_helper(
+            "ecr-edge helper",
+            Some(&action),
+            2,
+            cli.config.as_deref(),
+            level,
+        ),
         Some(Command::Configure(args)) => configure_command(args),
         Some(Command::KubeletCredentialProvider) => kubelet_provider(cli.config.as_deref()),
         Some(Command::Doctor { json }) => doctor(cli.config.as_deref(), json),
@@ -246,13 +250,23 @@ fn print_credentials(config: Option<&Path>) -> u8 {
     }
 }
 
-fn run_helper(program: &str, action: Option<&str>, argc: usize, config: Option<&Path>) -> u8 {
+fn run_helper(
+    program: &str,
+    action: Option<&str>,
+    argc: usize,
+    config: Option<&Path>,
+    level: tracing_subscriber::filter::LevelFilter,
+) -> u8 {
+    let mut echo = CauseOnStderr {
+        off: level == tracing_subscriber::filter::LevelFilter::OFF,
+    };
     match action.and_then(Action::parse) {
         Some(action) if argc == 2 => helper::run(
             action,
             config,
             &mut std::io::stdin().lock(),
             &mut std::io::stdout().lock(),
+            Some(&mut echo),
         ),
         _ => {
             // Same place and shape as docker-credential-helpers' usage message.
@@ -260,6 +274,37 @@ fn run_helper(program: &str, action: Option<&str>, argc: usize, config: Option<&
             1
         }
     }
+}
+
+/// Where a failed `get`'s cause goes besides stdout (helper::run says why): stderr, unless
+/// someone already sees it there: a person reading stdout on a terminal, a client that shows
+/// the stdout text itself, or nobody wants it (`ECR_EDGE_LOG=off`). Decided on the first write,
+/// so a `get` that succeeds never looks.
+struct CauseOnStderr {
+    off: bool,
+}
+
+impl std::io::Write for CauseOnStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::io::IsTerminal;
+        if self.off || std::io::stdout().is_terminal() || parent_shows_helper_errors() {
+            self.off = true;
+            return Ok(buf.len());
+        }
+        std::io::stderr().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Whether the program that started this helper puts a failed `get`'s stdout text in its own
+/// error: the containers/image clients (podman, skopeo, buildah) do; the Docker CLI does not.
+fn parent_shows_helper_errors() -> bool {
+    let parent = std::os::unix::process::parent_id();
+    std::fs::read_to_string(format!("/proc/{parent}/comm"))
+        .is_ok_and(|comm| matches!(comm.trim_end(), "podman" | "skopeo" | "buildah"))
 }
 
 /// The kubelet credential provider on this process's stdin, stdout and stderr.
@@ -461,12 +506,15 @@ fn credentials(config: Option<&Path>) -> Result<String, String> {
     Ok(out.to_string())
 }
 
-/// Logs go to stderr, which Docker never shows: warnings only by default, more with
-/// `ECR_EDGE_LOG=debug` (or `info`, `trace`, `off`). ecr-edge's own events follow that level;
-/// the SDK and HTTP stack are held at `info` at most, since their debug and trace levels are
-/// hundreds of lines of request plumbing per call. No log line carries a secret (checked at
-/// `trace` by the `secrets_never_reach_stderr…` test).
-fn init_logging(default: tracing_subscriber::filter::LevelFilter) {
+/// Logs go to stderr, which Docker, podman and skopeo connect to the user's terminal: warnings
+/// only by default, more with `ECR_EDGE_LOG=debug` (or `info`, `trace`, `off`). ecr-edge's own
+/// events follow that level; the SDK and HTTP stack are held at `info` at most, since their
+/// debug and trace levels are hundreds of lines of request plumbing per call. No log line
+/// carries a secret (checked at `trace` by the `secrets_never_reach_stderr…` test).
+/// Returns the level in force.
+fn init_logging(
+    default: tracing_subscriber::filter::LevelFilter,
+) -> tracing_subscriber::filter::LevelFilter {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -478,7 +526,7 @@ fn init_logging(default: tracing_subscriber::filter::LevelFilter) {
         }
     };
     if level == LevelFilter::OFF {
-        return;
+        return level;
     }
     let filter = Targets::new()
         .with_target("ecr_edge", level)
@@ -490,4 +538,5 @@ fn init_logging(default: tracing_subscriber::filter::LevelFilter) {
         .finish()
         .with(filter)
         .try_init();
+    level
 }

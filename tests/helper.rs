@@ -276,6 +276,61 @@ fn failures_name_their_cause_and_are_never_not_found() {
     assert!(s.contains("token already expired"), "{s}");
 }
 
+/// The Docker CLI drops a failed `get`'s stdout, pulls anonymously and shows the helper's
+/// stderr (REFERENCE.md section 1): each failure for an ECR host is the same one line on both,
+/// exactly once at every log level but `off`; a host that is not ECR stays silent.
+#[test]
+fn a_failed_get_says_its_cause_once_on_stderr_too() {
+    let no_credentials = |sb: &mut Sandbox| {
+        for v in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+        ] {
+            sb.set(v, None);
+        }
+    };
+    type Arrange<'a> = &'a dyn Fn(&mut Sandbox);
+    let cases: [(&str, Arrange); 3] = [
+        ("access denied", &|sb| sb.fake.set_mode(Mode::AccessDenied)),
+        ("no AWS credentials", &no_credentials),
+        ("connection", &|sb| sb.fake.set_mode(Mode::Reset)),
+    ];
+    for (cause, arrange) in cases {
+        for level in [None, Some("debug"), Some("off")] {
+            let mut sb = Sandbox::new();
+            arrange(&mut sb);
+            sb.set("ECR_EDGE_LOG", level);
+            let out = sb.helper("get", HOST.as_bytes());
+            assert_eq!(out.status.code(), Some(1));
+            let line = text(&out.stdout);
+            assert!(
+                line.starts_with(&format!("ecr-edge: {HOST}: ")) && line.contains(cause),
+                "{line}"
+            );
+            assert_eq!(line.lines().count(), 1, "{line}");
+            let stderr = text(&out.stderr);
+            let times = stderr.matches(line.as_str()).count();
+            let want = if level == Some("off") { 0 } else { 1 };
+            assert_eq!(times, want, "{cause}, ECR_EDGE_LOG={level:?}: {stderr}");
+            if level.is_none() {
+                assert_eq!(stderr, line, "only the cause, at the default level");
+            }
+        }
+    }
+    let sb = Sandbox::new();
+    let out = sb.helper("get", b"registry.example.com");
+    assert_eq!(
+        text(&out.stdout),
+        "credentials not found in native keychain\n"
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "",
+        "a host that is not ECR is not an error"
+    );
+}
+
 #[test]
 fn a_device_clock_an_hour_off_is_corrected_from_the_server_date() {
     // ECR rejects the first request as outside the signing window and sends its Date; the SDK
@@ -682,6 +737,7 @@ fn a_bad_variable_is_the_same_error_everywhere() {
         sb.set(name, Some(value));
         let helper = sb.helper("get", HOST.as_bytes());
         assert_eq!(text(&helper.stdout), format!("ecr-edge: {says}\n"));
+        assert_eq!(text(&helper.stderr), format!("ecr-edge: {says}\n"));
         assert!(!helper.status.success());
 
         let request = format!(

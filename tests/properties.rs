@@ -240,7 +240,7 @@ proptest! {
             (code, String::from_utf8_lossy(&err).into_owned() + &String::from_utf8_lossy(&out))
         } else {
             let mut out = Vec::new();
-            let code = ecr_edge::internal::helper::run(ecr_edge::internal::helper::Action::Store, None, &mut input.as_bytes(), &mut out);
+            let code = ecr_edge::internal::helper::run(ecr_edge::internal::helper::Action::Store, None, &mut input.as_bytes(), &mut out, None);
             (code, String::from_utf8_lossy(&out).into_owned())
         };
         let host = host_in(&input);
@@ -253,7 +253,7 @@ proptest! {
     #[test]
     fn helper_store_input_is_one_line_whatever_comes_in(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut out = Vec::new();
-        let code = ecr_edge::internal::helper::run(ecr_edge::internal::helper::Action::Store, None, &mut &bytes[..], &mut out);
+        let code = ecr_edge::internal::helper::run(ecr_edge::internal::helper::Action::Store, None, &mut &bytes[..], &mut out, None);
         prop_assert!(code == 0 || code == 1);
         prop_assert!(code == 0 && out.is_empty() || out.iter().filter(|&&b| b == b'\n').count() == 1);
     }

@@ -5,7 +5,9 @@
 //!
 //! Each test re-executes itself inside a new network and mount namespace (`unshare --net
 //! --mount`, root): loopback up, a private `/etc/hosts` bind-mounted so the registry host
-//! resolves to 127.0.0.2 and the AWS API and IoT names to 127.0.0.1, and the test CA appended to
+//! resolves to 192.0.2.10 (an address on the namespace's loopback device, outside 127/8, which
+//! dockerd would treat as an insecure registry and retry over plain HTTP) and the AWS API and
+//! IoT names to 127.0.0.1, and the test CA appended to
 //! a bind-mounted copy of the system CA bundle. Nothing leaves the namespace; the fakes answer
 //! on the real names and port 443 directly (no proxy).
 
@@ -20,6 +22,8 @@ use crate::support::{self, text, Sandbox, TestCa};
 const REG_HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
 const API_HOST: &str = "api.ecr.us-west-2.amazonaws.com";
 const IOT_HOST: &str = "c1a2b3example.credentials.iot.us-west-2.amazonaws.com";
+/// The registry's address: TEST-NET-1, on the namespace's loopback device.
+const REG_ADDR: &str = "192.0.2.10";
 const IMAGE: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com/edge/app:v1";
 
 /// Runs `test` (this module's function name) inside fresh namespaces and returns `false`; inside
@@ -59,11 +63,15 @@ impl World {
         let mut sb = Sandbox::new();
         let dir = sb.dir.path().to_owned();
         run("ip", &["link", "set", "lo", "up"]);
+        run(
+            "ip",
+            &["addr", "add", &format!("{REG_ADDR}/32"), "dev", "lo"],
+        );
         run("mount", &["--make-rprivate", "/"]);
         let hosts = dir.join("hosts");
         std::fs::write(
             &hosts,
-            format!("127.0.0.1 localhost\n127.0.0.1 {API_HOST}\n127.0.0.1 {IOT_HOST}\n127.0.0.2 {REG_HOST}\n"),
+            format!("127.0.0.1 localhost\n127.0.0.1 {API_HOST}\n127.0.0.1 {IOT_HOST}\n{REG_ADDR} {REG_HOST}\n"),
         )
         .unwrap();
         run("mount", &["--bind", hosts.to_str().unwrap(), "/etc/hosts"]);
@@ -123,7 +131,7 @@ impl World {
             dir.join("config.yml"),
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {d}/storage\n\
-                 http:\n  addr: 127.0.0.2:443\n  tls:\n    certificate: {d}/reg.crt\n    key: {d}/reg.key\n\
+                 http:\n  addr: {REG_ADDR}:443\n  tls:\n    certificate: {d}/reg.crt\n    key: {d}/reg.key\n\
                  auth:\n  htpasswd:\n    realm: ecr-edge-test\n    path: {d}/htpasswd\n"
             ),
         )
@@ -136,7 +144,7 @@ impl World {
             .expect("docker-registry (Debian package docker-registry)");
         self.registry = Some(child);
         let start = Instant::now();
-        while TcpStream::connect("127.0.0.2:443").is_err() {
+        while TcpStream::connect((REG_ADDR, 443)).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "registry did not start"
@@ -154,6 +162,35 @@ impl World {
             .envs(self.sb.vars.iter().map(|(k, v)| (k, v)))
             .env("HOME", &self.home);
         cmd.output().expect("skopeo (Debian package skopeo)")
+    }
+
+    /// `podman ARGS` with its own storage, and an auth file whose `credHelpers` names ecr-edge.
+    fn podman(&self, args: &[&str]) -> Output {
+        let dir = self.sb.dir.path();
+        let auth = dir.join("auth.json");
+        std::fs::write(
+            &auth,
+            format!("{{\"credHelpers\": {{\"{REG_HOST}\": \"ecr-edge\"}}}}\n"),
+        )
+        .unwrap();
+        Command::new("podman")
+            .args(["--root", dir.join("podman/root").to_str().unwrap()])
+            .args(["--runroot", dir.join("podman/run").to_str().unwrap()])
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+            ])
+            .args(args)
+            .args(["--authfile", auth.to_str().unwrap()])
+            .env_clear()
+            .envs(self.sb.vars.iter().map(|(k, v)| (k, v)))
+            .env("HOME", &self.home)
+            .output()
+            .expect("podman (Debian package podman)")
     }
 
     fn ecr_calls(&self) -> usize {
@@ -414,34 +451,246 @@ fn podman_pulls_through_its_auth_file_cred_helpers() {
     }
     let w = World::new();
     w.push_and_inspect();
-    let dir = w.sb.dir.path();
-    let auth = dir.join("auth.json");
-    std::fs::write(
-        &auth,
-        format!("{{\"credHelpers\": {{\"{REG_HOST}\": \"ecr-edge\"}}}}\n"),
-    )
-    .unwrap();
-    let out = Command::new("podman")
-        .args(["--root", dir.join("podman/root").to_str().unwrap()])
-        .args(["--runroot", dir.join("podman/run").to_str().unwrap()])
-        .args([
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-        ])
-        .args(["pull", "--authfile", auth.to_str().unwrap(), IMAGE])
-        .env_clear()
-        .envs(w.sb.vars.iter().map(|(k, v)| (k, v)))
-        .env("HOME", &w.home)
-        .output()
-        .expect("podman (Debian package podman)");
+    let out = w.podman(&["pull", IMAGE]);
     assert!(
         out.status.success(),
         "podman pull: {}{}",
         text(&out.stdout),
         text(&out.stderr)
     );
+}
+
+/// Debian's dockerd (docker.io) in the test's namespaces: no iptables, no bridge, vfs storage,
+/// its own data root, exec root, containerd and socket. It trusts the registry through the
+/// system CA bundle, which [`World`] extended with the test CA.
+struct Dockerd {
+    child: Child,
+    host: String,
+    dir: PathBuf,
+}
+
+impl Dockerd {
+    fn start(w: &World) -> Dockerd {
+        let dir = w.sb.dir.path().join("dockerd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = format!("unix://{}/docker.sock", dir.display());
+        let child = Command::new("dockerd")
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .args(["--storage-driver=vfs", "--host", &host])
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("dockerd.log")).unwrap())
+            .spawn()
+            .expect("dockerd (Debian package docker.io)");
+        let d = Dockerd { child, host, dir };
+        let start = Instant::now();
+        loop {
+            let out = d.cli(
+                "/usr/bin/docker",
+                w,
+                &["info", "--format", "{{.ServerVersion}}"],
+            );
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "dockerd did not answer: {}\n{}",
+                text(&out.stderr),
+                std::fs::read_to_string(d.dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        d
+    }
+
+    /// `docker ARGS` with the CLI at `cli`, as the user whose Docker config names ecr-edge.
+    fn cli(&self, cli: &str, w: &World, args: &[&str]) -> Output {
+        Command::new(cli)
+            .args(["--host", &self.host])
+            .args(args)
+            .env_clear()
+            .envs(w.sb.vars.iter().map(|(k, v)| (k, v)))
+            .env("HOME", &w.home)
+            .output()
+            .expect("docker CLI")
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // SIGTERM: dockerd stops its containerd and unmounts what it mounted.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Docker CLIs here: Debian's (20.10) and, where present, a newer one in /usr/local/bin.
+fn docker_clis() -> Vec<&'static str> {
+    ["/usr/bin/docker", "/usr/local/bin/docker"]
+        .into_iter()
+        .filter(|p| Path::new(p).exists())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root (own network and mount namespace, dockerd); scripts/test runs it as root"]
+fn docker_pulls_and_pushes_through_the_helper() {
+    if !inside_namespace("docker_pulls_and_pushes_through_the_helper") {
+        return;
+    }
+    let mut w = World::new();
+    // The token is usable for 4 s (a token needs 300 s left to be handed out), so the password
+    // rotation below meets an expired token.
+    w.sb.fake.set_lifetime(304.0);
+    w.push_and_inspect();
+    let docker = Dockerd::start(&w);
+    let clis = docker_clis();
+    for (n, cli) in clis.iter().enumerate() {
+        let out = docker.cli(cli, &w, &["pull", IMAGE]);
+        assert!(out.status.success(), "{cli} pull: {}", text(&out.stderr));
+        let pushed = format!("{REG_HOST}/edge/app:pushed-{n}");
+        let out = docker.cli(cli, &w, &["tag", IMAGE, &pushed]);
+        assert!(out.status.success(), "{cli} tag: {}", text(&out.stderr));
+        let out = docker.cli(cli, &w, &["push", &pushed]);
+        assert!(out.status.success(), "{cli} push: {}", text(&out.stderr));
+        let out = docker.cli(cli, &w, &["rmi", IMAGE, &pushed]);
+        assert!(out.status.success(), "{cli} rmi: {}", text(&out.stderr));
+    }
+    assert_eq!(w.ecr_calls(), 1, "one token served every pull and push");
+
+    // The token expires and ECR's password rotates: the next pull fetches a fresh token.
+    std::thread::sleep(Duration::from_secs(5));
+    w.sb.fake.set_lifetime(43_200.0);
+    w.sb.fake.set_password("fresh-ecr-password-0002");
+    w.start_registry();
+    for cli in &clis {
+        let out = docker.cli(cli, &w, &["pull", IMAGE]);
+        assert!(
+            out.status.success(),
+            "{cli} pull after rotation: {}",
+            text(&out.stderr)
+        );
+        let out = docker.cli(cli, &w, &["rmi", IMAGE]);
+        assert!(out.status.success(), "{cli} rmi: {}", text(&out.stderr));
+    }
+    assert_eq!(w.ecr_calls(), 2, "the expired token was replaced, not sent");
+
+    // docker login stores nothing (ecr-edge makes its own tokens) and succeeds with a valid
+    // password; docker logout drops the cached token, so the next pull fetches a new one.
+    let mut login = Command::new(clis[0]);
+    login
+        .args([
+            "--host",
+            &docker.host,
+            "login",
+            "--username",
+            "AWS",
+            "--password-stdin",
+            REG_HOST,
+        ])
+        .env_clear()
+        .envs(w.sb.vars.iter().map(|(k, v)| (k, v)))
+        .env("HOME", &w.home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = support::run_with_input(login, w.sb.fake.password().as_bytes());
+    assert!(out.status.success(), "docker login: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("Login Succeeded"),
+        "{}",
+        text(&out.stdout)
+    );
+    let config = std::fs::read_to_string(w.home.join(".docker/config.json")).unwrap();
+    assert!(
+        !config.contains(&w.sb.fake.password()),
+        "docker login stored the password: {config}"
+    );
+    let out = docker.cli(clis[0], &w, &["logout", REG_HOST]);
+    assert!(out.status.success(), "docker logout: {}", text(&out.stderr));
+    let out = docker.cli(clis[0], &w, &["pull", IMAGE]);
+    assert!(
+        out.status.success(),
+        "pull after logout: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(w.ecr_calls(), 3, "logout dropped the cached token");
+
+    // Without the credHelpers entry the same pull is anonymous, and the registry refuses it.
+    let _ = docker.cli(clis[0], &w, &["rmi", IMAGE]);
+    std::fs::write(w.home.join(".docker/config.json"), "{}\n").unwrap();
+    for cli in &clis {
+        let out = docker.cli(cli, &w, &["pull", IMAGE]);
+        assert!(!out.status.success(), "{cli}: anonymous pull succeeded");
+        let err = text(&out.stderr);
+        assert!(err.contains("no basic auth credentials"), "{cli}: {err}");
+    }
+}
+
+/// What a user sees when the helper cannot get a token: the Docker CLI drops the helper's
+/// stdout and pulls anonymously, so the cause must come through stderr, once; skopeo and
+/// podman show the stdout text themselves, so they must show it once too.
+#[test]
+#[ignore = "needs root (own network and mount namespace, dockerd); scripts/test runs it as root"]
+fn docker_skopeo_and_podman_show_why_a_get_failed_once() {
+    if !inside_namespace("docker_skopeo_and_podman_show_why_a_get_failed_once") {
+        return;
+    }
+    let mut w = World::new();
+    w.push_and_inspect();
+    let docker = Dockerd::start(&w);
+    let keys = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ];
+    let saved: Vec<_> = w.sb.vars.clone();
+    for cause in ["access denied", "no AWS credentials", "connection"] {
+        std::fs::remove_dir_all(w.sb.cache_dir()).ok();
+        w.sb.vars = saved.clone();
+        match cause {
+            "access denied" => w.sb.fake.set_mode(support::Mode::AccessDenied),
+            "no AWS credentials" => keys.iter().for_each(|k| w.sb.set(k, None)),
+            _ => w.sb.fake.set_mode(support::Mode::Reset),
+        }
+        // The line the helper prints on stdout, as a client reads it (up to its first quote:
+        // skopeo and podman log it inside a quoted, escaped message).
+        let line = text(&w.sb.helper("get", REG_HOST.as_bytes()).stdout);
+        let said = line.trim_end().split('"').next().unwrap();
+        assert!(
+            said.starts_with(&format!("ecr-edge: {REG_HOST}: ")) && said.contains(cause),
+            "{said}"
+        );
+        for cli in docker_clis() {
+            let out = docker.cli(cli, &w, &["pull", IMAGE]);
+            assert!(!out.status.success(), "{cli} pulled without a token");
+            let err = text(&out.stderr);
+            assert_eq!(err.matches(said).count(), 1, "{cli}, {cause}: {err}");
+        }
+        let out = w.skopeo(&["inspect", "--raw", &format!("docker://{IMAGE}")]);
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert_eq!(err.matches(said).count(), 1, "skopeo, {cause}: {err}");
+        let out = w.podman(&["pull", IMAGE]);
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert_eq!(err.matches(said).count(), 1, "podman, {cause}: {err}");
+        w.sb.fake.set_mode(support::Mode::Ok);
+    }
 }

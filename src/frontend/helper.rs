@@ -2,9 +2,10 @@
 //!
 //! Docker (and podman, skopeo, nerdctl) run `docker-credential-ecr-edge <action>`, write the
 //! input on stdin and read stdout (REFERENCE.md section 1). Errors go to stdout too, with exit
-//! status 1, and Docker shows them to the user, except the exact text
-//! [`CREDENTIALS_NOT_FOUND`], which makes it carry on anonymously. So that text is used for one
-//! case only, a host that is not ECR; every failure on an ECR host names its cause instead.
+//! status 1; the exact text [`CREDENTIALS_NOT_FOUND`] makes a client carry on anonymously, so
+//! that text is used for one case only, a host that is not ECR, and every failure on an ECR
+//! host names its cause instead. podman and skopeo show that cause; the Docker CLI drops a
+//! failed `get`'s stdout, so [`run`] also writes it to stderr, which reaches the terminal.
 //!
 //! This module is the protocol front-end only: it reads the action's input, asks
 //! [`crate::resolve`] for a token, and turns every outcome into Docker's output in one place
@@ -124,12 +125,17 @@ impl std::error::Error for HelperError {
 /// Runs `action` with the given stdin and stdout; returns the process exit status (0 or 1).
 /// `config` is the `--config` path, if any (else `$ECR_EDGE_CONFIG` or the default path).
 ///
-/// This is the protocol boundary: every error becomes exactly one line on `stdout` here.
+/// This is the protocol boundary: every error becomes exactly one line on `stdout` here. A
+/// failed `get` for an ECR host also goes, as the same line, to `echo` when the caller passes
+/// one: the Docker CLI drops a failed `get`'s stdout and pulls anonymously, but shows the
+/// helper's stderr (REFERENCE.md section 1), so that is the only place a Docker user can
+/// learn the cause. The line carries no secret (no error of this module holds one).
 pub fn run(
     action: Action,
     config: Option<&Path>,
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
+    echo: Option<&mut dyn Write>,
 ) -> u8 {
     let result = (|| -> Result<Vec<u8>, HelperError> {
         match action {
@@ -146,10 +152,15 @@ pub fn run(
     let (bytes, code) = match result {
         Ok(bytes) => (bytes, 0),
         Err(e) => {
-            if !matches!(e, HelperError::NotEcr) {
-                tracing::debug!("{action:?} failed: {e}");
+            let line = format!("{e}\n");
+            match echo {
+                Some(echo) if action == Action::Get && !matches!(e, HelperError::NotEcr) => {
+                    let _ = echo.write_all(line.as_bytes()).and_then(|()| echo.flush());
+                }
+                _ if !matches!(e, HelperError::NotEcr) => tracing::debug!("{e}"),
+                _ => {}
             }
-            (format!("{e}\n").into_bytes(), 1)
+            (line.into_bytes(), 1)
         }
     };
     match stdout.write_all(&bytes).and_then(|()| stdout.flush()) {
