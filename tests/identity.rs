@@ -652,6 +652,7 @@ fn doctor_shows_the_identity_as_the_console_does() {
         );
         let cert = dir.join("certificate.pem.crt");
         w.configure(&cert, &key);
+        w.iot.register_ca(&std::fs::read(&ca).unwrap());
         let out = crate::support::run_with_input(
             w.sb.command_for(&crate::support::binary(), "doctor"),
             b"",
@@ -697,6 +698,12 @@ fn doctor_shows_the_identity_as_the_console_does() {
         ] {
             assert!(block.contains(line), "{line:?} missing in:\n{block}");
         }
+        // The credentials endpoint is probed as the exchange reaches it, with the device
+        // certificate (it wants one), so it is reachable.
+        assert!(
+            report.contains(&format!("{} reachable", w.iot.endpoint)),
+            "{report}"
+        );
     }
 }
 

@@ -462,6 +462,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>, IotError> {
 }
 
 impl Device {
+    /// The TLS client configuration that presents this identity and trusts the endpoint's CAs.
+    pub fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
+    }
+
     /// Loads and checks the identity in `cfg` at time `now`: key permissions, PEM contents,
     /// certificate dates, key/certificate match, and the trust store for the endpoint.
     ///

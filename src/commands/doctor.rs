@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -554,25 +555,39 @@ fn iot_identity(checks: &mut Vec<Check>, config: &Config) {
 pub const ROTATE_WARN_DAYS: i64 = 30;
 
 /// Each endpoint's reachability and, from its `Date` header, the clock.
+///
+/// The IoT credentials endpoint is probed as the exchange reaches it: trusting `[iot] ca` when
+/// set, and presenting the device certificate (the endpoint wants one).
 fn network_and_clock(checks: &mut Vec<Check>, registries: &[Registry], settings: &Settings) {
-    let mut endpoints: Vec<String> = registries
+    let mut endpoints: Vec<(String, Result<Arc<rustls::ClientConfig>, String>)> = registries
         .iter()
-        .map(|r| r.endpoint().trim_start_matches("https://").to_owned())
+        .map(|r| {
+            let endpoint = r.endpoint().trim_start_matches("https://").to_owned();
+            (endpoint, plain_tls(None))
+        })
         .collect();
+    endpoints.dedup_by(|a, b| a.0 == b.0);
     if let Some(iot) = &settings.config.iot {
-        endpoints.push(iot.endpoint.clone());
+        let tls = match crate::aws::iot::Device::load(iot, crate::token::now()) {
+            Ok(device) => Ok(device.tls()),
+            Err(_) => plain_tls(iot.ca.as_deref()),
+        };
+        endpoints.push((iot.endpoint.clone(), tls));
     }
-    endpoints.dedup();
     let mut skews = Vec::new();
     if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        for endpoint in &endpoints {
+        for (endpoint, tls) in &endpoints {
             let (host_name, port) = crate::aws::iot::host_port(endpoint);
             let via = crate::aws::https::proxy_for(host_name, port)
                 .map_or_else(|| "direct".to_owned(), |p| format!("via proxy {p}"));
-            match runtime.block_on(probe(host_name, port, settings.deadline)) {
+            let probed = match tls {
+                Ok(tls) => runtime.block_on(probe(tls.clone(), host_name, port, settings.deadline)),
+                Err(e) => Err(e.clone()),
+            };
+            match probed {
                 Ok((status, date)) => {
                     checks.push(check(
                         "network",
@@ -621,17 +636,27 @@ fn one_token(checks: &mut Vec<Check>, registries: &[Registry], settings: &Settin
     });
 }
 
-/// `GET /` on an endpoint: proves DNS, TCP, proxy and TLS, and returns the server's clock.
-async fn probe(host: &str, port: u16, deadline: Duration) -> Result<(u16, Option<i64>), String> {
-    let roots = crate::aws::trust::root_store(None).map_err(|e| e.to_string())?;
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+/// TLS trusting the system store and Amazon's roots, or only `ca`; no client certificate.
+fn plain_tls(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let roots = crate::aws::trust::root_store(ca).map_err(|e| e.to_string())?;
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let get = crate::aws::https::get(std::sync::Arc::new(tls), host, port, "/", &[], 16 * 1024);
+    Ok(Arc::new(tls))
+}
+
+/// `GET /` on an endpoint: proves DNS, TCP, proxy and TLS, and returns the server's clock.
+async fn probe(
+    tls: Arc<rustls::ClientConfig>,
+    host: &str,
+    port: u16,
+    deadline: Duration,
+) -> Result<(u16, Option<i64>), String> {
+    let get = crate::aws::https::get(tls, host, port, "/", &[], 16 * 1024);
     match tokio::time::timeout(deadline, get).await {
         Err(_) => Err(crate::aws::https::timed_out(host)
             .unwrap_or_else(|| format!("no answer within {:.1}s", deadline.as_secs_f64()))),
