@@ -168,8 +168,10 @@ impl StdError for FetchError {
 }
 
 impl FetchError {
-    /// How this failure should be retried: soon (network, server), slower (throttled), or
-    /// rarely (needs a person: permissions, credentials, clock, device identity).
+    /// How this failure should be retried: soon (network, server, and a wrong clock, which
+    /// NTP sets without a person: a device without a real-time clock boots in the past),
+    /// slower (throttled), or rarely (needs a person: permissions, credentials, device
+    /// identity, configuration).
     pub fn failure(&self) -> Failure {
         match self {
             FetchError::Unreachable { .. }
@@ -177,12 +179,12 @@ impl FetchError {
             | FetchError::Service { .. }
             | FetchError::BadResponse { .. }
             | FetchError::Dns(_)
+            | FetchError::ClockSkew { .. }
             | FetchError::Runtime { .. } => Failure::Transient,
             FetchError::Throttled { .. } => Failure::Throttled,
             FetchError::NoCredentials { .. }
             | FetchError::AccessDenied { .. }
             | FetchError::InvalidCredentials { .. }
-            | FetchError::ClockSkew { .. }
             | FetchError::Trust(_)
             | FetchError::NotBuilt { .. } => Failure::Config,
             FetchError::Iot(e) => match e {
@@ -190,6 +192,7 @@ impl FetchError {
                 IotError::Unreachable { .. }
                 | IotError::Timeout { .. }
                 | IotError::Unavailable { .. }
+                | IotError::NotYetValid { .. }
                 | IotError::BadResponse(_) => Failure::Transient,
                 _ => Failure::Config,
             },
@@ -772,6 +775,20 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.failure(), Failure::Config);
+    }
+
+    /// A clock behind (no real-time clock, NTP not yet synced) is retried on the short backoff:
+    /// NTP sets it without a person, and the daemon must recover by itself.
+    #[test]
+    fn a_wrong_clock_is_retried_soon() {
+        let skew = FetchError::ClockSkew {
+            message: "Signature expired".into(),
+        };
+        assert_eq!(skew.failure(), Failure::Transient);
+        let early = FetchError::Iot(IotError::NotYetValid {
+            not_before: 1_800_000_000,
+        });
+        assert_eq!(early.failure(), Failure::Transient);
     }
 
     #[test]
