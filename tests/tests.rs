@@ -10,5 +10,6 @@ mod helper;
 mod identity;
 mod iot;
 mod kubelet;
+mod lab;
 mod realclients;
 mod support;

@@ -237,9 +237,11 @@ impl FakeEcr {
     }
 
     /// Also answers TLS connections on `addr` directly, as the real endpoint `host` (for tests
-    /// whose clients resolve AWS names to loopback instead of using the proxy).
-    pub fn listen_direct(&self, addr: &str, host: &str, ca: Arc<TestCa>) {
+    /// whose clients resolve AWS names to loopback instead of using the proxy); returns the
+    /// port (`addr` may ask for any with port 0).
+    pub fn listen_direct(&self, addr: &str, host: &str, ca: Arc<TestCa>) -> u16 {
         let listener = TcpListener::bind(addr).unwrap();
+        let port = listener.local_addr().unwrap().port();
         let (st, sp, host) = (self.state.clone(), self.stop.clone(), host.to_owned());
         thread::spawn(move || {
             for conn in listener.incoming() {
@@ -254,6 +256,7 @@ impl FakeEcr {
                 });
             }
         });
+        port
     }
 
     /// Answers every request with `mode` from now on.

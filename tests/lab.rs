@@ -1,0 +1,393 @@
+//! The device lab: the arm64 and armhf packages installed and run on Debian 12 guests under
+//! full-system emulation (`qemu-system-aarch64 -M virt`, Cortex-A53; `qemu-system-arm -M virt`,
+//! Cortex-A15, the armmp-lpae kernel), 512 MB each, Debian's own kernel, systemd as PID 1 and no
+//! `ca-certificates`. `scripts/lab` builds the images (cached outside the clone) and names their
+//! folder in `ECR_EDGE_LAB_IMAGES`; the packages come from `scripts/package`.
+//!
+//! Each guest runs `tests/lab/scenario.sh` at the end of boot, from a second disk that carries
+//! the package, the device identity and the fakes' CA in and the results out, and powers off.
+//! Its only network is QEMU's user-mode network with `restrict=on`: `guestfwd` takes the real
+//! AWS names (mapped in the guest's `/etc/hosts`) to the fake ECR and fake IoT credentials
+//! provider of `tests/support`, listening on 127.0.0.1 here. Nothing else is reachable.
+//!
+//! Two boots per architecture: the scenario (install, provision, systemd, serving, uplink loss,
+//! figures, purge, wrong architecture) and a boot with the real-time clock at 1970.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::support::iot::{device_identity, FakeIot, KeyKind, Validity, ROLE_ALIAS, THING_NAME};
+use crate::support::{self, text, FakeEcr, TestCa};
+
+const REG_HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
+const API_HOST: &str = "api.ecr.us-west-2.amazonaws.com";
+const IOT_HOST: &str = "c1a2b3example.credentials.iot.us-west-2.amazonaws.com";
+/// The watchdog period the lab gives the unit (a drop-in): the run outlasts two of them.
+const WATCHDOG_SEC: u64 = 10;
+/// How long the guest's uplink stays down: long enough for a refresh to fail.
+const OUTAGE_SEC: u64 = 30;
+/// A whole boot, scenario and power-off, at most (emulated, next to other work).
+const BOOT_LIMIT: Duration = Duration::from_secs(900);
+
+struct Guest {
+    arch: &'static str,
+    qemu: &'static str,
+    machine: &'static [&'static str],
+    deb_arch: &'static str,
+    /// The other architecture's package, where this CPU cannot run it (an arm64 CPU runs armhf
+    /// programs, so there the armhf package is rightly accepted).
+    wrong_deb_arch: Option<&'static str>,
+    uname: &'static str,
+}
+
+const ARM64: Guest = Guest {
+    arch: "arm64",
+    qemu: "qemu-system-aarch64",
+    machine: &["-M", "virt", "-cpu", "cortex-a53"],
+    deb_arch: "arm64",
+    wrong_deb_arch: None,
+    uname: "aarch64",
+};
+
+const ARMHF: Guest = Guest {
+    arch: "armhf",
+    qemu: "qemu-system-arm",
+    machine: &["-M", "virt", "-cpu", "cortex-a15"],
+    deb_arch: "armhf",
+    wrong_deb_arch: Some("arm64"),
+    uname: "armv7l",
+};
+
+/// The images' folder, or why the lab cannot run here.
+fn images() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("ECR_EDGE_LAB_IMAGES")
+        .filter(|d| !d.is_empty())
+        .ok_or("ECR_EDGE_LAB_IMAGES is not set: scripts/test sets it after scripts/lab builds the guest images")?;
+    Ok(PathBuf::from(dir))
+}
+
+fn deb(arch: &str) -> PathBuf {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pkg/out");
+    std::fs::read_dir(&out)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/package)", out.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(&format!("_{arch}.deb")))
+        })
+        .unwrap_or_else(|| panic!("no {arch} .deb in {} (run scripts/package)", out.display()))
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The fakes the guest reaches, listening on 127.0.0.1 under the real names.
+struct Fakes {
+    ca: Arc<TestCa>,
+    device_ca: TestCa,
+    ecr: FakeEcr,
+    ecr_port: u16,
+    iot: FakeIot,
+}
+
+impl Fakes {
+    fn start() -> Fakes {
+        let ca = Arc::new(TestCa::new());
+        let ecr = FakeEcr::start(ca.clone());
+        let ecr_port = ecr.listen_direct("127.0.0.1:0", API_HOST, ca.clone());
+        // Usable for 60 s (a token needs 300 s left to be handed out): the daemon refreshes
+        // every 24-30 s, so the outage below meets a refresh.
+        ecr.set_lifetime(360.0);
+        let device_ca = TestCa::new();
+        let iot = FakeIot::start_named(&ca, &device_ca, IOT_HOST, "127.0.0.1:0");
+        Fakes {
+            ca,
+            device_ca,
+            ecr,
+            ecr_port,
+            iot,
+        }
+    }
+
+    fn iot_port(&self) -> u16 {
+        self.iot
+            .endpoint
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+/// A per-connection bridge for `guestfwd=...-cmd:`: QEMU gives it the guest's connection on
+/// stdin and stdout; it relays to a port on 127.0.0.1.
+const BRIDGE: &str = r#"
+import socket, sys, threading
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+def up():
+    while True:
+        b = sys.stdin.buffer.raw.read(65536)
+        if not b:
+            break
+        s.sendall(b)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    sys.stdout.buffer.write(b)
+    sys.stdout.buffer.flush()
+"#;
+
+/// Boots `guest` once with `phase`; returns the scenario's results and its output folder.
+fn boot(
+    guest: &Guest,
+    images: &Path,
+    fakes: &Fakes,
+    work: &Path,
+    phase: &str,
+) -> (BTreeMap<String, String>, PathBuf) {
+    let dir = work.join(format!("{}-{phase}", guest.arch));
+    let _ = std::fs::remove_dir_all(&dir);
+    let payload = dir.join("payload");
+    let input = payload.join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::copy(deb(guest.deb_arch), input.join("ecr-edge.deb")).unwrap();
+    if let Some(wrong) = guest.wrong_deb_arch {
+        std::fs::copy(deb(wrong), input.join("wrong.deb")).unwrap();
+    }
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/scenario.sh"),
+        input.join("scenario.sh"),
+    )
+    .unwrap();
+    std::fs::write(input.join("ca.pem"), &fakes.ca.pem).unwrap();
+    // The device identity, made with openssl as a fleet's provisioning would (SEC1 EC key).
+    let (cert, key) = device_identity(&input, &fakes.device_ca, KeyKind::EcSec1, Validity::Current);
+    assert!(cert.starts_with(&input) && key.starts_with(&input));
+    std::fs::write(
+        input.join("hosts"),
+        format!("10.0.2.100 {API_HOST}\n10.0.2.101 {IOT_HOST}\n"),
+    )
+    .unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::write(
+        input.join("env"),
+        format!(
+            "PHASE={phase}\nREG_HOST={REG_HOST}\nREGION=us-west-2\nIOT_ENDPOINT={IOT_HOST}\n\
+             ROLE_ALIAS={ROLE_ALIAS}\nTHING_NAME={THING_NAME}\nWATCHDOG_SEC={WATCHDOG_SEC}\n\
+             OUTAGE_SEC={OUTAGE_SEC}\nHOST_NOW={now}\nAWS_ACCESS_KEY_ID={}\n\
+             AWS_SECRET_ACCESS_KEY='{}'\nAWS_SESSION_TOKEN='{}'\n",
+            support::ACCESS_KEY_ID,
+            support::SECRET_ACCESS_KEY,
+            support::SESSION_TOKEN,
+        ),
+    )
+    .unwrap();
+    let disk = dir.join("payload.img");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "lab", "-d"])
+        .arg(&payload)
+        .arg(&disk)
+        .arg("64M"));
+    let bridge = dir.join("bridge.py");
+    std::fs::write(&bridge, BRIDGE).unwrap();
+    let fwd = |ip: &str, port: u16| {
+        format!(
+            "guestfwd=tcp:{ip}:443-cmd:python3 {} {port}",
+            bridge.display()
+        )
+    };
+    let console = dir.join("console.log");
+    let image = images.join(guest.arch);
+    let mut qemu = Command::new(guest.qemu);
+    qemu.args(guest.machine)
+        .args(["-smp", "2", "-m", "512", "-nodefaults", "-display", "none"])
+        .args(["-monitor", "none", "-serial"])
+        .arg(format!("file:{}", console.display()))
+        .arg("-kernel")
+        .arg(image.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(image.join("initrd.img"))
+        .args(["-append", "root=/dev/vda rw console=ttyAMA0 panic=-1"])
+        .arg("-drive")
+        .arg(format!(
+            "if=none,id=root,format=raw,snapshot=on,file={}",
+            image.join("rootfs.img").display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=root"])
+        .arg("-drive")
+        .arg(format!("if=none,id=lab,format=raw,file={}", disk.display()))
+        .args(["-device", "virtio-blk-pci,drive=lab"])
+        .arg("-netdev")
+        .arg(format!(
+            "user,id=n0,restrict=on,{},{}",
+            fwd("10.0.2.100", fakes.ecr_port),
+            fwd("10.0.2.101", fakes.iot_port())
+        ))
+        .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
+        .args(["-no-reboot"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("qemu.log")).unwrap());
+    if phase == "rtc" {
+        qemu.args(["-rtc", "base=1970-01-01T00:00:00"]);
+    } else {
+        qemu.args(["-rtc", "base=utc"]);
+    }
+    let start = Instant::now();
+    let mut child = qemu.spawn().expect("qemu-system (scripts/lab installs it)");
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > BOOT_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} {phase}: no power-off within {BOOT_LIMIT:?}; console:\n{}",
+                guest.arch,
+                tail(&console, 60)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let took = start.elapsed();
+    assert!(
+        status.success(),
+        "{} {phase}: qemu {status}: {}\nconsole:\n{}",
+        guest.arch,
+        std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default(),
+        tail(&console, 60)
+    );
+    let out = dir.join("out");
+    run(Command::new("debugfs")
+        .args(["-R", &format!("rdump /out {}", dir.display())])
+        .arg(&disk));
+    let results: BTreeMap<String, String> = std::fs::read_to_string(out.join("results"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} {phase}: no results ({e}); console:\n{}",
+                guest.arch,
+                tail(&console, 80)
+            )
+        })
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    println!(
+        "lab {} {phase}: boot, scenario and power-off in {:.0} s",
+        guest.arch,
+        took.as_secs_f64()
+    );
+    let failed: Vec<_> = results.iter().filter(|(_, v)| *v == "fail").collect();
+    assert!(
+        failed.is_empty() && results.get("done").is_some_and(|v| v == "yes"),
+        "{} {phase}: failed checks {failed:?}; the transcript, journal and console log are \
+         kept in {}; the transcript ends:\n{}",
+        guest.arch,
+        dir.display(),
+        tail(&out.join("transcript"), 80)
+    );
+    (results, out)
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let s = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).replace('\r', "\n");
+    let all: Vec<_> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn lab(guest: &Guest) {
+    let images = match images() {
+        Ok(dir) => dir,
+        Err(why) => {
+            eprintln!("lab {}: skipped: {why}", guest.arch);
+            return;
+        }
+    };
+    // Kept after a failure, with the console logs; replaced by the next run.
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab");
+    let fakes = Fakes::start();
+
+    let (r, out) = boot(guest, &images, &fakes, &work, "main");
+    assert_eq!(r["arch"], guest.uname);
+    assert_eq!(r["doctor_exit"], "0", "doctor --json failed");
+    let doctor: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("doctor.json")).unwrap()).unwrap();
+    assert!(
+        doctor.to_string().contains(guest.uname),
+        "doctor --json does not name the machine: {doctor}"
+    );
+    // The sink holds the token the fake issued, base64("AWS:<password>").
+    let sink = std::fs::read_to_string(out.join("sink.json")).unwrap();
+    let auth = aws_smithy_types::base64::encode(format!("AWS:{}", fakes.ecr.password()));
+    assert!(sink.contains(&auth), "sink has no current token");
+    assert!(
+        fakes.iot.calls().len() >= 2,
+        "one exchange per restart and reload at least"
+    );
+    println!(
+        "lab {}: daemon VmRSS {} kB idle, {} kB after 10 served gets; helper peak RSS {} kB for a \
+         cached get; installed {} KiB (binary {} bytes); dpkg -i {} s; restart to READY {} ms",
+        guest.arch,
+        r["rss_idle_kib"],
+        r["rss_after_10_gets_kib"],
+        r["helper_cached_get_peak_rss_kib"],
+        r["installed_kib"],
+        r["binary_bytes"],
+        r["dpkg_seconds"],
+        r["ready_ms"],
+    );
+
+    let (r, out) = boot(guest, &images, &fakes, &work, "rtc");
+    assert!(
+        r["clock_at_boot"].as_str() < "2026",
+        "the guest clock was not early"
+    );
+    assert_ne!(
+        r["doctor_exit"], "0",
+        "doctor passed with the clock at {}",
+        r["clock_at_boot"]
+    );
+    assert_ne!(
+        r["get_before_clock_set_exit"], "0",
+        "a token was served before the clock was set"
+    );
+    let doctor = std::fs::read_to_string(out.join("doctor.txt")).unwrap();
+    println!(
+        "lab {} rtc: clock at boot {}; doctor said:\n{}",
+        guest.arch,
+        r["clock_at_boot"],
+        doctor
+            .lines()
+            .filter(|l| l.to_lowercase().contains("clock"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+#[ignore = "needs root, qemu-system-arm and the guest images scripts/lab builds; scripts/test runs it"]
+fn arm64_guest() {
+    lab(&ARM64);
+}
+
+#[test]
+#[ignore = "needs root, qemu-system-arm and the guest images scripts/lab builds; scripts/test runs it"]
+fn armhf_guest() {
+    lab(&ARMHF);
+}
