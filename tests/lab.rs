@@ -354,9 +354,12 @@ fn lab(guest: &Guest) {
     );
 
     let (r, out) = boot(guest, &images, &fakes, &work, "rtc");
+    // systemd moves a 1970 clock up to its own build date, which is still in the past.
+    let today = run(Command::new("date").args(["-u", "+%F"]));
     assert!(
-        r["clock_at_boot"].as_str() < "2026",
-        "the guest clock was not early"
+        r["clock_at_boot"].as_str() < today.trim(),
+        "the guest clock was not early: {}",
+        r["clock_at_boot"]
     );
     assert_ne!(
         r["doctor_exit"], "0",
