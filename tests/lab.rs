@@ -12,6 +12,11 @@
 //!
 //! Two boots per architecture: the scenario (install, provision, systemd, serving, uplink loss,
 //! figures, purge, wrong architecture) and a boot with the real-time clock at 1970.
+//!
+//! Its own test target, outside `cargo test` (`test = false` in Cargo.toml): `scripts/lab test`
+//! runs it, and a run without the images fails with the reason instead of passing unseen.
+
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::iot::{device_identity, FakeIot, KeyKind, Validity, ROLE_ALIAS, THING_NAME};
-use crate::support::{self, text, FakeEcr, TestCa};
+use crate::support::{text, FakeEcr, TestCa};
 
 const REG_HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
 const API_HOST: &str = "api.ecr.us-west-2.amazonaws.com";
@@ -312,13 +317,7 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 fn lab(guest: &Guest) {
-    let images = match images() {
-        Ok(dir) => dir,
-        Err(why) => {
-            eprintln!("lab {}: skipped: {why}", guest.arch);
-            return;
-        }
-    };
+    let images = images().unwrap_or_else(|why| panic!("lab {}: {why}", guest.arch));
     // Kept after a failure, with the console logs; replaced by the next run.
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab");
     let fakes = Fakes::start();

@@ -472,7 +472,15 @@ struct Dockerd {
 impl Dockerd {
     fn start(w: &World) -> Dockerd {
         let dir = w.sb.dir.path().join("dockerd");
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        // dockerd writes /etc/docker/key.json: give it a private /etc/docker (this namespace's
+        // mounts are private), so the test leaves the machine's /etc as it found it.
+        if Path::new("/etc/docker").is_dir() {
+            run(
+                "mount",
+                &["--bind", dir.join("etc").to_str().unwrap(), "/etc/docker"],
+            );
+        }
         let host = format!("unix://{}/docker.sock", dir.display());
         let child = Command::new("dockerd")
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])

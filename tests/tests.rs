@@ -10,6 +10,5 @@ mod helper;
 mod identity;
 mod iot;
 mod kubelet;
-mod lab;
 mod realclients;
 mod support;
