@@ -518,15 +518,19 @@ impl Dockerd {
     }
 
     /// `docker ARGS` with the CLI at `cli`, as the user whose Docker config names ecr-edge.
-    fn cli(&self, cli: &str, w: &World, args: &[&str]) -> Output {
-        Command::new(cli)
-            .args(["--host", &self.host])
+    fn command(&self, cli: &str, w: &World, args: &[&str]) -> Command {
+        let mut cmd = Command::new(cli);
+        cmd.args(["--host", &self.host])
             .args(args)
             .env_clear()
             .envs(w.sb.vars.iter().map(|(k, v)| (k, v)))
-            .env("HOME", &w.home)
-            .output()
-            .expect("docker CLI")
+            .env("HOME", &w.home);
+        cmd
+    }
+
+    /// [`Dockerd::command`], run to completion.
+    fn cli(&self, cli: &str, w: &World, args: &[&str]) -> Output {
+        self.command(cli, w, args).output().expect("docker CLI")
     }
 }
 
@@ -601,20 +605,12 @@ fn docker_pulls_and_pushes_through_the_helper() {
 
     // docker login stores nothing (ecr-edge makes its own tokens) and succeeds with a valid
     // password; docker logout drops the cached token, so the next pull fetches a new one.
-    let mut login = Command::new(clis[0]);
+    let mut login = docker.command(
+        clis[0],
+        &w,
+        &["login", "--username", "AWS", "--password-stdin", REG_HOST],
+    );
     login
-        .args([
-            "--host",
-            &docker.host,
-            "login",
-            "--username",
-            "AWS",
-            "--password-stdin",
-            REG_HOST,
-        ])
-        .env_clear()
-        .envs(w.sb.vars.iter().map(|(k, v)| (k, v)))
-        .env("HOME", &w.home)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

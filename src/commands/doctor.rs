@@ -559,11 +559,13 @@ pub const ROTATE_WARN_DAYS: i64 = 30;
 /// The IoT credentials endpoint is probed as the exchange reaches it: trusting `[iot] ca` when
 /// set, and presenting the device certificate (the endpoint wants one).
 fn network_and_clock(checks: &mut Vec<Check>, registries: &[Registry], settings: &Settings) {
+    // One trust store for every registry endpoint (it reads the system bundle).
+    let system = plain_tls(None);
     let mut endpoints: Vec<(String, Result<Arc<rustls::ClientConfig>, String>)> = registries
         .iter()
         .map(|r| {
             let endpoint = r.endpoint().trim_start_matches("https://").to_owned();
-            (endpoint, plain_tls(None))
+            (endpoint, system.clone())
         })
         .collect();
     endpoints.dedup_by(|a, b| a.0 == b.0);
