@@ -91,8 +91,12 @@ struct ConfigureArgs {
     #[arg(long, value_name = "PATH")]
     docker_config: Option<PathBuf>,
     /// Take the entries out instead (only entries naming ecr-edge).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "replace")]
     remove: bool,
+    /// Move from another helper (`ecr-login`): its credHelpers entries name ecr-edge, and a
+    /// credsStore naming it becomes entries for the ECR registries listed under auths.
+    #[arg(long, value_name = "HELPER")]
+    replace: Option<String>,
     /// Print the changes without writing.
     #[arg(long)]
     dry_run: bool,
@@ -153,7 +157,7 @@ pub fn main(args: Vec<OsString>) -> u8 {
             cli.config.as_deref(),
             level,
         ),
-        Some(Command::Configure(args)) => configure_command(args),
+        Some(Command::Configure(args)) => configure_command(args, cli.config.as_deref()),
         Some(Command::KubeletCredentialProvider) => kubelet_provider(cli.config.as_deref()),
         Some(Command::Doctor { json }) => doctor(cli.config.as_deref(), json),
         Some(Command::Daemon { check: true }) => daemon_configured(cli.config.as_deref()),
@@ -170,7 +174,7 @@ pub fn main(args: Vec<OsString>) -> u8 {
 
 /// `ecr-edge configure`: the kubelet provider (`--k3s`, `--kubelet-config`) and the
 /// `credHelpers` entries, each as asked; the exit status is the worst of them.
-fn configure_command(args: ConfigureArgs) -> u8 {
+fn configure_command(args: ConfigureArgs, config: Option<&Path>) -> u8 {
     let ConfigureArgs {
         registries,
         account,
@@ -178,23 +182,45 @@ fn configure_command(args: ConfigureArgs) -> u8 {
         containers,
         docker_config,
         remove,
+        replace,
         dry_run,
         k3s,
         kubelet_config,
         root,
     } = args;
+    // The configuration's registries and aliases: the entries written when none are named,
+    // and extra patterns for the kubelet. An unusable file is an error here (configure is run
+    // by a person, who should hear of it); an absent default file is no registries.
+    let named = !registries.is_empty() || account.is_some();
+    let configured = match crate::config::load(config) {
+        Ok(c) => c,
+        Err(e) if named => {
+            eprintln!("ecr-edge configure: warning: {e}; its registries and aliases are left out");
+            crate::config::Config::default()
+        }
+        Err(e) => {
+            eprintln!("ecr-edge configure: {e}");
+            return 2;
+        }
+    };
+    let aliases: Vec<String> = configured
+        .registries
+        .iter()
+        .flat_map(|r| r.aliases.iter().map(|a| a.get_ref().clone()))
+        .collect();
     let kubelet = k3s || kubelet_config.is_some();
     let mut status = 0;
     if k3s {
         status = status.max(install_provider(
             &crate::commands::provider_setup::Layout::k3s(&root),
             &root,
+            &aliases,
             dry_run,
         ));
     }
     if let Some(path) = kubelet_config {
         let layout = crate::commands::provider_setup::Layout::kubelet(&root, &path);
-        status = status.max(install_provider(&layout, &root, dry_run));
+        status = status.max(install_provider(&layout, &root, &aliases, dry_run));
         if status == 0 {
             println!(
                 "start the kubelet with --image-credential-provider-config={} \
@@ -211,12 +237,14 @@ fn configure_command(args: ConfigureArgs) -> u8 {
             );
         }
     }
-    if kubelet && registries.is_empty() && account.is_none() {
+    if kubelet && registries.is_empty() && account.is_none() && replace.is_none() {
         return status;
     }
     status.max(configure(
         registries,
         account.zip(region),
+        &configured,
+        replace.as_deref(),
         containers,
         docker_config,
         remove,
@@ -322,6 +350,7 @@ fn kubelet_provider(config: Option<&Path>) -> u8 {
 fn install_provider(
     layout: &crate::commands::provider_setup::Layout,
     root: &Path,
+    aliases: &[String],
     dry_run: bool,
 ) -> u8 {
     let exe = match std::env::current_exe() {
@@ -345,11 +374,11 @@ fn install_provider(
                 .display(),
             binary.display(),
             layout.config.display(),
-            crate::commands::provider_setup::provider_config()
+            crate::commands::provider_setup::provider_config_for(aliases)
         );
         return 0;
     }
-    match crate::commands::provider_setup::install(layout, &binary) {
+    match crate::commands::provider_setup::install(layout, &binary, aliases) {
         Ok(changes) if changes.is_empty() => {
             println!("{}: already up to date", layout.config.display());
             0
@@ -412,9 +441,12 @@ fn doctor(config: Option<&Path>, json: bool) -> u8 {
 
 /// `ecr-edge configure`: exit 0 when every file is (now) right, 1 when one could not be
 /// updated, 2 for unusable arguments.
+#[allow(clippy::too_many_arguments)]
 fn configure(
     registries: Vec<String>,
     account_region: Option<(String, String)>,
+    configured: &crate::config::Config,
+    replace: Option<&str>,
     containers: bool,
     docker_config: Option<PathBuf>,
     remove: bool,
@@ -424,13 +456,32 @@ fn configure(
     if let Some((account, region)) = account_region {
         inputs.push(format!("{account}.dkr.ecr.{region}.amazonaws.com"));
     }
+    let mut hosts = Vec::new();
     if inputs.is_empty() {
-        eprintln!(
-            "ecr-edge configure: name at least one --registry HOST (or --account and --region)"
-        );
+        // Every registry and alias the configuration names.
+        let daemon = configured.daemon.iter().flat_map(|d| d.registries.iter());
+        for r in &configured.registries {
+            hosts.push(r.host.get_ref().clone());
+            hosts.extend(r.aliases.iter().map(|a| a.get_ref().clone()));
+        }
+        for h in daemon {
+            if !hosts.contains(h) {
+                hosts.push(h.clone());
+            }
+        }
+        if hosts.is_empty() && replace.is_none() {
+            eprintln!(
+                "ecr-edge configure: name at least one --registry HOST (or --account and \
+                 --region), add [[registry]] tables or [daemon] registries to the \
+                 configuration, or use --replace ecr-login"
+            );
+            return 2;
+        }
+    }
+    if replace == Some(crate::commands::configure::HELPER_NAME) {
+        eprintln!("ecr-edge configure: --replace names the helper to move from, not ecr-edge");
         return 2;
     }
-    let mut hosts = Vec::new();
     for input in &inputs {
         match crate::registry::Registry::parse(input) {
             Some(r) => {
@@ -466,7 +517,11 @@ fn configure(
     }
     let mut status = 0;
     for path in targets {
-        match crate::commands::configure::apply(&path, &hosts, remove, dry_run) {
+        let result = match replace {
+            Some(from) => crate::commands::configure::apply_replace(&path, from, &hosts, dry_run),
+            None => crate::commands::configure::apply(&path, &hosts, remove, dry_run),
+        };
+        match result {
             Ok(changes) if changes.is_empty() => println!("{}: already up to date", path.display()),
             Ok(changes) => {
                 let verb = if dry_run { "would change" } else { "updated" };

@@ -12,6 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use toml::Spanned;
 
 /// Where the configuration lives when nothing says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/ecr-edge/config.toml";
@@ -28,6 +29,10 @@ pub struct Config {
     pub iot: Option<IotConfig>,
     /// `[daemon]`: the refresher daemon and the socket the helper asks first.
     pub daemon: Option<DaemonConfig>,
+    /// `[[registry]]`: registries that need other credentials than the default, or other
+    /// names. Registries without a table use `[iot]` (or the default chain) as before.
+    #[serde(default, rename = "registry")]
+    pub registries: Vec<RegistryConfig>,
 }
 
 impl Config {
@@ -39,6 +44,43 @@ impl Config {
             None => PathBuf::from(DEFAULT_SOCKET),
         }
     }
+}
+
+impl Config {
+    /// The `[[registry]]` table for `host` (a registry host or one of its aliases, lower-case).
+    pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
+        self.registries
+            .iter()
+            .find(|r| r.host.get_ref() == host || r.aliases.iter().any(|a| a.get_ref() == host))
+    }
+
+    /// The registry host an alias stands for; `None` when `host` is no configured alias.
+    pub fn alias_target(&self, host: &str) -> Option<&str> {
+        self.registries
+            .iter()
+            .find(|r| r.aliases.iter().any(|a| a.get_ref() == host))
+            .map(|r| r.host.get_ref().as_str())
+    }
+}
+
+/// `[[registry]]`: one registry's credential source and other names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The registry host, any ECR form (written bare, as `docker pull` names it).
+    pub host: Spanned<String>,
+    /// Other host names that mean this registry (a company DNS name, a proxy name).
+    #[serde(default)]
+    pub aliases: Vec<Spanned<String>>,
+    /// A named AWS profile (`~/.aws/config`, `~/.aws/credentials`) as the base credentials,
+    /// instead of `[iot]` or the default chain.
+    pub profile: Option<Spanned<String>>,
+    /// A role to assume with the base credentials.
+    pub role_arn: Option<Spanned<String>>,
+    /// The `sts:ExternalId` the role's trust policy asks for.
+    pub external_id: Option<Spanned<String>>,
+    /// The role session name (default `ecr-edge`), seen in CloudTrail.
+    pub session_name: Option<Spanned<String>>,
 }
 
 /// Where the daemon listens unless configured otherwise.
@@ -237,6 +279,7 @@ pub fn parse(text: &str) -> Result<Config, String> {
     if let Some(iot) = &config.iot {
         validate_iot(iot)?;
     }
+    validate_registries(text, &config)?;
     if let Some(daemon) = &config.daemon {
         validate_daemon(daemon)?;
         if daemon.credentials_endpoint.is_some() && config.iot.is_none() {
@@ -246,6 +289,156 @@ pub fn parse(text: &str) -> Result<Config, String> {
         }
     }
     Ok(config)
+}
+
+/// The 1-based line of a value in `text`.
+fn line_of<T>(text: &str, value: &Spanned<T>) -> usize {
+    let start = value.span().start.min(text.len());
+    text.as_bytes()[..start]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Whether `arn` is an IAM role ARN: `arn:<partition>:iam::<12 digits>:role/<path/name>`.
+pub fn is_role_arn(arn: &str) -> bool {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let name = resource.strip_prefix("role/").unwrap_or("");
+    partition.starts_with("aws")
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty()
+        && !name.ends_with('/')
+        && name.len() <= 512
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
+}
+
+/// STS's rule for role session names: 2 to 64 of `[\w+=,.@-]`.
+fn is_session_name(s: &str) -> bool {
+    (2..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b))
+}
+
+fn validate_registries(text: &str, config: &Config) -> Result<(), String> {
+    let mut names: Vec<(&str, usize)> = Vec::new();
+    for r in &config.registries {
+        let at = |v: &Spanned<String>| format!("[[registry]] line {}", line_of(text, v));
+        let host = r.host.get_ref();
+        match crate::registry::Registry::parse(host) {
+            Some(reg) if reg.host() == host => {}
+            Some(reg) => {
+                return Err(format!(
+                    "{}: host: write the bare host {:?}, not {host:?}",
+                    at(&r.host),
+                    reg.host()
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "{}: host {host:?} is not an Amazon ECR registry host",
+                    at(&r.host)
+                ))
+            }
+        }
+        for a in &r.aliases {
+            let alias = a.get_ref();
+            if crate::registry::host_of(alias).as_deref() != Some(alias.as_str())
+                || !alias.contains('.')
+            {
+                return Err(format!(
+                    "{}: alias {alias:?} must be a bare lower-case host name such as \
+                     registry.corp.example (no scheme, port or path)",
+                    at(a)
+                ));
+            }
+            if crate::registry::Registry::parse(alias).is_some() {
+                return Err(format!(
+                    "{}: alias {alias:?} is itself an Amazon ECR host; give it its own \
+                     [[registry]] table instead",
+                    at(a)
+                ));
+            }
+        }
+        for name in std::iter::once(&r.host).chain(&r.aliases) {
+            if let Some((_, first)) = names.iter().find(|(n, _)| *n == name.get_ref()) {
+                return Err(format!(
+                    "{}: {:?} is already named at line {first}; each host and alias may \
+                     appear once",
+                    at(name),
+                    name.get_ref()
+                ));
+            }
+            names.push((name.get_ref(), line_of(text, name)));
+        }
+        if let Some(p) = &r.profile {
+            let ok = !p.get_ref().is_empty()
+                && p.get_ref().len() <= 128
+                && p.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'[' && b != b']');
+            if !ok {
+                return Err(format!(
+                    "{}: profile {:?} is not a profile name",
+                    at(p),
+                    p.get_ref()
+                ));
+            }
+        }
+        if let Some(arn) = &r.role_arn {
+            if !is_role_arn(arn.get_ref()) {
+                return Err(format!(
+                    "{}: role_arn must look like arn:aws:iam::210987654321:role/name, got {:?}",
+                    at(arn),
+                    arn.get_ref()
+                ));
+            }
+        }
+        if let Some(ext) = &r.external_id {
+            let e = ext.get_ref();
+            let ok = (2..=1224).contains(&e.len())
+                && e.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@:/_-".contains(&b));
+            if !ok {
+                // Never repeat it: some treat it as a secret.
+                return Err(format!(
+                    "{}: external_id must be 2 to 1224 letters, digits or +=,.@:/_-",
+                    at(ext)
+                ));
+            }
+        }
+        if let Some(name) = &r.session_name {
+            if !is_session_name(name.get_ref()) {
+                return Err(format!(
+                    "{}: session_name must be 2 to 64 letters, digits or _+=,.@-, got {:?}",
+                    at(name),
+                    name.get_ref()
+                ));
+            }
+        }
+        for (key, value) in [
+            ("external_id", &r.external_id),
+            ("session_name", &r.session_name),
+        ] {
+            if let (Some(v), None) = (value, &r.role_arn) {
+                return Err(format!("{}: {key} needs role_arn", at(v)));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate_daemon(d: &DaemonConfig) -> Result<(), String> {
@@ -339,7 +532,7 @@ fn validate_iot(iot: &IotConfig) -> Result<(), String> {
         ));
     }
     if let Some(arn) = &iot.role_arn {
-        if !arn.starts_with("arn:") || !arn.contains(":role/") {
+        if !is_role_arn(arn) {
             return Err(format!(
                 "[iot] role_arn must look like arn:aws:iam::210987654321:role/name, got {arn:?}"
             ));
@@ -449,6 +642,108 @@ path = "/run/containers/0/auth.json"
     }
 
     #[test]
+    fn registry_tables_are_checked_with_their_line() {
+        const TWO: &str = r#"
+[[registry]]
+host = "210987654321.dkr.ecr.eu-west-1.amazonaws.com"
+aliases = ["registry.corp.example", "mirror.corp.example"]
+role_arn = "arn:aws:iam::210987654321:role/edge-pull"
+external_id = "edge-fleet-7"
+
+[[registry]]
+host = "123456789012.dkr.ecr.us-west-2.amazonaws.com"
+profile = "vendor"
+"#;
+        let c = parse(TWO).unwrap();
+        assert_eq!(c.registries.len(), 2);
+        let host = "210987654321.dkr.ecr.eu-west-1.amazonaws.com";
+        assert_eq!(c.alias_target("mirror.corp.example"), Some(host));
+        assert_eq!(c.alias_target(host), None, "a host is no alias");
+        assert_eq!(
+            c.registry("registry.corp.example")
+                .map(|r| r.host.get_ref().as_str()),
+            Some(host)
+        );
+        assert!(c.registry("other.example").is_none());
+        for (from, to, says) in [
+            (
+                "\"mirror.corp.example\"]",
+                "\"123456789012.dkr.ecr.us-west-2.amazonaws.com\"]",
+                "line 4",
+            ),
+            (
+                "profile = \"vendor\"",
+                "aliases = [\"registry.corp.example\"]",
+                "already named at line 4",
+            ),
+            (
+                "123456789012.dkr.ecr.us-west-2",
+                "210987654321.dkr.ecr.eu-west-1",
+                "already named at line 3",
+            ),
+            ("role/edge-pull", "user/edge-pull", "line 5"),
+            (
+                ":210987654321:role",
+                ":2109876543:role",
+                "role_arn must look like",
+            ),
+            (
+                "\"registry.corp.example\"",
+                "\"https://registry.corp.example\"",
+                "bare lower-case host",
+            ),
+            (
+                "\"registry.corp.example\"",
+                "\"Registry.corp.example\"",
+                "bare lower-case host",
+            ),
+            ("\"edge-fleet-7\"", "\"bad id!\"", "line 6"),
+            ("profile = \"vendor\"", "profile = \"\"", "line 10"),
+            (
+                "profile = \"vendor\"",
+                "session_name = \"x1\"",
+                "needs role_arn",
+            ),
+            ("profile = \"vendor\"", "profil = \"vendor\"", "profil"),
+            (
+                "\"123456789012.dkr.ecr.us-west-2.amazonaws.com\"",
+                "\"docker.io\"",
+                "not an Amazon ECR",
+            ),
+        ] {
+            assert!(TWO.contains(from), "{from}");
+            let err = parse(&TWO.replacen(from, to, 1)).unwrap_err();
+            assert!(err.contains(says), "{from} -> {to}: {err}");
+        }
+        // An external ID is never repeated in an error.
+        let err = parse(&TWO.replace("edge-fleet-7", "s3cret id")).unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn role_arns() {
+        for good in [
+            "arn:aws:iam::210987654321:role/edge-pull",
+            "arn:aws-cn:iam::210987654321:role/path/to/r_1+=,.@-",
+            "arn:aws-us-gov:iam::210987654321:role/r",
+        ] {
+            assert!(is_role_arn(good), "{good}");
+        }
+        for bad in [
+            "",
+            "role/x",
+            "arn:aws:iam::210987654321:role/",
+            "arn:aws:iam::210987654321:user/x",
+            "arn:aws:sts::210987654321:role/x",
+            "arn:aws:iam:us-east-1:210987654321:role/x",
+            "arn:aws:iam::21098765432:role/x",
+            "arn:aws:iam::210987654321:role/x y",
+        ] {
+            assert!(!is_role_arn(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn missing_default_file_is_defaults_but_named_file_must_exist() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.toml");
@@ -481,7 +776,23 @@ path = "/run/containers/0/auth.json"
             })
             .flat_map(|l| [l, "\n"])
             .collect();
-        let Config { iot, daemon } = parse(&uncommented).unwrap();
+        let Config {
+            iot,
+            daemon,
+            registries,
+        } = parse(&uncommented).unwrap();
+        let RegistryConfig {
+            host,
+            aliases,
+            profile,
+            role_arn,
+            external_id,
+            session_name,
+        } = &registries[0];
+        assert!(crate::registry::Registry::parse(host.get_ref()).is_some());
+        assert!(!aliases.is_empty());
+        assert!(profile.is_some() && role_arn.is_some());
+        assert!(external_id.is_some() && session_name.is_some());
         let IotConfig {
             endpoint,
             role_alias,

@@ -59,11 +59,34 @@ impl std::error::Error for ResolveError {
 /// # Errors
 /// [`ResolveError`] naming why no usable token could be had; never an expired token.
 pub fn token(registry: &Registry, settings: &Settings) -> Result<Token, ResolveError> {
-    let source = Source::select(&settings.config);
-    if let Some(served) = from_daemon(settings, registry, &source)? {
+    token_from(
+        registry,
+        &Source::for_registry(&settings.config, registry.host()),
+        settings,
+    )
+}
+
+/// [`token`] with credentials from `source`. A pod's service-account identity
+/// ([`Source::WebIdentity`]) is fetched every time: the kubelet caches its answer per service
+/// account, and a token for one pod's role is kept nowhere else.
+///
+/// # Errors
+/// [`ResolveError`] naming why no usable token could be had; never an expired token.
+pub fn token_from(
+    registry: &Registry,
+    source: &Source,
+    settings: &Settings,
+) -> Result<Token, ResolveError> {
+    if matches!(source, Source::WebIdentity { .. }) {
+        return ecr::fetch(registry, source, settings.deadline).map_err(ResolveError::Fetch);
+    }
+    if let Some(served) = from_daemon(settings, registry, source)? {
         return Ok(served);
     }
-    cached_or_fetched(registry, &source, settings)
+    if settings.disable_cache {
+        return ecr::fetch(registry, source, settings.deadline).map_err(ResolveError::Fetch);
+    }
+    cached_or_fetched(registry, source, settings)
 }
 
 /// The daemon's token, when a daemon answers for this credential source; `Ok(None)` when the

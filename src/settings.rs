@@ -37,6 +37,9 @@ pub struct Settings {
     /// The daemon's socket (`ECR_EDGE_SOCKET`, else `[daemon] socket`, else the default);
     /// `None` when `ECR_EDGE_SOCKET` is set empty (never ask a daemon).
     pub socket: Option<PathBuf>,
+    /// `AWS_ECR_DISABLE_CACHE` set (the incumbent helper's variable): no token is written to
+    /// or read from the disk cache; the daemon, which holds tokens in memory, is still asked.
+    pub disable_cache: bool,
 }
 
 /// Why the settings are unusable.
@@ -99,6 +102,7 @@ impl Settings {
             daemon_wait,
             cache_dir: cache_dir(),
             socket,
+            disable_cache: std::env::var_os("AWS_ECR_DISABLE_CACHE").is_some_and(|v| !v.is_empty()),
         })
     }
 }

@@ -209,3 +209,71 @@ fn human_output_and_exit_code() {
     assert!(t.contains("FAIL  credHelpers"), "{t}");
     assert!(t.lines().last().unwrap().contains("some checks failed"));
 }
+
+/// With `[[registry]]` tables: one real call per distinct credential source, each check naming
+/// the registries that use it; a credHelpers key that is an alias passes as such; a configured
+/// alias missing from credHelpers is a warning.
+#[test]
+fn one_real_call_per_source_naming_its_registries() {
+    let mut sb = Sandbox::new();
+    path_with(&mut sb, &[]);
+    let app = "210987654321.dkr.ecr.us-west-2.amazonaws.com";
+    let other = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+    let role_arn = "arn:aws:iam::210987654321:role/edge-pull";
+    sb.fake.add_role(role_arn, None, &[]);
+    let config = sb.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[registry]]\nhost = \"{app}\"\nrole_arn = \"{role_arn}\"\n\
+             aliases = [\"registry.corp.example\", \"mirror.corp.example\"]\n"
+        ),
+    )
+    .unwrap();
+    sb.set("ECR_EDGE_CONFIG", Some(config.to_str().unwrap()));
+    docker_config(
+        &sb,
+        &[
+            (HOST, "ecr-edge"),
+            (app, "ecr-edge"),
+            (other, "ecr-edge"),
+            ("registry.corp.example", "ecr-edge"),
+        ],
+    );
+    let (code, v) = doctor(&sb);
+    assert_eq!(code, 0, "{v:#}");
+    let creds = find(&v, "credentials", "pass");
+    assert_eq!(creds.len(), 2, "{v:#}");
+    // The default source: one call for one of its registries, the other named.
+    let chain = creds
+        .iter()
+        .find(|d| d.contains("default credential chain") && !d.contains(app))
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert!(
+        chain.contains(HOST) && chain.contains(other) && chain.contains("also used by"),
+        "{chain}"
+    );
+    assert!(
+        creds
+            .iter()
+            .any(|d| d.contains(app) && d.contains(&format!("role {role_arn}"))),
+        "{v:#}"
+    );
+    assert!(
+        find(&v, "credHelpers", "pass")
+            .iter()
+            .any(|d| d.contains("registry.corp.example -> ecr-edge (alias of")),
+        "{v:#}"
+    );
+    let warn = find(&v, "credHelpers", "warn");
+    assert!(
+        warn.len() == 1 && warn[0].contains("mirror.corp.example") && !warn[0].contains(app),
+        "{v:#}"
+    );
+    let calls = sb.fake.calls();
+    let ecr = calls
+        .iter()
+        .filter(|c| c.authentic && c.target.ends_with("GetAuthorizationToken"))
+        .count();
+    assert_eq!(ecr, 2, "one real call per source: {calls:?}");
+}

@@ -2,6 +2,7 @@
 //! that verifies SigV4 (see `support`). Set `ECR_EDGE_TEST_BIN` and `ECR_EDGE_TEST_RUNNER` to
 //! run them against a cross-built binary under qemu-user.
 
+mod accounts;
 mod configure;
 mod daemon;
 mod dns;

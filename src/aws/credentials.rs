@@ -6,8 +6,17 @@
 //! Temporary keys (`AWS_SESSION_TOKEN` set) rotate, so their key ID is deliberately left out:
 //! keying on it, as the incumbent does, makes every rotation a cache miss. With `[iot]`
 //! configured, the source is the device's IoT identity (endpoint, role alias, thing, role).
+//!
+//! A `[[registry]]` table chooses another source for one registry ([`Source::for_registry`]): a
+//! named profile, and optionally a role assumed on top of the base ([`Source::Assume`]). Every
+//! source has its own identity, so a token obtained with one role is never handed to a request
+//! that resolves to another.
 
 use crate::config::{Config, IotConfig};
+use crate::token::Secret;
+
+/// Role session name when none is configured (shown in CloudTrail).
+pub const DEFAULT_SESSION_NAME: &str = "ecr-edge";
 
 /// A credential source, as much as can be named without resolving it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,14 +33,79 @@ pub enum Source {
     },
     /// The AWS IoT credentials provider, with the device certificate (`[iot]`).
     Iot(IotConfig),
+    /// A named profile of the AWS configuration files, whatever the environment says
+    /// (`[[registry]] profile`).
+    Profile(String),
+    /// A role assumed with the credentials of `base` (`[[registry]] role_arn`).
+    Assume {
+        /// Where the credentials that call `sts:AssumeRole` come from.
+        base: Box<Source>,
+        /// The role.
+        role: Role,
+    },
+    /// `sts:AssumeRoleWithWebIdentity` with a Kubernetes service-account token the kubelet
+    /// handed over (never cached, never sent to the daemon).
+    WebIdentity {
+        /// The role.
+        role_arn: String,
+        /// The service-account token.
+        token: Secret,
+    },
+}
+
+/// A role to assume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    /// The role's ARN.
+    pub arn: String,
+    /// The `sts:ExternalId` its trust policy asks for.
+    pub external_id: Option<Secret>,
+    /// The session name ([`DEFAULT_SESSION_NAME`] when unset).
+    pub session_name: Option<String>,
 }
 
 impl Source {
-    /// The source the configuration selects: `[iot]` when present, else the default chain.
+    /// The source the configuration selects for registries without a `[[registry]]` table:
+    /// `[iot]` when present, else the default chain.
     pub fn select(config: &Config) -> Source {
         match &config.iot {
             Some(iot) => Source::Iot(iot.clone()),
             None => Source::from_env(),
+        }
+    }
+
+    /// The source for `host` (a registry host, lower-case): its `[[registry]]` table's profile
+    /// and role when it has one, else [`Source::select`]. A table's role is assumed with the
+    /// table's profile, else the device identity (the role alias's own credentials, not
+    /// `[iot] role_arn`), else the default chain.
+    pub fn for_registry(config: &Config, host: &str) -> Source {
+        let Some(table) = config.registry(host) else {
+            return Source::select(config);
+        };
+        if table.profile.is_none() && table.role_arn.is_none() {
+            return Source::select(config);
+        }
+        let base = match (&table.profile, &config.iot) {
+            (Some(p), _) => Source::Profile(p.get_ref().clone()),
+            (None, Some(iot)) => Source::Iot(IotConfig {
+                role_arn: None,
+                ..iot.clone()
+            }),
+            (None, None) => Source::from_env(),
+        };
+        match &table.role_arn {
+            None => base,
+            Some(arn) => Source::Assume {
+                base: Box::new(base),
+                role: Role {
+                    arn: arn.get_ref().clone(),
+                    external_id: table
+                        .external_id
+                        .as_ref()
+                        .map(|e| Secret::new(e.get_ref().as_str())),
+                    session_name: table.session_name.as_ref().map(|n| n.get_ref().clone()),
+                },
+            },
         }
     }
 
@@ -46,6 +120,15 @@ impl Source {
             profile: var("AWS_PROFILE"),
             role_arn: var("AWS_ROLE_ARN"),
             static_key_id,
+        }
+    }
+
+    /// The device identity this source starts from, if any.
+    pub fn iot(&self) -> Option<&IotConfig> {
+        match self {
+            Source::Iot(cfg) => Some(cfg),
+            Source::Assume { base, .. } => base.iot(),
+            _ => None,
         }
     }
 
@@ -69,6 +152,65 @@ impl Source {
                 iot.thing_name,
                 iot.role_arn.as_deref().unwrap_or("")
             ),
+            Source::Profile(name) => format!("profile={name}"),
+            Source::Assume { base, role } => {
+                let mut id = format!("{};assume={}", base.identity(), role.arn);
+                if let Some(ext) = &role.external_id {
+                    // A digest: the ID is not meant to be secret, but it is not ours to show.
+                    id.push_str(";ext=");
+                    let d = ring::digest::digest(&ring::digest::SHA256, ext.expose().as_bytes());
+                    for b in &d.as_ref()[..8] {
+                        id.push_str(&format!("{b:02x}"));
+                    }
+                }
+                if let Some(name) = &role.session_name {
+                    id.push_str(";session=");
+                    id.push_str(name);
+                }
+                id
+            }
+            Source::WebIdentity { role_arn, .. } => format!("web-identity;role={role_arn}"),
+        }
+    }
+
+    /// The named profile this source starts from, if any (for messages).
+    pub fn profile(&self) -> Option<&str> {
+        match self {
+            Source::Profile(name) => Some(name),
+            Source::Assume { base, .. } => base.profile(),
+            _ => None,
+        }
+    }
+
+    /// The role this source ends in, when it assumes one (for messages).
+    pub fn role_arn(&self) -> Option<&str> {
+        match self {
+            Source::Assume { role, .. } => Some(&role.arn),
+            Source::WebIdentity { role_arn, .. } => Some(role_arn),
+            Source::Iot(iot) => iot.role_arn.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// In words, for people (`doctor`, errors): "the device identity (role alias edge)", ….
+    pub fn describe(&self) -> String {
+        match self {
+            Source::DefaultChain { profile, .. } => match profile {
+                Some(p) => format!("the AWS default credential chain (AWS_PROFILE={p})"),
+                None => "the AWS default credential chain".into(),
+            },
+            Source::Iot(iot) => match &iot.role_arn {
+                Some(arn) => format!(
+                    "the device identity (role alias {}), then role {arn}",
+                    iot.role_alias
+                ),
+                None => format!("the device identity (role alias {})", iot.role_alias),
+            },
+            Source::Profile(p) => format!("AWS profile {p:?}"),
+            Source::Assume { base, role } => format!("role {} via {}", role.arn, base.describe()),
+            Source::WebIdentity { role_arn, .. } => {
+                format!("role {role_arn} via the pod's service-account token")
+            }
         }
     }
 }
@@ -78,7 +220,7 @@ impl Source {
 /// registry being served), else `us-east-1`. The one rule for the helper, the daemon and
 /// `ecr-edge credentials`.
 pub fn home_region(source: &Source, fallback: Option<&str>) -> String {
-    if let Source::Iot(iot) = source {
+    if let Some(iot) = source.iot() {
         if let Some(r) = crate::aws::iot::endpoint_region(&iot.endpoint) {
             return r.to_owned();
         }

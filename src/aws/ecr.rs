@@ -8,6 +8,7 @@
 //! timeouts) are retried by the SDK's standard strategy (exponential backoff, full jitter) inside
 //! it. Failures are classified into [`FetchError`] so the user is told *why* in one line.
 
+use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{self, ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_ecr::config::Region;
 use aws_sdk_ecr::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::proxy::ProxyConfig;
@@ -33,6 +35,56 @@ use crate::token::{self, Token};
 
 /// Tries the helper gives each call within its deadline.
 pub const HELPER_ATTEMPTS: u32 = 5;
+
+/// STS's refusal to hand out a role's credentials (boxed in [`FetchError::Sts`]: it is rare
+/// and large).
+#[derive(Debug)]
+pub struct StsError {
+    /// The action (`sts:AssumeRole`, `sts:AssumeRoleWithWebIdentity`).
+    pub action: &'static str,
+    /// The role, once the client has named it.
+    pub role: Option<String>,
+    /// The region STS was called in.
+    pub region: Option<String>,
+    /// The error code (`AccessDenied`, `RegionDisabledException`, …).
+    pub code: String,
+    /// The API's message.
+    pub message: String,
+}
+
+impl fmt::Display for StsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let StsError {
+            action,
+            role,
+            region,
+            code,
+            message,
+        } = self;
+        let role = role.as_deref().unwrap_or("the configured role");
+        let region = region.as_deref().unwrap_or("this region");
+        match code.as_str() {
+            "AccessDenied" => write!(
+                f,
+                "{action} on {role} was denied: {message}; the role's trust policy must allow \
+                 the base identity (and, with external_id, its sts:ExternalId condition must \
+                 match)"
+            ),
+            "RegionDisabledException" => write!(
+                f,
+                "{action} on {role}: STS is not activated in {region} for this account: \
+                 activate the region in the IAM account settings, or set AWS_REGION to one \
+                 where it is"
+            ),
+            "InvalidIdentityToken" | "ExpiredTokenException" | "IDPRejectedClaim" => write!(
+                f,
+                "{action} on {role}: the identity token was refused ({code}): {message}; check \
+                 the role's OIDC trust (audience, issuer, subject)"
+            ),
+            _ => write!(f, "{action} on {role}: STS error {code}: {message}"),
+        }
+    }
+}
 
 /// Why no token could be fetched. Each variant is a cause the user can act on.
 #[derive(Debug)]
@@ -90,6 +142,15 @@ pub enum FetchError {
         /// What was wrong with it.
         detail: String,
     },
+    /// A `[[registry]] profile` could not give credentials.
+    Profile {
+        /// The profile.
+        name: String,
+        /// Why, in words.
+        detail: String,
+    },
+    /// STS refused to hand out a role's credentials.
+    Sts(Box<StsError>),
     /// The device's IoT identity could not be exchanged for credentials.
     Iot(IotError),
     /// The TLS trust store could not be built (`SSL_CERT_FILE`, the system CA bundle).
@@ -143,6 +204,13 @@ impl fmt::Display for FetchError {
             ),
             FetchError::Service { code, message } => write!(f, "ECR error {code}: {message}"),
             FetchError::BadResponse { detail } => write!(f, "unusable answer from ECR: {detail}"),
+            FetchError::Sts(e) => e.fmt(f),
+            FetchError::Profile { name, detail } => write!(
+                f,
+                "AWS profile {name:?}: {detail}; define it in ~/.aws/config or \
+                 ~/.aws/credentials of the user that runs ecr-edge (or AWS_CONFIG_FILE, \
+                 AWS_SHARED_CREDENTIALS_FILE), or fix `profile` in its [[registry]] table"
+            ),
             FetchError::Iot(e) => write!(f, "IoT credentials: {e}"),
             FetchError::Dns(e) => e.fmt(f),
             FetchError::Trust(e) => e.fmt(f),
@@ -182,7 +250,15 @@ impl FetchError {
             | FetchError::ClockSkew { .. }
             | FetchError::Runtime { .. } => Failure::Transient,
             FetchError::Throttled { .. } => Failure::Throttled,
+            FetchError::Sts(e) => match e.code.as_str() {
+                "Throttling" | "ThrottlingException" => Failure::Throttled,
+                "InternalFailure" | "ServiceUnavailable" | "IDPCommunicationError" => {
+                    Failure::Transient
+                }
+                _ => Failure::Config,
+            },
             FetchError::NoCredentials { .. }
+            | FetchError::Profile { .. }
             | FetchError::AccessDenied { .. }
             | FetchError::InvalidCredentials { .. }
             | FetchError::Trust(_)
@@ -261,6 +337,13 @@ impl Fetcher {
 pub struct Client {
     sdk: aws_config::SdkConfig,
     deadline: Duration,
+    /// The role the source ends in and the region STS is called in, for naming STS failures.
+    role: Option<String>,
+    /// The `[[registry]] profile` the source starts from, for naming its failures.
+    profile: Option<String>,
+    /// The base credential providers this client shares with others built alike.
+    bases: Bases,
+    region: String,
 }
 
 impl Client {
@@ -277,19 +360,37 @@ impl Client {
         deadline: Duration,
         attempts: u32,
     ) -> Result<Client, FetchError> {
-        let device = match source {
-            Source::Iot(cfg) => Some(Device::load(cfg, token::now()).map_err(FetchError::Iot)?),
-            Source::DefaultChain { .. } => None,
-        };
+        Client::sharing(source, region, deadline, attempts, &Bases::default()).await
+    }
+
+    /// [`Client::new`], taking base credentials from `bases` when another client already
+    /// resolves the same base (the daemon: one IoT exchange or one profile feeds every role).
+    ///
+    /// # Errors
+    /// [`FetchError::Iot`] for a device identity that cannot work.
+    pub async fn sharing(
+        source: &Source,
+        region: &str,
+        deadline: Duration,
+        attempts: u32,
+        bases: &Bases,
+    ) -> Result<Client, FetchError> {
         let sdk = sdk_config(
             source,
-            device,
             Region::new(region.to_owned()),
             deadline,
             attempts,
+            bases,
         )
         .await?;
-        Ok(Client { sdk, deadline })
+        Ok(Client {
+            sdk,
+            deadline,
+            role: source.role_arn().map(str::to_owned),
+            profile: source.profile().map(str::to_owned),
+            bases: bases.clone(),
+            region: region.to_owned(),
+        })
     }
 
     /// Fetches a fresh token for `registry`, within the deadline.
@@ -299,8 +400,42 @@ impl Client {
     pub async fn fetch(&self, registry: &Registry) -> Result<Token, FetchError> {
         let deadline = self.deadline;
         match tokio::time::timeout(deadline, self.fetch_async(registry)).await {
-            Ok(result) => result,
+            Ok(result) => result.map_err(|e| self.name_sts(e)),
             Err(_) => Err(timed_out(registry.endpoint(), deadline)),
+        }
+    }
+
+    /// Names the role and region in an STS failure.
+    fn name_sts(&self, e: FetchError) -> FetchError {
+        match e {
+            FetchError::Sts(mut e) => {
+                e.role = e.role.or_else(|| self.role.clone());
+                e.region = e.region.or_else(|| Some(self.region.clone()));
+                FetchError::Sts(e)
+            }
+            FetchError::Timeout { endpoint, .. } if endpoint == "STS" => FetchError::Timeout {
+                endpoint: format!("STS in {}", self.region),
+                deadline: self.deadline,
+            },
+            FetchError::Unreachable { endpoint, detail } if endpoint == "STS" => {
+                FetchError::Unreachable {
+                    endpoint: format!("STS in {}", self.region),
+                    detail,
+                }
+            }
+            FetchError::NoCredentials { detail } => match &self.profile {
+                // The SDK's profile provider hands its causes over as text only.
+                Some(name) => FetchError::Profile {
+                    name: name.clone(),
+                    detail: match detail.strip_prefix("tried ").unwrap_or(&detail) {
+                        "not set up" => "not defined, or it holds no credentials".to_owned(),
+                        d if d.contains("was not defined") => "not defined".to_owned(),
+                        d => d.to_owned(),
+                    },
+                },
+                None => FetchError::NoCredentials { detail },
+            },
+            other => other,
         }
     }
 
@@ -319,7 +454,7 @@ impl Client {
         let deadline = self.deadline;
         match tokio::time::timeout(deadline, provider.provide_credentials()).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(credentials_error(&e)),
+            Ok(Err(e)) => Err(self.name_sts(credentials_error(&e))),
             Err(_) => Err(timed_out("credentials provider", deadline)),
         }
     }
@@ -335,6 +470,10 @@ pub trait TokenSource: Send + Sync {
     fn fetch<'a>(&'a self, registry: &'a Registry) -> BoxFuture<'a, Result<Token, FetchError>>;
     /// The role credentials, fresh from the provider (the local credentials endpoint).
     fn credentials(&self) -> BoxFuture<'_, Result<aws_credential_types::Credentials, FetchError>>;
+    /// The base credential providers, for other clients to share (a [`Client`]'s).
+    fn bases(&self) -> Option<Bases> {
+        None
+    }
 }
 
 impl TokenSource for Client {
@@ -344,6 +483,10 @@ impl TokenSource for Client {
 
     fn credentials(&self) -> BoxFuture<'_, Result<aws_credential_types::Credentials, FetchError>> {
         Box::pin(Client::credentials(self))
+    }
+
+    fn bases(&self) -> Option<Bases> {
+        Some(self.bases.clone())
     }
 }
 
@@ -376,6 +519,17 @@ fn credentials_error(e: &CredentialsError) -> FetchError {
     if let Some(iot) = find_source::<IotError>(e) {
         return FetchError::Iot(iot.clone());
     }
+    if let Some(dns) = find_source::<crate::aws::dns::DnsError>(e) {
+        return FetchError::Dns(dns.clone());
+    }
+    use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+    use aws_sdk_sts::operation::assume_role_with_web_identity::AssumeRoleWithWebIdentityError;
+    if let Some(err) = find_source::<SdkError<AssumeRoleError, HttpResponse>>(e) {
+        return sts_error(err, "sts:AssumeRole");
+    }
+    if let Some(err) = find_source::<SdkError<AssumeRoleWithWebIdentityError, HttpResponse>>(e) {
+        return sts_error(err, "sts:AssumeRoleWithWebIdentity");
+    }
     let detail = match find_source::<aws_config::meta::ProviderChainError<CredentialsError>>(e) {
         Some(chain) => chain
             .attempts()
@@ -387,6 +541,30 @@ fn credentials_error(e: &CredentialsError) -> FetchError {
     };
     FetchError::NoCredentials {
         detail: format!("tried {detail}"),
+    }
+}
+
+/// A failed STS call: the service's answer by code, or the network's failure.
+fn sts_error<E>(err: &SdkError<E, HttpResponse>, action: &'static str) -> FetchError
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    match err {
+        SdkError::ServiceError(service) => FetchError::Sts(Box::new(StsError {
+            action,
+            role: None,
+            region: None,
+            code: service.err().code().unwrap_or("Unknown").to_owned(),
+            message: one_line(service.err().message().unwrap_or("")),
+        })),
+        SdkError::TimeoutError(_) => FetchError::Timeout {
+            endpoint: "STS".into(),
+            deadline: Duration::ZERO,
+        },
+        _ => FetchError::Unreachable {
+            endpoint: "STS".into(),
+            detail: causes(err),
+        },
     }
 }
 
@@ -435,12 +613,108 @@ fn causes(e: &(dyn StdError + 'static)) -> String {
     out
 }
 
+/// Base credential providers by source identity, each reusing its credentials until
+/// [`crate::aws::iot::REFRESH_MARGIN`] before they expire, shared by every client built with
+/// the same [`Bases`].
+#[derive(Clone, Default)]
+pub struct Bases(std::sync::Arc<std::sync::Mutex<BTreeMap<String, SharedCredentialsProvider>>>);
+
+impl Bases {
+    fn get_or(
+        &self,
+        identity: String,
+        make: impl FnOnce() -> SharedCredentialsProvider,
+    ) -> SharedCredentialsProvider {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(identity)
+            .or_insert_with(|| SharedCredentialsProvider::new(Reuse::new(make())))
+            .clone()
+    }
+}
+
+/// Keeps the credentials of `inner` until shortly before they expire; one refresh at a time.
+#[derive(Debug)]
+struct Reuse {
+    inner: SharedCredentialsProvider,
+    held: tokio::sync::Mutex<Option<aws_credential_types::Credentials>>,
+}
+
+impl Reuse {
+    fn new(inner: SharedCredentialsProvider) -> Reuse {
+        Reuse {
+            inner,
+            held: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl ProvideCredentials for Reuse {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::new(async move {
+            let mut held = self.held.lock().await;
+            if let Some(c) = held.as_ref() {
+                let fresh = c.expiry().is_none_or(|at| {
+                    at.duration_since(std::time::SystemTime::now())
+                        .is_ok_and(|left| left > crate::aws::iot::REFRESH_MARGIN)
+                });
+                if fresh {
+                    return Ok(c.clone());
+                }
+            }
+            let c = self.inner.provide_credentials().await?;
+            *held = Some(c.clone());
+            Ok(c)
+        })
+    }
+}
+
+/// `sts:AssumeRoleWithWebIdentity` with a token handed over by the caller (the kubelet's
+/// service-account token), which the SDK's own provider can only read from a file.
+#[derive(Debug)]
+struct WebIdentity {
+    sts: aws_sdk_sts::Client,
+    role_arn: String,
+    token: crate::token::Secret,
+}
+
+impl ProvideCredentials for WebIdentity {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::new(async move {
+            let out = self
+                .sts
+                .assume_role_with_web_identity()
+                .role_arn(&self.role_arn)
+                .role_session_name(crate::aws::credentials::DEFAULT_SESSION_NAME)
+                .web_identity_token(self.token.expose())
+                .send()
+                .await
+                .map_err(CredentialsError::provider_error)?;
+            let c = out.credentials().ok_or_else(|| {
+                CredentialsError::unhandled("AssumeRoleWithWebIdentity answered no credentials")
+            })?;
+            Ok(aws_credential_types::Credentials::new(
+                c.access_key_id(),
+                c.secret_access_key(),
+                Some(c.session_token().to_owned()),
+                std::time::SystemTime::try_from(*c.expiration()).ok(),
+                "ecr-edge-web-identity",
+            ))
+        })
+    }
+}
+
 async fn sdk_config(
     source: &Source,
-    device: Option<Device>,
     region: Region,
     deadline: Duration,
     attempts: u32,
+    bases: &Bases,
 ) -> Result<aws_config::SdkConfig, FetchError> {
     let http = http_client()?;
     let provider_config = ProviderConfig::without_region()
@@ -470,26 +744,50 @@ async fn sdk_config(
                     .with_max_backoff(Duration::from_secs(2)),
             )
     };
-    let sdk = match (source, device) {
-        (Source::Iot(cfg), Some(device)) => {
-            let iot = aws_credential_types::provider::SharedCredentialsProvider::new(
-                IotProvider::new(cfg.clone(), device, deadline),
-            );
-            match &cfg.role_arn {
-                None => loader().credentials_provider(iot).load().await,
-                Some(role_arn) => {
-                    // Cross-account hop: STS AssumeRole signed with the exchanged credentials.
-                    let base = loader().credentials_provider(iot.clone()).load().await;
-                    let assume = aws_config::sts::AssumeRoleProvider::builder(role_arn)
-                        .session_name("ecr-edge")
-                        .configure(&base)
-                        .build_from_provider(iot)
-                        .await;
-                    loader().credentials_provider(assume).load().await
-                }
-            }
+    // The chain of sources, innermost first: a base, then at most one role.
+    let (base, role) = match source {
+        Source::Iot(cfg) => match &cfg.role_arn {
+            // `[iot] role_arn`: the same hop as a table's role_arn, with the default session.
+            Some(arn) => (
+                Source::Iot(crate::config::IotConfig {
+                    role_arn: None,
+                    ..cfg.clone()
+                }),
+                Some(crate::aws::credentials::Role {
+                    arn: arn.clone(),
+                    external_id: None,
+                    session_name: None,
+                }),
+            ),
+            None => (source.clone(), None),
+        },
+        Source::Assume { base, role } => ((**base).clone(), Some(role.clone())),
+        other => (other.clone(), None),
+    };
+    let base_provider = match &base {
+        Source::Iot(cfg) => {
+            let device = Device::load(cfg, token::now()).map_err(FetchError::Iot)?;
+            bases.get_or(base.identity(), || {
+                SharedCredentialsProvider::new(IotProvider::new(cfg.clone(), device, deadline))
+            })
         }
-        _ => {
+        Source::Profile(name) => bases.get_or(base.identity(), || {
+            SharedCredentialsProvider::new(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .configure(&provider_config)
+                    .profile_name(name)
+                    .build(),
+            )
+        }),
+        Source::WebIdentity { role_arn, token } => {
+            let sts = aws_sdk_sts::Client::new(&loader().no_credentials().load().await);
+            SharedCredentialsProvider::new(WebIdentity {
+                sts,
+                role_arn: role_arn.clone(),
+                token: token.clone(),
+            })
+        }
+        Source::DefaultChain { .. } | Source::Assume { .. } => {
             // On a device that is not an EC2 instance, the metadata service never answers: one
             // short attempt keeps the chain from spending seconds on it.
             let imds = aws_config::imds::Client::builder()
@@ -502,14 +800,35 @@ async fn sdk_config(
             // on every device that is not an EC2 instance.
             let chain = DefaultCredentialsChain::builder()
                 .region(region.clone())
-                .configure(provider_config)
+                .configure(provider_config.clone())
                 .imds_client(imds)
                 .build()
                 .await;
-            loader().credentials_provider(chain).load().await
+            bases.get_or(base.identity(), || SharedCredentialsProvider::new(chain))
         }
     };
-    Ok(sdk)
+    let provider = match role {
+        None => base_provider,
+        Some(role) => {
+            // STS AssumeRole signed with the base credentials, in the home region.
+            let signed = loader()
+                .credentials_provider(base_provider.clone())
+                .load()
+                .await;
+            let mut assume = aws_config::sts::AssumeRoleProvider::builder(&role.arn)
+                .session_name(
+                    role.session_name
+                        .as_deref()
+                        .unwrap_or(crate::aws::credentials::DEFAULT_SESSION_NAME),
+                )
+                .configure(&signed);
+            if let Some(ext) = &role.external_id {
+                assume = assume.external_id(ext.expose());
+            }
+            SharedCredentialsProvider::new(assume.build_from_provider(base_provider).await)
+        }
+    };
+    Ok(loader().credentials_provider(provider).load().await)
 }
 
 /// The HTTPS client handed to the SDK: rustls with ring, [`crate::aws::trust`]'s policy, proxy

@@ -35,6 +35,9 @@ pub enum Change {
     },
     /// An ecr-edge entry taken out.
     Removed(String),
+    /// A `credsStore` naming the helper being replaced, taken out (its ECR registries get
+    /// `credHelpers` entries instead).
+    StoreRemoved(String),
 }
 
 impl fmt::Display for Change {
@@ -46,6 +49,7 @@ impl fmt::Display for Change {
                 "~ credHelpers[\"{host}\"] = \"{HELPER_NAME}\" (was \"{was}\")"
             ),
             Change::Removed(h) => write!(f, "- credHelpers[\"{h}\"] = \"{HELPER_NAME}\""),
+            Change::StoreRemoved(was) => write!(f, "- credsStore = \"{was}\""),
         }
     }
 }
@@ -94,6 +98,45 @@ pub fn edit(old: &str, hosts: &[String], remove: bool) -> Result<(String, Vec<Ch
     Ok((to_text(root)?, changes))
 }
 
+/// Moves a file from the helper `from` (`ecr-login`) to ecr-edge: every `credHelpers` entry
+/// naming `from` names ecr-edge instead, and a `credsStore` of `from` is replaced by
+/// `credHelpers` entries for the ECR registries found among the `auths` keys (other
+/// registries go back to Docker's own store). Everything else is kept as [`edit`] keeps it.
+///
+/// # Errors
+/// A message when `old` is not a JSON object or its `credHelpers` is not an object.
+pub fn replace(old: &str, from: &str) -> Result<(String, Vec<Change>), EditError> {
+    let mut root = parse_object(old)?;
+    let mut changes = Vec::new();
+    let mut hosts: Vec<String> = Vec::new();
+    if root.get("credsStore").and_then(Value::as_str) == Some(from) {
+        root.shift_remove("credsStore");
+        changes.push(Change::StoreRemoved(from.to_owned()));
+        if let Some(Value::Object(auths)) = root.get("auths") {
+            for key in auths.keys() {
+                if let Some(r) = crate::registry::Registry::parse(key) {
+                    if !hosts.iter().any(|h| h == r.host()) {
+                        hosts.push(r.host().to_owned());
+                    }
+                }
+            }
+        }
+    }
+    if let Some(Value::Object(helpers)) = root.get("credHelpers") {
+        for (host, v) in helpers {
+            if v.as_str() == Some(from) && !hosts.contains(host) {
+                hosts.push(host.clone());
+            }
+        }
+    }
+    if hosts.is_empty() && changes.is_empty() {
+        return Ok((to_text(root)?, changes));
+    }
+    let (text, more) = edit(&to_text(root)?, &hosts, false)?;
+    changes.extend(more);
+    Ok((text, changes))
+}
+
 /// Updates the auth file at `path` for `hosts`; returns the changes made (or, with `dry_run`,
 /// the changes that would be made, writing nothing).
 ///
@@ -109,6 +152,24 @@ pub fn apply(
     dry_run: bool,
 ) -> Result<Vec<Change>, AuthFileError> {
     update(path, dry_run, |old| edit(old, hosts, remove))
+}
+
+/// [`replace`] on the auth file at `path`, then [`edit`] for `hosts`, in one atomic update.
+///
+/// # Errors
+/// [`AuthFileError`]; the file is unchanged in every error case.
+pub fn apply_replace(
+    path: &Path,
+    from: &str,
+    hosts: &[String],
+    dry_run: bool,
+) -> Result<Vec<Change>, AuthFileError> {
+    update(path, dry_run, |old| {
+        let (text, mut changes) = replace(old, from)?;
+        let (text, more) = edit(&text, hosts, false)?;
+        changes.extend(more);
+        Ok((text, changes))
+    })
 }
 
 /// The Docker config file: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.

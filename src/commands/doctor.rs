@@ -339,12 +339,66 @@ pub fn check_helper(
 pub fn run(config_flag: Option<&Path>) -> Vec<Check> {
     let mut checks = Vec::new();
     let (kernel, userland) = binary_and_cpu(&mut checks);
-    let registries = auth_files_and_helpers(&mut checks, kernel, userland);
+    // Aliases are read before the settings are checked, so that the credHelpers entries
+    // naming them are judged as what they are.
+    let configured = crate::config::load(config_flag).unwrap_or_default();
+    let (mut registries, keys) = auth_files_and_helpers(&mut checks, kernel, userland, &configured);
     let settings = settings(&mut checks, config_flag);
+    missing_entries(&mut checks, &keys, &settings.config);
+    for host in configured_hosts(&settings.config) {
+        if let Some(r) = Registry::parse(&host) {
+            if !registries.contains(&r) {
+                registries.push(r);
+            }
+        }
+    }
     iot_identity(&mut checks, &settings.config);
     network_and_clock(&mut checks, &registries, &settings);
-    one_token(&mut checks, &registries, &settings);
+    token_per_source(&mut checks, &registries, &settings);
     checks
+}
+
+/// Every registry host the configuration names: `[[registry]]` tables and `[daemon] registries`.
+fn configured_hosts(config: &Config) -> Vec<String> {
+    let mut hosts: Vec<String> = config
+        .registries
+        .iter()
+        .map(|r| r.host.get_ref().clone())
+        .collect();
+    for h in config.daemon.iter().flat_map(|d| d.registries.iter()) {
+        if !hosts.contains(h) {
+            hosts.push(h.clone());
+        }
+    }
+    hosts
+}
+
+/// A warning naming the configured hosts and aliases no `credHelpers` entry sends to ecr-edge
+/// (Docker would pull them anonymously).
+fn missing_entries(checks: &mut Vec<Check>, keys: &[String], config: &Config) {
+    let mut wanted = configured_hosts(config);
+    wanted.extend(
+        config
+            .registries
+            .iter()
+            .flat_map(|r| r.aliases.iter().map(|a| a.get_ref().clone())),
+    );
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|h| !keys.contains(h))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        checks.push(check(
+            "credHelpers",
+            Status::Warn,
+            format!(
+                "configured but no credHelpers entry names ecr-edge for: {}; Docker pulls \
+                 them anonymously (run `ecr-edge configure` to add them all)",
+                missing.join(", ")
+            ),
+        ));
+    }
 }
 
 /// What the running file was built for, and whether the kernel and userland can run it;
@@ -414,8 +468,10 @@ fn auth_files_and_helpers(
     checks: &mut Vec<Check>,
     kernel: Option<Arch>,
     userland: Option<Arch>,
-) -> Vec<Registry> {
+    configured: &Config,
+) -> (Vec<Registry>, Vec<String>) {
     let mut registries: Vec<Registry> = Vec::new();
+    let mut keys: Vec<String> = Vec::new();
     let files = auth_files();
     if files.is_empty() {
         checks.push(check(
@@ -434,7 +490,24 @@ fn auth_files_and_helpers(
             )),
             Ok((map, store)) => {
                 for (key, helper) in &map {
-                    checks.push(check_key(key, helper));
+                    let ours = helper == crate::commands::configure::HELPER_NAME;
+                    if ours {
+                        keys.push(key.clone());
+                    }
+                    match configured.alias_target(key).and_then(Registry::parse) {
+                        Some(r) if ours => {
+                            checks.push(check(
+                                "credHelpers",
+                                Status::Pass,
+                                format!("{key} -> {helper} (alias of {r})"),
+                            ));
+                            if !registries.contains(&r) {
+                                registries.push(r);
+                            }
+                            continue;
+                        }
+                        _ => checks.push(check_key(key, helper)),
+                    }
                     helpers
                         .entry(helper.clone())
                         .or_insert_with(|| format!("{key} in {}", file.display()));
@@ -459,7 +532,7 @@ fn auth_files_and_helpers(
             checks.push(check_helper(name, kernel, userland, used_by));
         }
     }
-    registries
+    (registries, keys)
 }
 
 /// The configuration file and the `ECR_EDGE_*` variables, read as every other command reads
@@ -487,6 +560,7 @@ fn settings(checks: &mut Vec<Check>, config_flag: Option<&Path>) -> Settings {
                 daemon_wait: crate::settings::DEFAULT_DAEMON_WAIT,
                 cache_dir: crate::settings::cache_dir(),
                 socket: None,
+                disable_cache: false,
             }
         }
     }
@@ -611,31 +685,65 @@ fn network_and_clock(checks: &mut Vec<Check>, registries: &[Registry], settings:
     checks.push(clock_check(&skews));
 }
 
-/// One real `GetAuthorizationToken` call (after any IoT exchange) for the first registry.
-fn one_token(checks: &mut Vec<Check>, registries: &[Registry], settings: &Settings) {
-    let Some(registry) = registries.first() else {
+/// One real `GetAuthorizationToken` call (after any IoT exchange and role hop) per distinct
+/// credential source, for the first registry that uses it; each check names every registry
+/// that uses the source.
+fn token_per_source(checks: &mut Vec<Check>, registries: &[Registry], settings: &Settings) {
+    if registries.is_empty() {
         checks.push(check(
             "credentials",
             Status::Warn,
-            "no credHelpers entry names ecr-edge, so no registry to test against",
+            "no credHelpers entry names ecr-edge and none is configured, so no registry to \
+             test against",
         ));
         return;
-    };
-    let source = Source::select(&settings.config);
-    let region = crate::aws::credentials::home_region(&source, Some(registry.region()));
-    let result = crate::aws::ecr::Fetcher::new(&source, &region, settings.deadline)
-        .and_then(|f| f.fetch(registry));
-    checks.push(match result {
-        Ok(t) => check(
-            "credentials",
-            Status::Pass,
+    }
+    let mut groups: Vec<(Source, Vec<&Registry>)> = Vec::new();
+    for r in registries {
+        let source = Source::for_registry(&settings.config, r.host());
+        match groups
+            .iter_mut()
+            .find(|(s, _)| s.identity() == source.identity())
+        {
+            Some((_, members)) => members.push(r),
+            None => groups.push((source, vec![r])),
+        }
+    }
+    for (source, members) in groups {
+        let registry = members[0];
+        let region = crate::aws::credentials::home_region(&source, Some(registry.region()));
+        let result = crate::aws::ecr::Fetcher::new(&source, &region, settings.deadline)
+            .and_then(|f| f.fetch(registry));
+        let users = if members.len() > 1 {
             format!(
-                "ecr:GetAuthorizationToken allowed for {registry}; token valid until {}",
-                rfc3339(t.expires_at)
+                "; also used by {}",
+                members[1..]
+                    .iter()
+                    .map(|r| r.host())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            String::new()
+        };
+        checks.push(match result {
+            Ok(t) => check(
+                "credentials",
+                Status::Pass,
+                format!(
+                    "ecr:GetAuthorizationToken allowed for {registry} with {}; token valid \
+                     until {}{users}",
+                    source.describe(),
+                    rfc3339(t.expires_at)
+                ),
             ),
-        ),
-        Err(e) => check("credentials", Status::Fail, format!("{registry}: {e}")),
-    });
+            Err(e) => check(
+                "credentials",
+                Status::Fail,
+                format!("{registry} with {}: {e}{users}", source.describe()),
+            ),
+        });
+    }
 }
 
 /// TLS trusting the system store and Amazon's roots, or only `ca`; no client certificate.

@@ -14,11 +14,17 @@ pub const MARKER: &str = "# Written by `ecr-edge configure`; rerun it to update 
 
 /// A `CredentialProviderConfig` naming ecr-edge for every ECR host form.
 pub fn provider_config() -> String {
+    provider_config_for(&[])
+}
+
+/// [`provider_config`], also matching `aliases` (the `[[registry]] aliases` of the
+/// configuration: the kubelet only asks for images whose host a pattern matches).
+pub fn provider_config_for(aliases: &[String]) -> String {
     let mut out = format!(
         "{MARKER}\napiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\n\
          providers:\n  - name: {PROVIDER_NAME}\n    apiVersion: {API_V1}\n    matchImages:\n"
     );
-    for pattern in match_images() {
+    for pattern in match_images().iter().chain(aliases) {
         out.push_str(&format!("      - \"{pattern}\"\n"));
     }
     // Used only if a response had no cacheDuration; ecr-edge always sends one.
@@ -110,9 +116,13 @@ impl From<FilesError> for InstallError {
 ///
 /// # Errors
 /// [`InstallError`]; what was already in place stays as it was.
-pub fn install(layout: &Layout, binary: &Path) -> Result<Vec<String>, InstallError> {
+pub fn install(
+    layout: &Layout,
+    binary: &Path,
+    aliases: &[String],
+) -> Result<Vec<String>, InstallError> {
     let link = layout.bin_dir.join(PROVIDER_NAME);
-    let text = provider_config();
+    let text = provider_config_for(aliases);
     let mut changed = Vec::new();
     // Check both before touching either.
     let link_ok = link_in_place(&link, binary)?;

@@ -193,6 +193,9 @@ impl Held {
 
 struct Entry {
     registry: Registry,
+    /// The credential source this registry is fetched with (its `[[registry]]` table, else
+    /// the daemon's default): a request naming another identity is refused.
+    identity: String,
     on_demand: bool,
     held: Option<Held>,
     last_refresh: Option<i64>,
@@ -205,9 +208,10 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(registry: Registry, on_demand: bool, cap: Duration) -> Entry {
+    fn new(registry: Registry, identity: String, on_demand: bool, cap: Duration) -> Entry {
         Entry {
             registry,
+            identity,
             on_demand,
             held: None,
             last_refresh: None,
@@ -225,7 +229,10 @@ impl Entry {
 }
 
 struct Settings {
+    /// The default source's identity (registries without a `[[registry]]` table).
     identity: String,
+    /// The configuration, for each registry's own source.
+    config: Config,
     policy: Policy,
     sinks: Vec<SinkConfig>,
     backoff_cap: Duration,
@@ -235,7 +242,12 @@ struct Settings {
 struct State {
     entries: BTreeMap<String, Entry>,
     settings: Settings,
+    /// The default source's client (registries without a table; the credentials endpoint).
     client: Arc<dyn TokenSource>,
+    /// A client per source identity in use, the default's included; built when first needed.
+    clients: BTreeMap<String, Arc<dyn TokenSource>>,
+    /// Base credentials shared by the clients: one IoT exchange or profile feeds every role.
+    bases: crate::aws::ecr::Bases,
     ready: bool,
     /// Role credentials for the local credentials endpoint, when it is on.
     credentials: Option<endpoint::HeldCredentials>,
@@ -290,7 +302,8 @@ fn home_region(source: &Source, daemon: &DaemonConfig) -> String {
     crate::aws::credentials::home_region(source, first.as_ref().map(Registry::region))
 }
 
-fn settings(source: &Source, daemon: &DaemonConfig, socket_gid: u32) -> Settings {
+fn settings(config: &Config, daemon: &DaemonConfig, socket_gid: u32) -> Settings {
+    let source = Source::select(config);
     let own_uid = nix::unistd::geteuid().as_raw();
     let mut uids = daemon
         .allowed_uids
@@ -299,6 +312,7 @@ fn settings(source: &Source, daemon: &DaemonConfig, socket_gid: u32) -> Settings
     uids.dedup();
     Settings {
         identity: source.identity(),
+        config: config.clone(),
         policy: Policy {
             uids,
             gids: daemon
@@ -332,22 +346,29 @@ pub async fn run(
         reload: reload_requests,
     } = start;
     let daemon = daemon_config(&config);
-    let source = Source::select(&config);
     let socket_gid = std::fs::metadata(&socket_path)
         .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
         .unwrap_or(0);
-    let settings = settings(&source, &daemon, socket_gid);
+    let settings = settings(&config, &daemon, socket_gid);
     let mut entries = BTreeMap::new();
     for host in &settings.configured {
         if let Some(r) = Registry::parse(host) {
-            entries.insert(host.clone(), Entry::new(r, false, settings.backoff_cap));
+            let identity = Source::for_registry(&config, host).identity();
+            entries.insert(
+                host.clone(),
+                Entry::new(r, identity, false, settings.backoff_cap),
+            );
         }
     }
+    let clients = BTreeMap::from([(settings.identity.clone(), client.clone())]);
+    let bases = client.bases().unwrap_or_default();
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             entries,
             settings,
             client,
+            clients,
+            bases,
             ready: false,
             credentials: None,
         }),
@@ -457,7 +478,7 @@ async fn reload(shared: &Arc<Shared>) {
         let config = loaded.config;
         let daemon = daemon_config(&config);
         let source = Source::select(&config);
-        let new = settings(&source, &daemon, shared.socket_gid);
+        let new = settings(&config, &daemon, shared.socket_gid);
         let socket = loaded.socket.unwrap_or_else(|| config.socket_path());
         if (Some(socket), daemon.credentials_endpoint.clone()) != shared.fixed {
             tracing::warn!(
@@ -471,18 +492,31 @@ async fn reload(shared: &Arc<Shared>) {
         };
         let mut st = shared.lock();
         if let Some(client) = client {
+            // Another device identity: nothing resolved with the old one is kept.
+            st.bases = client.bases().unwrap_or_default();
             st.client = client;
             st.entries.clear();
+            st.clients.clear();
         }
-        st.entries
-            .retain(|host, e| e.on_demand || new.configured.contains(host));
+        // A registry whose source changed starts over with the new one.
+        st.entries.retain(|host, e| {
+            (e.on_demand || new.configured.contains(host))
+                && Source::for_registry(&config, host).identity() == e.identity
+        });
+        let default = (new.identity.clone(), st.client.clone());
+        let in_use: Vec<String> = st.entries.values().map(|e| e.identity.clone()).collect();
+        st.clients.retain(|id, _| in_use.contains(id));
+        st.clients.insert(default.0, default.1);
         for host in &new.configured {
             match st.entries.get_mut(host) {
                 Some(e) => e.on_demand = false,
                 None => {
                     if let Some(r) = Registry::parse(host) {
-                        st.entries
-                            .insert(host.clone(), Entry::new(r, false, new.backoff_cap));
+                        let identity = Source::for_registry(&config, host).identity();
+                        st.entries.insert(
+                            host.clone(),
+                            Entry::new(r, identity, false, new.backoff_cap),
+                        );
                     }
                 }
             }
@@ -513,21 +547,20 @@ async fn schedule_loop(shared: Arc<Shared>) {
         let mut due = Vec::new();
         {
             let mut st = shared.lock();
-            let client = st.client.clone();
             for (host, e) in st.entries.iter_mut() {
                 if e.in_flight {
                     continue;
                 }
                 if e.next <= now {
                     e.in_flight = true;
-                    due.push((host.clone(), e.registry.clone(), client.clone()));
+                    due.push((host.clone(), e.registry.clone(), e.identity.clone()));
                 } else {
                     next_due = Some(next_due.map_or(e.next, |n| n.min(e.next)));
                 }
             }
         }
-        for (host, registry, client) in due {
-            tokio::spawn(refresh(shared.clone(), host, registry, client));
+        for (host, registry, identity) in due {
+            tokio::spawn(refresh(shared.clone(), host, registry, identity));
         }
         let wake = shared.wake.notified();
         match next_due {
@@ -543,20 +576,65 @@ async fn schedule_loop(shared: Arc<Shared>) {
 }
 
 /// One refresh attempt for `host`, then its next time.
-async fn refresh(
-    shared: Arc<Shared>,
-    host: String,
-    registry: Registry,
-    client: Arc<dyn TokenSource>,
-) {
+/// The client for `identity`, built (and kept) the first time a registry needs it. `Ok(None)`
+/// when the configuration no longer gives `host` that identity (a reload raced this refresh).
+async fn client_for_identity(
+    shared: &Shared,
+    registry: &Registry,
+    identity: &str,
+) -> Result<Option<Arc<dyn TokenSource>>, FetchError> {
+    let (source, bases) = {
+        let st = shared.lock();
+        if let Some(c) = st.clients.get(identity) {
+            return Ok(Some(c.clone()));
+        }
+        let source = Source::for_registry(&st.settings.config, registry.host());
+        if source.identity() != identity {
+            return Ok(None);
+        }
+        (source, st.bases.clone())
+    };
+    let region = crate::aws::credentials::home_region(&source, Some(registry.region()));
+    let client: Arc<dyn TokenSource> = Arc::new(
+        crate::aws::ecr::Client::sharing(&source, &region, shared.deadline, 1, &bases).await?,
+    );
+    tracing::info!(source = %source.describe(), "credential source ready");
+    let mut st = shared.lock();
+    Ok(Some(
+        st.clients
+            .entry(identity.to_owned())
+            .or_insert(client)
+            .clone(),
+    ))
+}
+
+async fn refresh(shared: Arc<Shared>, host: String, registry: Registry, identity: String) {
     tracing::debug!(registry = %host, "refreshing");
-    let result = client.fetch(&registry).await;
+    let (client, result) = match client_for_identity(&shared, &registry, &identity).await {
+        Ok(Some(client)) => {
+            let result = client.fetch(&registry).await;
+            (Some(client), result)
+        }
+        Ok(None) => (
+            None,
+            Err(FetchError::BadResponse {
+                detail: "the configuration changed during the refresh".into(),
+            }),
+        ),
+        Err(e) => (None, Err(e)),
+    };
     let now = Instant::now();
     let wall = token::now();
     let mut jitter = SystemJitter;
     {
         let mut st = shared.lock();
-        if !Arc::ptr_eq(&st.client, &client) {
+        let current = st.clients.get(&identity);
+        let stale = match (&client, current) {
+            (Some(mine), Some(now_used)) => !Arc::ptr_eq(mine, now_used),
+            (Some(_), None) => true,
+            (None, _) => st.entries.get(&host).is_none_or(|e| e.identity != identity),
+        };
+        if stale {
             // The credential source changed while this ran; its result is for the old one.
             if let Some(e) = st.entries.get_mut(&host) {
                 e.in_flight = false;
@@ -862,7 +940,8 @@ async fn get(
         changed.as_mut().enable();
         {
             let mut st = shared.lock();
-            if st.settings.identity != identity {
+            let expected = Source::for_registry(&st.settings.config, host).identity();
+            if expected != identity {
                 return Reply::Refused {
                     reason: "the daemon serves another credential source".into(),
                 };
@@ -878,8 +957,10 @@ async fn get(
                     };
                 }
                 tracing::info!(registry = host, "added on demand");
-                st.entries
-                    .insert(host.to_owned(), Entry::new(registry.clone(), true, cap));
+                st.entries.insert(
+                    host.to_owned(),
+                    Entry::new(registry.clone(), expected, true, cap),
+                );
                 shared.wake.notify_one();
             }
             let now = Instant::now();

@@ -183,13 +183,33 @@ fn get(input: &str, config: Option<&Path>) -> Result<Vec<u8>, HelperError> {
     if server_url.is_empty() {
         return Err(HelperError::NoServerUrl);
     }
-    let registry = Registry::parse(server_url).ok_or(HelperError::NotEcr)?;
-    let settings = Settings::load(config).map_err(HelperError::Settings)?;
+    let (registry, settings) = registry_of(server_url, config)?;
     let token = resolve::token(&registry, &settings).map_err(|cause| HelperError::Resolve {
         registry: registry.host().to_owned(),
         cause,
     })?;
     Ok(get_response(server_url, &token.password))
+}
+
+/// The ECR registry `server_url` names, directly or as a `[[registry]] aliases` entry, and the
+/// settings. A host that is neither is Docker's "not found", even when the configuration is
+/// unusable: a pull from another registry never fails because of ecr-edge.
+fn registry_of(
+    server_url: &str,
+    config: Option<&Path>,
+) -> Result<(Registry, Settings), HelperError> {
+    if let Some(registry) = Registry::parse(server_url) {
+        let settings = Settings::load(config).map_err(HelperError::Settings)?;
+        return Ok((registry, settings));
+    }
+    let host = crate::registry::host_of(server_url).ok_or(HelperError::NotEcr)?;
+    let settings = Settings::load(config).map_err(|_| HelperError::NotEcr)?;
+    let registry = settings
+        .config
+        .alias_target(&host)
+        .and_then(Registry::parse)
+        .ok_or(HelperError::NotEcr)?;
+    Ok((registry, settings))
 }
 
 /// Docker's `get` answer, byte for byte as the Go helpers print it (`json.Encoder`, which escapes
@@ -281,12 +301,11 @@ fn erase(input: &str, config: Option<&Path>) -> Result<(), HelperError> {
     if server_url.is_empty() {
         return Err(HelperError::NoServerUrl);
     }
-    let registry = Registry::parse(server_url).ok_or(HelperError::NotEcr)?;
-    let settings = Settings::load(config).map_err(HelperError::Settings)?;
+    let (registry, settings) = registry_of(server_url, config)?;
     if let Ok(cache) = Cache::open(settings.cache_dir) {
         cache.remove(
             registry.host(),
-            &Source::select(&settings.config).identity(),
+            &Source::for_registry(&settings.config, registry.host()).identity(),
         );
     }
     Ok(())

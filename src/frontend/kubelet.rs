@@ -18,6 +18,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::aws::credentials::Source;
 use crate::registry::Registry;
 use crate::resolve::{self, ResolveError};
 use crate::settings::{Settings, SettingsError};
@@ -40,14 +41,29 @@ pub fn match_images() -> Vec<String> {
     crate::registry::host_patterns()
 }
 
-/// The fields of a `CredentialProviderRequest` that matter here. Others (`serviceAccountToken`
-/// and `serviceAccountAnnotations` from newer kubelets) are accepted and ignored.
+/// The service-account annotation naming the role to assume with the pod's token, as the
+/// reference AWS provider reads it.
+pub const ROLE_ANNOTATION: &str = "eks.amazonaws.com/ecr-role-arn";
+
+/// The fields of a `CredentialProviderRequest` that matter here; others are accepted and
+/// ignored. `serviceAccountToken` and `serviceAccountAnnotations` come from kubelets whose
+/// provider configuration has `tokenAttributes` (Kubernetes 1.33 and later).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Request {
     api_version: Option<String>,
     kind: Option<String>,
     image: Option<String>,
+    service_account_token: Option<Secret>,
+    service_account_annotations: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A well-formed request: its API version, the registry host its image names (an ECR host,
+/// or possibly a configured alias), and the pod's role when it carries a service-account token.
+struct Parsed {
+    api_version: String,
+    host: Option<String>,
+    web_identity: Option<(Secret, Option<String>)>,
 }
 
 /// A `CredentialProviderResponse`, field names as in the kubelet's API types.
@@ -90,6 +106,9 @@ pub enum KubeletError {
     /// The image's registry is not an Amazon ECR registry (the configuration's `matchImages`
     /// should not have sent it here): its registry host, `None` for Docker Hub.
     NotEcr(Option<String>),
+    /// The request carries a service-account token but its role (the annotation, else
+    /// `AWS_ECR_ROLE_ARN`) is not a role ARN.
+    BadRole,
     /// The configuration file or an `ECR_EDGE_*` variable is unusable.
     Settings(SettingsError),
     /// No usable token could be had for the image's registry.
@@ -133,6 +152,12 @@ impl fmt::Display for KubeletError {
                     None => "on Docker Hub".to_owned(),
                 }
             ),
+            KubeletError::BadRole => write!(
+                f,
+                "ecr-edge: the pod's role (service account annotation {ROLE_ANNOTATION}, else \
+                 AWS_ECR_ROLE_ARN) is not a role ARN such as \
+                 arn:aws:iam::210987654321:role/name"
+            ),
             KubeletError::Settings(e) => write!(f, "ecr-edge: {e}"),
             KubeletError::Resolve { registry, cause } => {
                 write!(f, "ecr-edge: {registry}: {cause}")
@@ -161,16 +186,37 @@ pub fn run(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> u8 {
-    let result = read_request(stdin).and_then(|(api_version, registry)| {
-        let settings = Settings::load(config).map_err(KubeletError::Settings)?;
-        let token =
-            resolve::token(&registry, &settings).map_err(|cause| KubeletError::Resolve {
-                registry: registry.host().to_owned(),
+    let result = read_request(stdin).and_then(|req| {
+        let (registry, settings) = registry_of(req.host, config)?;
+        // The pod's own role when the kubelet sent its service-account token and a role is
+        // named; else the device's source for this registry, as for every other client.
+        let source = match req.web_identity {
+            Some((token, role)) => {
+                let role_arn = role
+                    .or_else(|| std::env::var("AWS_ECR_ROLE_ARN").ok())
+                    .filter(|r| !r.is_empty());
+                match role_arn {
+                    Some(arn) if crate::config::is_role_arn(&arn) => Some(Source::WebIdentity {
+                        role_arn: arn,
+                        token,
+                    }),
+                    Some(_) => return Err(KubeletError::BadRole),
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let source =
+            source.unwrap_or_else(|| Source::for_registry(&settings.config, registry.ecr.host()));
+        let token = resolve::token_from(&registry.ecr, &source, &settings).map_err(|cause| {
+            KubeletError::Resolve {
+                registry: registry.ecr.host().to_owned(),
                 cause,
-            })?;
+            }
+        })?;
         Ok(response(
-            &api_version,
-            registry.host(),
+            &req.api_version,
+            &registry.named,
             &token.password,
             token.expires_at,
             crate::token::now(),
@@ -191,11 +237,41 @@ pub fn run(
     }
 }
 
-fn read_request(stdin: &mut dyn Read) -> Result<(String, Registry), KubeletError> {
+fn read_request(stdin: &mut dyn Read) -> Result<Parsed, KubeletError> {
     let buf = crate::input::read_capped(stdin, MAX_REQUEST_BYTES)
         .map_err(KubeletError::Io)?
         .ok_or(KubeletError::TooLarge)?;
-    parse_request(&buf)
+    parse(&buf)
+}
+
+/// The image's registry as the image names it, and the ECR registry that is.
+struct Named {
+    named: String,
+    ecr: Registry,
+}
+
+/// The ECR registry `host` names, directly or as a `[[registry]] aliases` entry, with the
+/// settings. Neither: [`KubeletError::NotEcr`], even when the configuration is unusable.
+fn registry_of(
+    host: Option<String>,
+    config: Option<&Path>,
+) -> Result<(Named, Settings), KubeletError> {
+    let Some(host) = host else {
+        return Err(KubeletError::NotEcr(None));
+    };
+    if let Some(ecr) = Registry::parse(&host) {
+        let settings = Settings::load(config).map_err(KubeletError::Settings)?;
+        return Ok((Named { named: host, ecr }, settings));
+    }
+    let settings = Settings::load(config).map_err(|_| KubeletError::NotEcr(Some(host.clone())))?;
+    match settings
+        .config
+        .alias_target(&host)
+        .and_then(Registry::parse)
+    {
+        Some(ecr) => Ok((Named { named: host, ecr }, settings)),
+        None => Err(KubeletError::NotEcr(Some(host))),
+    }
 }
 
 /// The request's API version and the registry of its image.
@@ -203,6 +279,17 @@ fn read_request(stdin: &mut dyn Read) -> Result<(String, Registry), KubeletError
 /// # Errors
 /// [`KubeletError`] for anything but a well-formed request for an ECR image.
 pub fn parse_request(bytes: &[u8]) -> Result<(String, Registry), KubeletError> {
+    let req = parse(bytes)?;
+    let registry = req
+        .host
+        .as_deref()
+        .and_then(Registry::parse)
+        .ok_or(KubeletError::NotEcr(req.host))?;
+    Ok((req.api_version, registry))
+}
+
+/// A well-formed request, its image's registry host not yet checked.
+fn parse(bytes: &[u8]) -> Result<Parsed, KubeletError> {
     // A service account token must not reach the kubelet's log: the error says where the
     // request went wrong, never what it held.
     let req: Request = serde_json::from_slice(bytes)
@@ -219,12 +306,20 @@ pub fn parse_request(bytes: &[u8]) -> Result<(String, Registry), KubeletError> {
         .image
         .filter(|i| !i.trim().is_empty())
         .ok_or(KubeletError::NoImage)?;
-    let host = image_registry(&image);
-    let registry = host
-        .as_deref()
-        .and_then(Registry::parse)
-        .ok_or(KubeletError::NotEcr(host))?;
-    Ok((api_version, registry))
+    let web_identity = req
+        .service_account_token
+        .filter(|t| !t.expose().is_empty())
+        .map(|token| {
+            let role = req
+                .service_account_annotations
+                .and_then(|mut a| a.remove(ROLE_ANNOTATION));
+            (token, role)
+        });
+    Ok(Parsed {
+        api_version,
+        host: image_registry(&image),
+        web_identity,
+    })
 }
 
 /// The registry host of an image reference (`host[:port]/path[:tag][@digest]`), by the

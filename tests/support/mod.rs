@@ -178,6 +178,41 @@ pub struct Call {
     pub access_key: String,
     /// Whether the signature, key, token and clock checks all passed.
     pub authentic: bool,
+    /// For STS: the `Action` and `RoleArn` of the form body.
+    pub sts: Option<(String, String)>,
+    /// For STS: the `ExternalId` sent, if any.
+    pub form_external_id: Option<String>,
+    /// For STS: the `WebIdentityToken` sent, if any (never printed).
+    form_web_identity_token: Option<String>,
+}
+
+/// A role of the fake's key table: assuming it (`AssumeRole` from a trusted key with the right
+/// external ID, or `AssumeRoleWithWebIdentity` with its token) gives keys of its own, and ECR
+/// answers a call signed with those keys with the role's own password.
+#[derive(Debug, Clone)]
+pub struct FakeRole {
+    /// The role ARN.
+    pub arn: String,
+    /// The access key ID of its credentials.
+    pub key_id: String,
+    secret: String,
+    session_token: String,
+    /// The `sts:ExternalId` its trust policy requires.
+    external_id: Option<String>,
+    /// Access key IDs allowed to assume it (empty: any key the fake knows).
+    trusted: Vec<String>,
+    /// The service-account token `AssumeRoleWithWebIdentity` accepts.
+    web_identity_token: Option<String>,
+    /// The ECR password tokens obtained with its keys carry.
+    pub password: String,
+}
+
+/// Long-term keys the fake knows (an AWS profile's), with their own ECR password.
+#[derive(Debug, Clone)]
+struct StaticKey {
+    key_id: String,
+    secret: String,
+    password: String,
 }
 
 struct State {
@@ -190,6 +225,8 @@ struct State {
     secret: String,
     session_token: Option<String>,
     clock_offset_secs: i64,
+    roles: Vec<FakeRole>,
+    static_keys: Vec<StaticKey>,
 }
 
 /// A fake ECR (private and public) reached through an HTTPS proxy on 127.0.0.1.
@@ -214,6 +251,8 @@ impl FakeEcr {
             secret: SECRET_ACCESS_KEY.into(),
             session_token: Some(SESSION_TOKEN.into()),
             clock_offset_secs: 0,
+            roles: Vec::new(),
+            static_keys: Vec::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -292,6 +331,52 @@ impl FakeEcr {
     /// CONNECT targets the proxy tunnelled to other local fakes.
     pub fn tunnels(&self) -> Vec<String> {
         self.state.lock().unwrap().tunnels.clone()
+    }
+
+    /// Adds a role to the key table: `AssumeRole` succeeds for callers signing with a key in
+    /// `trusted` (empty: any known key) and, when `external_id` is set, only with that ID.
+    pub fn add_role(&self, arn: &str, external_id: Option<&str>, trusted: &[&str]) -> FakeRole {
+        self.push_role(arn, external_id, trusted, None)
+    }
+
+    /// Adds a role that `AssumeRoleWithWebIdentity` with `token` assumes.
+    pub fn add_web_identity_role(&self, arn: &str, token: &str) -> FakeRole {
+        self.push_role(arn, None, &["-"], Some(token))
+    }
+
+    fn push_role(
+        &self,
+        arn: &str,
+        external_id: Option<&str>,
+        trusted: &[&str],
+        web_identity_token: Option<&str>,
+    ) -> FakeRole {
+        let mut s = self.state.lock().unwrap();
+        let n = s.roles.len() + 1;
+        let role = FakeRole {
+            arn: arn.into(),
+            key_id: format!("ASIAROLE{n:012}"),
+            secret: format!("role-secret-{n}/abcdefghijklmnopqrstuvwxyz"),
+            session_token: format!("FwoGZXIvROLE{n}SESSIONTOKEN=="),
+            external_id: external_id.map(str::to_owned),
+            trusted: trusted.iter().map(|t| t.to_string()).collect(),
+            web_identity_token: web_identity_token.map(str::to_owned),
+            password: format!("password-of-role-{n}"),
+        };
+        s.roles.push(role.clone());
+        role
+    }
+
+    /// Adds long-term keys (for an AWS profile); returns the ECR password their tokens carry.
+    pub fn add_static_key(&self, key_id: &str, secret: &str) -> String {
+        let mut s = self.state.lock().unwrap();
+        let password = format!("password-of-key-{key_id}");
+        s.static_keys.push(StaticKey {
+            key_id: key_id.into(),
+            secret: secret.into(),
+            password: password.clone(),
+        });
+        password
     }
 
     /// Every request received so far.
@@ -472,6 +557,7 @@ fn verify(
     body: &[u8],
     s: &State,
 ) -> (Call, Option<Vec<u8>>) {
+    let form = form_params(body);
     let mut call = Call {
         connect_host: host.to_owned(),
         target: header(headers, "x-amz-target").unwrap_or("").to_owned(),
@@ -479,8 +565,24 @@ fn verify(
         service: String::new(),
         access_key: String::new(),
         authentic: false,
+        sts: form
+            .get("Action")
+            .map(|a| (a.clone(), form.get("RoleArn").cloned().unwrap_or_default())),
+        form_external_id: form.get("ExternalId").cloned(),
+        form_web_identity_token: form.get("WebIdentityToken").cloned(),
     };
     let deny = |status: u16, code: &str, msg: &str| Some(error_response(status, code, msg));
+    if call
+        .sts
+        .as_ref()
+        .is_some_and(|(a, _)| a == "AssumeRoleWithWebIdentity")
+        && header(headers, "authorization").is_none()
+    {
+        // STS takes this one unsigned: the token is the proof.
+        call.service = "sts".into();
+        call.authentic = true;
+        return (call, None);
+    }
     let Some(auth) = header(headers, "authorization") else {
         return (
             call,
@@ -524,7 +626,14 @@ fn verify(
             ROLE_SECRET_ACCESS_KEY.to_owned(),
             Some(ROLE_SESSION_TOKEN.to_owned()),
         ),
-        _ => return (call, invalid_token()),
+        key => match (
+            s.roles.iter().find(|r| r.key_id == key),
+            s.static_keys.iter().find(|k| k.key_id == key),
+        ) {
+            (Some(role), _) => (role.secret.clone(), Some(role.session_token.clone())),
+            (None, Some(k)) => (k.secret.clone(), None),
+            (None, None) => return (call, invalid_token()),
+        },
     };
     if let Some(token) = &session_token {
         if header(headers, "x-amz-security-token") != Some(token.as_str())
@@ -644,7 +753,7 @@ fn respond(mode: &Mode, call: &Call, s: &State) -> Vec<u8> {
         _ => {}
     }
     if call.service == "sts" {
-        return sts_assume_role(call);
+        return sts(call, s);
     }
     let now = now_secs();
     let expires = if *mode == Mode::IssueExpired {
@@ -652,7 +761,16 @@ fn respond(mode: &Mode, call: &Call, s: &State) -> Vec<u8> {
     } else {
         now + s.lifetime_secs
     };
-    let token = aws_smithy_types::base64::encode(format!("AWS:{}", s.password));
+    // Each identity's tokens carry its own password, so a test sees whose token it was given.
+    let password = match (
+        s.roles.iter().find(|r| r.key_id == call.access_key),
+        s.static_keys.iter().find(|k| k.key_id == call.access_key),
+    ) {
+        (Some(role), _) => role.password.clone(),
+        (None, Some(k)) => k.password.clone(),
+        (None, None) => s.password.clone(),
+    };
+    let token = aws_smithy_types::base64::encode(format!("AWS:{password}"));
     let body = if call.target == "SpencerFrontendService.GetAuthorizationToken" {
         format!(
             r#"{{"authorizationData":{{"authorizationToken":"{token}","expiresAt":{expires:.3}}}}}"#
@@ -667,6 +785,117 @@ fn respond(mode: &Mode, call: &Call, s: &State) -> Vec<u8> {
     };
     format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The fields of an `application/x-www-form-urlencoded` body.
+fn form_params(body: &[u8]) -> HashMap<String, String> {
+    let decode = |s: &str| {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                    out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                    i += 2;
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+/// STS's answer to a call the signature check passed: `AssumeRole` of a role in the key table
+/// (trust and external ID checked), `AssumeRoleWithWebIdentity` with the role's token, or for
+/// any other role the shared assumed-role keys.
+fn sts(call: &Call, s: &State) -> Vec<u8> {
+    let (action, arn) = call.sts.clone().unwrap_or_default();
+    let denied = |msg: String| sts_error(403, "AccessDenied", &msg);
+    let role = s.roles.iter().find(|r| r.arn == arn);
+    match (action.as_str(), role) {
+        ("AssumeRole", Some(role)) => {
+            let form_ext = call.form_external_id.clone();
+            let trusted = role.web_identity_token.is_none()
+                && (role.trusted.is_empty() || role.trusted.contains(&call.access_key));
+            if !trusted || role.external_id != form_ext {
+                return denied(format!(
+                    "User: arn:aws:sts::123456789012:assumed-role/base/{} is not authorized to perform: sts:AssumeRole on resource: {arn}",
+                    call.access_key
+                ));
+            }
+            sts_credentials(
+                "AssumeRole",
+                &role.key_id,
+                &role.secret,
+                &role.session_token,
+            )
+        }
+        ("AssumeRoleWithWebIdentity", Some(role)) => {
+            if role.web_identity_token.is_none()
+                || role.web_identity_token != call.form_web_identity_token
+            {
+                return sts_error(
+                    400,
+                    "InvalidIdentityToken",
+                    "Couldn't retrieve verification key from your identity provider",
+                );
+            }
+            sts_credentials(
+                "AssumeRoleWithWebIdentity",
+                &role.key_id,
+                &role.secret,
+                &role.session_token,
+            )
+        }
+        ("AssumeRoleWithWebIdentity", None) => denied(format!(
+            "Not authorized to perform sts:AssumeRoleWithWebIdentity on {arn}"
+        )),
+        _ => sts_assume_role(call),
+    }
+}
+
+/// STS's XML error answer.
+fn sts_error(status: u16, code: &str, message: &str) -> Vec<u8> {
+    let body = format!(
+        "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type>\
+         <Code>{code}</Code><Message>{message}</Message></Error><RequestId>r-1</RequestId></ErrorResponse>"
+    );
+    format!(
+        "HTTP/1.1 {status} Error\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A successful `AssumeRole`/`AssumeRoleWithWebIdentity` answer with these keys.
+fn sts_credentials(action: &str, key_id: &str, secret: &str, token: &str) -> Vec<u8> {
+    let expiration = aws_smithy_types::DateTime::from_secs(now_secs() as i64 + 3600)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap();
+    let body = format!(
+        "<{action}Response xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><{action}Result>\
+         <AssumedRoleUser><AssumedRoleId>AROAEXAMPLE:ecr-edge</AssumedRoleId>\
+         <Arn>arn:aws:sts::210987654321:assumed-role/x/ecr-edge</Arn></AssumedRoleUser>\
+         <Credentials><AccessKeyId>{key_id}</AccessKeyId>\
+         <SecretAccessKey>{secret}</SecretAccessKey>\
+         <SessionToken>{token}</SessionToken><Expiration>{expiration}</Expiration>\
+         </Credentials></{action}Result><ResponseMetadata><RequestId>r-2</RequestId>\
+         </ResponseMetadata></{action}Response>"
+    );
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()

@@ -62,7 +62,7 @@ _ecr__edge() {
             return 0
             ;;
         ecr__subcmd__edge__subcmd__configure)
-            opts="-h --registry --account --region --containers --docker-config --remove --dry-run --k3s --kubelet-config --root --config --help"
+            opts="-h --registry --account --region --containers --docker-config --remove --replace --dry-run --k3s --kubelet-config --root --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -81,6 +81,10 @@ _ecr__edge() {
                     return 0
                     ;;
                 --docker-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --replace)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -53,6 +53,7 @@ complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l registry
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l account -d 'With --region: the private registry of this 12-digit account' -r
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l region -d 'With --account: the registry\'s region' -r
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l docker-config -d 'The Docker config file [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l replace -d 'Move from another helper (`ecr-login`): its credHelpers entries name ecr-edge, and a credsStore naming it becomes entries for the ECR registries listed under auths' -r
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l kubelet-config -d 'Write a kubelet CredentialProviderConfig to PATH (plain kubelets), and the provider link in /usr/libexec/ecr-edge' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l root -d 'With --k3s or --kubelet-config: install under DIR (an image\'s root file system)' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
