@@ -206,7 +206,7 @@ fn configure_command(args: ConfigureArgs, config: Option<&Path>) -> u8 {
     let aliases: Vec<String> = configured
         .registries
         .iter()
-        .flat_map(|r| r.aliases.iter().map(|a| a.get_ref().clone()))
+        .flat_map(|r| r.aliases.iter().cloned())
         .collect();
     let kubelet = k3s || kubelet_config.is_some();
     let mut status = 0;
@@ -461,8 +461,8 @@ fn configure(
         // Every registry and alias the configuration names.
         let daemon = configured.daemon.iter().flat_map(|d| d.registries.iter());
         for r in &configured.registries {
-            hosts.push(r.host.get_ref().clone());
-            hosts.extend(r.aliases.iter().map(|a| a.get_ref().clone()));
+            hosts.push(r.host.clone());
+            hosts.extend(r.aliases.iter().cloned());
         }
         for h in daemon {
             if !hosts.contains(h) {

@@ -12,7 +12,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use toml::Spanned;
 
 /// Where the configuration lives when nothing says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/ecr-edge/config.toml";
@@ -51,15 +50,15 @@ impl Config {
     pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
         self.registries
             .iter()
-            .find(|r| r.host.get_ref() == host || r.aliases.iter().any(|a| a.get_ref() == host))
+            .find(|r| r.host == host || r.aliases.iter().any(|a| a == host))
     }
 
     /// The registry host an alias stands for; `None` when `host` is no configured alias.
     pub fn alias_target(&self, host: &str) -> Option<&str> {
         self.registries
             .iter()
-            .find(|r| r.aliases.iter().any(|a| a.get_ref() == host))
-            .map(|r| r.host.get_ref().as_str())
+            .find(|r| r.aliases.iter().any(|a| a == host))
+            .map(|r| r.host.as_str())
     }
 }
 
@@ -68,19 +67,19 @@ impl Config {
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     /// The registry host, any ECR form (written bare, as `docker pull` names it).
-    pub host: Spanned<String>,
+    pub host: String,
     /// Other host names that mean this registry (a company DNS name, a proxy name).
     #[serde(default)]
-    pub aliases: Vec<Spanned<String>>,
+    pub aliases: Vec<String>,
     /// A named AWS profile (`~/.aws/config`, `~/.aws/credentials`) as the base credentials,
     /// instead of `[iot]` or the default chain.
-    pub profile: Option<Spanned<String>>,
+    pub profile: Option<String>,
     /// A role to assume with the base credentials.
-    pub role_arn: Option<Spanned<String>>,
+    pub role_arn: Option<String>,
     /// The `sts:ExternalId` the role's trust policy asks for.
-    pub external_id: Option<Spanned<String>>,
+    pub external_id: Option<String>,
     /// The role session name (default `ecr-edge`), seen in CloudTrail.
-    pub session_name: Option<Spanned<String>>,
+    pub session_name: Option<String>,
 }
 
 /// Where the daemon listens unless configured otherwise.
@@ -291,14 +290,30 @@ pub fn parse(text: &str) -> Result<Config, String> {
     Ok(config)
 }
 
-/// The 1-based line of a value in `text`.
-fn line_of<T>(text: &str, value: &Spanned<T>) -> usize {
-    let start = value.span().start.min(text.len());
-    text.as_bytes()[..start]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+/// Where the `index`-th `[[registry]]` table sets `key`, as "[[registry]] line N" (the
+/// key's line, else the table's). Found by reading the lines as written: the parser keeps no
+/// positions (they cost a device 20 KB), and tables are written one key per line.
+fn registry_at(text: &str, index: usize, key: &str) -> String {
+    let header = |l: &str| {
+        let inner = l
+            .trim()
+            .strip_prefix("[[")
+            .and_then(|l| l.strip_suffix("]]"));
+        inner.is_some_and(|name| name.trim() == "registry")
+    };
+    let mut lines = text.lines().enumerate();
+    let Some((table_line, _)) = lines.by_ref().filter(|(_, l)| header(l)).nth(index) else {
+        return format!("[[registry]] number {}", index + 1);
+    };
+    let key_line = lines
+        .take_while(|(_, l)| !l.trim_start().starts_with('['))
+        .find(|(_, l)| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|(n, _)| n);
+    format!("[[registry]] line {}", key_line.unwrap_or(table_line) + 1)
 }
 
 /// Whether `arn` is an IAM role ARN: `arn:<partition>:iam::<12 digits>:role/<path/name>`.
@@ -334,81 +349,77 @@ fn is_session_name(s: &str) -> bool {
 }
 
 fn validate_registries(text: &str, config: &Config) -> Result<(), String> {
-    let mut names: Vec<(&str, usize)> = Vec::new();
-    for r in &config.registries {
-        let at = |v: &Spanned<String>| format!("[[registry]] line {}", line_of(text, v));
-        let host = r.host.get_ref();
+    // Each host and alias with where it was named first.
+    let mut names: Vec<(&str, String)> = Vec::new();
+    for (i, r) in config.registries.iter().enumerate() {
+        let at = |key: &str| registry_at(text, i, key);
+        let host = &r.host;
         match crate::registry::Registry::parse(host) {
             Some(reg) if reg.host() == host => {}
             Some(reg) => {
                 return Err(format!(
                     "{}: host: write the bare host {:?}, not {host:?}",
-                    at(&r.host),
+                    at("host"),
                     reg.host()
                 ))
             }
             None => {
                 return Err(format!(
                     "{}: host {host:?} is not an Amazon ECR registry host",
-                    at(&r.host)
+                    at("host")
                 ))
             }
         }
-        for a in &r.aliases {
-            let alias = a.get_ref();
+        for alias in &r.aliases {
             if crate::registry::host_of(alias).as_deref() != Some(alias.as_str())
                 || !alias.contains('.')
             {
                 return Err(format!(
                     "{}: alias {alias:?} must be a bare lower-case host name such as \
                      registry.corp.example (no scheme, port or path)",
-                    at(a)
+                    at("aliases")
                 ));
             }
             if crate::registry::Registry::parse(alias).is_some() {
                 return Err(format!(
                     "{}: alias {alias:?} is itself an Amazon ECR host; give it its own \
                      [[registry]] table instead",
-                    at(a)
+                    at("aliases")
                 ));
             }
         }
-        for name in std::iter::once(&r.host).chain(&r.aliases) {
-            if let Some((_, first)) = names.iter().find(|(n, _)| *n == name.get_ref()) {
+        let named = std::iter::once((host, "host")).chain(r.aliases.iter().map(|a| (a, "aliases")));
+        for (name, key) in named {
+            if let Some((_, first)) = names.iter().find(|(n, _)| n == name) {
                 return Err(format!(
-                    "{}: {:?} is already named at line {first}; each host and alias may \
-                     appear once",
-                    at(name),
-                    name.get_ref()
+                    "{}: {name:?} is already named ({first}); each host and alias may appear \
+                     once",
+                    at(key)
                 ));
             }
-            names.push((name.get_ref(), line_of(text, name)));
+            names.push((name, at(key)));
         }
         if let Some(p) = &r.profile {
-            let ok = !p.get_ref().is_empty()
-                && p.get_ref().len() <= 128
-                && p.get_ref()
-                    .bytes()
+            let ok = !p.is_empty()
+                && p.len() <= 128
+                && p.bytes()
                     .all(|b| b.is_ascii_graphic() && b != b'[' && b != b']');
             if !ok {
                 return Err(format!(
-                    "{}: profile {:?} is not a profile name",
-                    at(p),
-                    p.get_ref()
+                    "{}: profile {p:?} is not a profile name",
+                    at("profile")
                 ));
             }
         }
         if let Some(arn) = &r.role_arn {
-            if !is_role_arn(arn.get_ref()) {
+            if !is_role_arn(arn) {
                 return Err(format!(
-                    "{}: role_arn must look like arn:aws:iam::210987654321:role/name, got {:?}",
-                    at(arn),
-                    arn.get_ref()
+                    "{}: role_arn must look like arn:aws:iam::210987654321:role/name, got {arn:?}",
+                    at("role_arn")
                 ));
             }
         }
-        if let Some(ext) = &r.external_id {
-            let e = ext.get_ref();
+        if let Some(e) = &r.external_id {
             let ok = (2..=1224).contains(&e.len())
                 && e.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"+=,.@:/_-".contains(&b));
@@ -416,16 +427,15 @@ fn validate_registries(text: &str, config: &Config) -> Result<(), String> {
                 // Never repeat it: some treat it as a secret.
                 return Err(format!(
                     "{}: external_id must be 2 to 1224 letters, digits or +=,.@:/_-",
-                    at(ext)
+                    at("external_id")
                 ));
             }
         }
         if let Some(name) = &r.session_name {
-            if !is_session_name(name.get_ref()) {
+            if !is_session_name(name) {
                 return Err(format!(
-                    "{}: session_name must be 2 to 64 letters, digits or _+=,.@-, got {:?}",
-                    at(name),
-                    name.get_ref()
+                    "{}: session_name must be 2 to 64 letters, digits or _+=,.@-, got {name:?}",
+                    at("session_name")
                 ));
             }
         }
@@ -433,8 +443,8 @@ fn validate_registries(text: &str, config: &Config) -> Result<(), String> {
             ("external_id", &r.external_id),
             ("session_name", &r.session_name),
         ] {
-            if let (Some(v), None) = (value, &r.role_arn) {
-                return Err(format!("{}: {key} needs role_arn", at(v)));
+            if value.is_some() && r.role_arn.is_none() {
+                return Err(format!("{}: {key} needs role_arn", at(key)));
             }
         }
     }
@@ -660,8 +670,7 @@ profile = "vendor"
         assert_eq!(c.alias_target("mirror.corp.example"), Some(host));
         assert_eq!(c.alias_target(host), None, "a host is no alias");
         assert_eq!(
-            c.registry("registry.corp.example")
-                .map(|r| r.host.get_ref().as_str()),
+            c.registry("registry.corp.example").map(|r| r.host.as_str()),
             Some(host)
         );
         assert!(c.registry("other.example").is_none());
@@ -674,12 +683,12 @@ profile = "vendor"
             (
                 "profile = \"vendor\"",
                 "aliases = [\"registry.corp.example\"]",
-                "already named at line 4",
+                "already named ([[registry]] line 4)",
             ),
             (
                 "123456789012.dkr.ecr.us-west-2",
                 "210987654321.dkr.ecr.eu-west-1",
-                "already named at line 3",
+                "already named ([[registry]] line 3)",
             ),
             ("role/edge-pull", "user/edge-pull", "line 5"),
             (
@@ -789,7 +798,7 @@ profile = "vendor"
             external_id,
             session_name,
         } = &registries[0];
-        assert!(crate::registry::Registry::parse(host.get_ref()).is_some());
+        assert!(crate::registry::Registry::parse(host).is_some());
         assert!(!aliases.is_empty());
         assert!(profile.is_some() && role_arn.is_some());
         assert!(external_id.is_some() && session_name.is_some());

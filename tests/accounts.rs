@@ -338,14 +338,33 @@ fn concurrent_cold_gets_for_two_roles_make_one_call_each() {
 fn daemon_keeps_each_registry_on_its_own_source() {
     let mut sb = Sandbox::new();
     let role = sb.fake.add_role(APP_ROLE, None, &[]);
+    let sink = sb.dir.path().join("auth.json");
     let config = format!(
-        "[daemon]\nregistries = [\"{BASE}\", \"{APP}\"]\n\n\
-         [[registry]]\nhost = \"{APP}\"\nrole_arn = \"{APP_ROLE}\"\naliases = [\"{ALIAS}\"]\n"
+        "[daemon]\nregistries = [\"{BASE}\", \"{APP}\"]\n\
+         [[daemon.sink]]\nkind = \"containers-auth\"\npath = \"{}\"\n\n\
+         [[registry]]\nhost = \"{APP}\"\nrole_arn = \"{APP_ROLE}\"\naliases = [\"{ALIAS}\"]\n",
+        sink.display()
     );
     let d = Daemon::start(&mut sb, &config);
     d.wait_notify("READY=1", std::time::Duration::from_secs(20));
     let before = ecr_calls(&sb.fake.calls()).len();
     assert_eq!(before, 2, "{}", d.log());
+    // The sink holds each registry's own token, the alias under its own name too.
+    let start = std::time::Instant::now();
+    let auth = |host: &str| {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&sink).unwrap_or_default()).unwrap_or_default();
+        v["auths"][host]["auth"].as_str().map(str::to_owned)
+    };
+    while [BASE, APP, ALIAS].iter().any(|h| auth(h).is_none())
+        && start.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let basic = |pw: &str| aws_smithy_types::base64::encode(format!("AWS:{pw}"));
+    assert_eq!(auth(BASE), Some(basic(&sb.fake.password())));
+    assert_eq!(auth(APP), Some(basic(&role.password)));
+    assert_eq!(auth(ALIAS), Some(basic(&role.password)));
     assert_eq!(password(&get(&sb, APP)), role.password);
     assert_eq!(password(&get(&sb, ALIAS)), role.password);
     assert_eq!(password(&get(&sb, BASE)), sb.fake.password());

@@ -25,6 +25,11 @@ const IOT_HOST: &str = "c1a2b3example.credentials.iot.us-west-2.amazonaws.com";
 /// The registry's address: TEST-NET-1, on the namespace's loopback device.
 const REG_ADDR: &str = "192.0.2.10";
 const IMAGE: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com/edge/app:v1";
+/// The company's own name for the registry (a `[[registry]] aliases` entry), and STS, which
+/// answers on its own loopback address (port 443 of 127.0.0.1 is the ECR API's).
+const ALIAS_HOST: &str = "registry.corp.example";
+const STS_HOST: &str = "sts.us-west-2.amazonaws.com";
+const STS_ADDR: &str = "127.0.0.2";
 
 /// Runs `test` (this module's function name) inside fresh namespaces and returns `false`; inside
 /// them, returns `true` so the test body runs. Emulated runs (qemu-user) skip: skopeo would
@@ -71,7 +76,10 @@ impl World {
         let hosts = dir.join("hosts");
         std::fs::write(
             &hosts,
-            format!("127.0.0.1 localhost\n127.0.0.1 {API_HOST}\n127.0.0.1 {IOT_HOST}\n{REG_ADDR} {REG_HOST}\n"),
+            format!(
+                "127.0.0.1 localhost\n127.0.0.1 {API_HOST}\n127.0.0.1 {IOT_HOST}\n\
+                 {STS_ADDR} {STS_HOST}\n{REG_ADDR} {REG_HOST}\n{REG_ADDR} {ALIAS_HOST}\n"
+            ),
         )
         .unwrap();
         run("mount", &["--bind", hosts.to_str().unwrap(), "/etc/hosts"]);
@@ -86,6 +94,8 @@ impl World {
         sb.set("SSL_CERT_FILE", None);
         sb.fake
             .listen_direct("127.0.0.1:443", API_HOST, sb.ca.clone());
+        sb.fake
+            .listen_direct(&format!("{STS_ADDR}:443"), STS_HOST, sb.ca.clone());
         let home = dir.join("home");
         std::fs::create_dir_all(home.join(".docker")).unwrap();
         std::fs::write(
@@ -110,18 +120,23 @@ impl World {
 
     /// (Re)starts the registry accepting only the fake ECR's current password for user AWS.
     fn start_registry(&mut self) {
+        let pw = self.sb.fake.password();
+        self.start_registry_for(&pw);
+    }
+
+    /// (Re)starts the registry, on its own name and the alias, accepting only `pw` for user AWS.
+    fn start_registry_for(&mut self, pw: &str) {
         if let Some(mut old) = self.registry.take() {
             let _ = old.kill();
             let _ = old.wait();
         }
         let dir = self.sb.dir.path().join("registry");
         std::fs::create_dir_all(dir.join("storage")).unwrap();
-        let (cert, key) = self.sb.ca.issue_pem(REG_HOST);
+        let (cert, key) = self.sb.ca.issue_pem_for(&[REG_HOST, ALIAS_HOST]);
         std::fs::write(dir.join("reg.crt"), cert).unwrap();
         std::fs::write(dir.join("reg.key"), key).unwrap();
-        let pw = self.sb.fake.password();
         let out = Command::new("htpasswd")
-            .args(["-Bbn", "AWS", &pw])
+            .args(["-Bbn", "AWS", pw])
             .output()
             .unwrap();
         assert!(out.status.success());
@@ -697,4 +712,68 @@ fn docker_skopeo_and_podman_show_why_a_get_failed_once() {
         assert_eq!(err.matches(said).count(), 1, "podman, {cause}: {err}");
         w.sb.fake.set_mode(support::Mode::Ok);
     }
+}
+
+/// A registry reached through the company's name for it, with a role of another account:
+/// `ecr-edge configure` writes the entries from the configuration, and the real Docker CLIs and
+/// skopeo pull by the alias with the role's token (the registry accepts no other password).
+#[test]
+#[ignore = "needs root (own network and mount namespace, dockerd); scripts/test runs it as root"]
+fn docker_and_skopeo_pull_through_an_alias_with_a_role() {
+    if !inside_namespace("docker_and_skopeo_pull_through_an_alias_with_a_role") {
+        return;
+    }
+    let mut w = World::new();
+    w.push_and_inspect();
+    let role_arn = "arn:aws:iam::123456789012:role/edge-pull";
+    let role =
+        w.sb.fake
+            .add_role(role_arn, Some("fleet-7"), &[support::ACCESS_KEY_ID]);
+    w.start_registry_for(&role.password);
+    let config = w.sb.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[registry]]\nhost = \"{REG_HOST}\"\naliases = [\"{ALIAS_HOST}\"]\n\
+             role_arn = \"{role_arn}\"\nexternal_id = \"fleet-7\"\n"
+        ),
+    )
+    .unwrap();
+    w.sb.set("ECR_EDGE_CONFIG", Some(config.to_str().unwrap()));
+    let mut configure = support::command(&support::binary());
+    configure
+        .arg("configure")
+        .env_clear()
+        .envs(w.sb.vars.iter().map(|(k, v)| (k, v)))
+        .env("HOME", &w.home);
+    let out = configure.output().unwrap();
+    assert!(out.status.success(), "configure: {}", text(&out.stderr));
+    let aliased = format!("{ALIAS_HOST}/edge/app:v1");
+    let out = w.skopeo(&["inspect", "--raw", &format!("docker://{aliased}")]);
+    assert!(out.status.success(), "skopeo: {}", text(&out.stderr));
+    let docker = Dockerd::start(&w);
+    for cli in docker_clis() {
+        let out = docker.cli(cli, &w, &["pull", &aliased]);
+        assert!(out.status.success(), "{cli} pull: {}", text(&out.stderr));
+        let out = docker.cli(cli, &w, &["rmi", &aliased]);
+        assert!(out.status.success(), "{cli} rmi: {}", text(&out.stderr));
+    }
+    let calls = w.sb.fake.calls();
+    let assumed: Vec<_> = calls
+        .iter()
+        .filter(|c| c.sts.as_ref().is_some_and(|(a, _)| a == "AssumeRole"))
+        .collect();
+    assert_eq!(assumed.len(), 1, "{calls:?}");
+    assert_eq!(assumed[0].connect_host, STS_HOST);
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.access_key == role.key_id && c.target.ends_with("GetAuthorizationToken")),
+        "{calls:?}"
+    );
+    assert_eq!(
+        w.ecr_calls(),
+        2,
+        "the push's token, then the role's, cached for every pull"
+    );
 }

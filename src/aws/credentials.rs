@@ -86,7 +86,7 @@ impl Source {
             return Source::select(config);
         }
         let base = match (&table.profile, &config.iot) {
-            (Some(p), _) => Source::Profile(p.get_ref().clone()),
+            (Some(p), _) => Source::Profile(p.clone()),
             (None, Some(iot)) => Source::Iot(IotConfig {
                 role_arn: None,
                 ..iot.clone()
@@ -98,12 +98,9 @@ impl Source {
             Some(arn) => Source::Assume {
                 base: Box::new(base),
                 role: Role {
-                    arn: arn.get_ref().clone(),
-                    external_id: table
-                        .external_id
-                        .as_ref()
-                        .map(|e| Secret::new(e.get_ref().as_str())),
-                    session_name: table.session_name.as_ref().map(|n| n.get_ref().clone()),
+                    arn: arn.clone(),
+                    external_id: table.external_id.as_ref().map(|e| Secret::new(e.as_str())),
+                    session_name: table.session_name.clone(),
                 },
             },
         }

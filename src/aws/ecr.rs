@@ -8,7 +8,6 @@
 //! timeouts) are retried by the SDK's standard strategy (exponential backoff, full jitter) inside
 //! it. Failures are classified into [`FetchError`] so the user is told *why* in one line.
 
-use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
@@ -278,10 +277,12 @@ impl FetchError {
 
 /// Fetches a fresh token for `registry` with credentials from `source`, within `deadline`.
 ///
-/// Blocks the calling thread on a current-thread runtime created for this call.
+/// Blocks the calling thread on a current-thread runtime created for this call. Never
+/// inlined: resolution calls it from three places, and each copy would cost a device kilobytes.
 ///
 /// # Errors
 /// [`FetchError`] naming the cause when no token was obtained in time.
+#[inline(never)]
 pub fn fetch(
     registry: &Registry,
     source: &Source,
@@ -617,7 +618,7 @@ fn causes(e: &(dyn StdError + 'static)) -> String {
 /// [`crate::aws::iot::REFRESH_MARGIN`] before they expire, shared by every client built with
 /// the same [`Bases`].
 #[derive(Clone, Default)]
-pub struct Bases(std::sync::Arc<std::sync::Mutex<BTreeMap<String, SharedCredentialsProvider>>>);
+pub struct Bases(std::sync::Arc<std::sync::Mutex<Vec<(String, SharedCredentialsProvider)>>>);
 
 impl Bases {
     fn get_or(
@@ -625,10 +626,14 @@ impl Bases {
         identity: String,
         make: impl FnOnce() -> SharedCredentialsProvider,
     ) -> SharedCredentialsProvider {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(identity)
-            .or_insert_with(|| SharedCredentialsProvider::new(Reuse::new(make())))
-            .clone()
+        // A handful at most (one per base source), so a list.
+        let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, p)) = list.iter().find(|(id, _)| *id == identity) {
+            return p.clone();
+        }
+        let provider = SharedCredentialsProvider::new(Reuse::new(make()));
+        list.push((identity, provider.clone()));
+        provider
     }
 }
 
@@ -1108,6 +1113,32 @@ mod tests {
             not_before: 1_800_000_000,
         });
         assert_eq!(early.failure(), Failure::Transient);
+    }
+
+    /// STS failures name the action, the role and what to check, and are retried by class.
+    #[test]
+    fn sts_failures_are_named_and_classed() {
+        let sts = |code: &str| {
+            FetchError::Sts(Box::new(StsError {
+                action: "sts:AssumeRole",
+                role: Some("arn:aws:iam::210987654321:role/edge-pull".into()),
+                region: Some("eu-west-1".into()),
+                code: code.into(),
+                message: "not authorized".into(),
+            }))
+        };
+        let denied = sts("AccessDenied").to_string();
+        assert!(
+            denied.starts_with(
+                "sts:AssumeRole on arn:aws:iam::210987654321:role/edge-pull was denied"
+            ) && denied.contains("sts:ExternalId"),
+            "{denied}"
+        );
+        let region = sts("RegionDisabledException").to_string();
+        assert!(region.contains("not activated in eu-west-1"), "{region}");
+        assert_eq!(sts("AccessDenied").failure(), Failure::Config);
+        assert_eq!(sts("Throttling").failure(), Failure::Throttled);
+        assert_eq!(sts("IDPCommunicationError").failure(), Failure::Transient);
     }
 
     #[test]

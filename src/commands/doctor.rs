@@ -360,11 +360,7 @@ pub fn run(config_flag: Option<&Path>) -> Vec<Check> {
 
 /// Every registry host the configuration names: `[[registry]]` tables and `[daemon] registries`.
 fn configured_hosts(config: &Config) -> Vec<String> {
-    let mut hosts: Vec<String> = config
-        .registries
-        .iter()
-        .map(|r| r.host.get_ref().clone())
-        .collect();
+    let mut hosts: Vec<String> = config.registries.iter().map(|r| r.host.clone()).collect();
     for h in config.daemon.iter().flat_map(|d| d.registries.iter()) {
         if !hosts.contains(h) {
             hosts.push(h.clone());
@@ -381,7 +377,7 @@ fn missing_entries(checks: &mut Vec<Check>, keys: &[String], config: &Config) {
         config
             .registries
             .iter()
-            .flat_map(|r| r.aliases.iter().map(|a| a.get_ref().clone())),
+            .flat_map(|r| r.aliases.iter().cloned()),
     );
     let missing: Vec<&str> = wanted
         .iter()

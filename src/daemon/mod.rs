@@ -239,13 +239,32 @@ struct Settings {
     configured: Vec<String>,
 }
 
+/// A client per source identity (a handful at most, so a list).
+#[derive(Default)]
+struct Clients(Vec<(String, Arc<dyn TokenSource>)>);
+
+impl Clients {
+    fn get(&self, identity: &str) -> Option<&Arc<dyn TokenSource>> {
+        self.0.iter().find(|(id, _)| id == identity).map(|(_, c)| c)
+    }
+
+    /// The client kept for `identity`: `client` unless one is already there.
+    fn keep(&mut self, identity: &str, client: Arc<dyn TokenSource>) -> Arc<dyn TokenSource> {
+        if let Some(c) = self.get(identity) {
+            return c.clone();
+        }
+        self.0.push((identity.to_owned(), client.clone()));
+        client
+    }
+}
+
 struct State {
     entries: BTreeMap<String, Entry>,
     settings: Settings,
     /// The default source's client (registries without a table; the credentials endpoint).
     client: Arc<dyn TokenSource>,
     /// A client per source identity in use, the default's included; built when first needed.
-    clients: BTreeMap<String, Arc<dyn TokenSource>>,
+    clients: Clients,
     /// Base credentials shared by the clients: one IoT exchange or profile feeds every role.
     bases: crate::aws::ecr::Bases,
     ready: bool,
@@ -360,7 +379,8 @@ pub async fn run(
             );
         }
     }
-    let clients = BTreeMap::from([(settings.identity.clone(), client.clone())]);
+    let mut clients = Clients::default();
+    clients.keep(&settings.identity, client.clone());
     let bases = client.bases().unwrap_or_default();
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
@@ -496,7 +516,7 @@ async fn reload(shared: &Arc<Shared>) {
             st.bases = client.bases().unwrap_or_default();
             st.client = client;
             st.entries.clear();
-            st.clients.clear();
+            st.clients = Clients::default();
         }
         // A registry whose source changed starts over with the new one.
         st.entries.retain(|host, e| {
@@ -505,8 +525,10 @@ async fn reload(shared: &Arc<Shared>) {
         });
         let default = (new.identity.clone(), st.client.clone());
         let in_use: Vec<String> = st.entries.values().map(|e| e.identity.clone()).collect();
-        st.clients.retain(|id, _| in_use.contains(id));
-        st.clients.insert(default.0, default.1);
+        st.clients
+            .0
+            .retain(|(id, _)| *id == default.0 || in_use.contains(id));
+        st.clients.keep(&default.0, default.1);
         for host in &new.configured {
             match st.entries.get_mut(host) {
                 Some(e) => e.on_demand = false,
@@ -600,12 +622,7 @@ async fn client_for_identity(
     );
     tracing::info!(source = %source.describe(), "credential source ready");
     let mut st = shared.lock();
-    Ok(Some(
-        st.clients
-            .entry(identity.to_owned())
-            .or_insert(client)
-            .clone(),
-    ))
+    Ok(Some(st.clients.keep(identity, client)))
 }
 
 async fn refresh(shared: Arc<Shared>, host: String, registry: Registry, identity: String) {
@@ -753,10 +770,23 @@ async fn sink_loop(shared: Arc<Shared>) {
         let snapshot = {
             let st = shared.lock();
             let now = Instant::now();
+            // Each registry under its own name and its aliases: a consumer reading the file
+            // looks the image's host up as it is written.
             let tokens: Vec<(String, Option<crate::token::Secret>)> = st
                 .entries
                 .iter()
-                .map(|(h, e)| (h.clone(), e.usable(now).map(|h| h.token.password.clone())))
+                .flat_map(|(h, e)| {
+                    let password = e.usable(now).map(|h| h.token.password.clone());
+                    let aliases = st
+                        .settings
+                        .config
+                        .registry(h)
+                        .map(|r| r.aliases.as_slice())
+                        .unwrap_or_default();
+                    std::iter::once(h.clone())
+                        .chain(aliases.iter().cloned())
+                        .map(move |name| (name, password.clone()))
+                })
                 .collect();
             (st.settings.sinks.clone(), tokens)
         };

@@ -198,18 +198,26 @@ fn registry_of(
     server_url: &str,
     config: Option<&Path>,
 ) -> Result<(Registry, Settings), HelperError> {
-    if let Some(registry) = Registry::parse(server_url) {
-        let settings = Settings::load(config).map_err(HelperError::Settings)?;
-        return Ok((registry, settings));
+    let direct = Registry::parse(server_url);
+    let host = match &direct {
+        Some(_) => None,
+        None => Some(crate::registry::host_of(server_url).ok_or(HelperError::NotEcr)?),
+    };
+    match (direct, Settings::load(config), host) {
+        (Some(registry), Ok(settings), _) => Ok((registry, settings)),
+        (Some(_), Err(e), _) => Err(HelperError::Settings(e)),
+        (None, Ok(settings), Some(host)) => {
+            match settings
+                .config
+                .alias_target(&host)
+                .and_then(Registry::parse)
+            {
+                Some(registry) => Ok((registry, settings)),
+                None => Err(HelperError::NotEcr),
+            }
+        }
+        (None, _, _) => Err(HelperError::NotEcr),
     }
-    let host = crate::registry::host_of(server_url).ok_or(HelperError::NotEcr)?;
-    let settings = Settings::load(config).map_err(|_| HelperError::NotEcr)?;
-    let registry = settings
-        .config
-        .alias_target(&host)
-        .and_then(Registry::parse)
-        .ok_or(HelperError::NotEcr)?;
-    Ok((registry, settings))
 }
 
 /// Docker's `get` answer, byte for byte as the Go helpers print it (`json.Encoder`, which escapes

@@ -55,7 +55,14 @@ struct Request {
     kind: Option<String>,
     image: Option<String>,
     service_account_token: Option<Secret>,
-    service_account_annotations: Option<std::collections::BTreeMap<String, String>>,
+    service_account_annotations: Option<Annotations>,
+}
+
+/// The service-account annotations that matter here (others are ignored).
+#[derive(Debug, Deserialize)]
+struct Annotations {
+    #[serde(rename = "eks.amazonaws.com/ecr-role-arn")]
+    ecr_role_arn: Option<String>,
 }
 
 /// A well-formed request: its API version, the registry host its image names (an ECR host,
@@ -259,18 +266,19 @@ fn registry_of(
     let Some(host) = host else {
         return Err(KubeletError::NotEcr(None));
     };
-    if let Some(ecr) = Registry::parse(&host) {
-        let settings = Settings::load(config).map_err(KubeletError::Settings)?;
-        return Ok((Named { named: host, ecr }, settings));
-    }
-    let settings = Settings::load(config).map_err(|_| KubeletError::NotEcr(Some(host.clone())))?;
-    match settings
-        .config
-        .alias_target(&host)
-        .and_then(Registry::parse)
-    {
-        Some(ecr) => Ok((Named { named: host, ecr }, settings)),
-        None => Err(KubeletError::NotEcr(Some(host))),
+    let direct = Registry::parse(&host);
+    match (direct, Settings::load(config)) {
+        (Some(ecr), Ok(settings)) => Ok((Named { named: host, ecr }, settings)),
+        (Some(_), Err(e)) => Err(KubeletError::Settings(e)),
+        (None, Ok(settings)) => match settings
+            .config
+            .alias_target(&host)
+            .and_then(Registry::parse)
+        {
+            Some(ecr) => Ok((Named { named: host, ecr }, settings)),
+            None => Err(KubeletError::NotEcr(Some(host))),
+        },
+        (None, Err(_)) => Err(KubeletError::NotEcr(Some(host))),
     }
 }
 
@@ -310,9 +318,7 @@ fn parse(bytes: &[u8]) -> Result<Parsed, KubeletError> {
         .service_account_token
         .filter(|t| !t.expose().is_empty())
         .map(|token| {
-            let role = req
-                .service_account_annotations
-                .and_then(|mut a| a.remove(ROLE_ANNOTATION));
+            let role = req.service_account_annotations.and_then(|a| a.ecr_role_arn);
             (token, role)
         });
     Ok(Parsed {

@@ -63,8 +63,14 @@ impl TestCa {
     /// A certificate for `name` signed by this CA and its private key, both PEM (for servers
     /// that read files, such as the registry).
     pub fn issue_pem(&self, name: &str) -> (String, String) {
+        self.issue_pem_for(&[name])
+    }
+
+    /// [`TestCa::issue_pem`] for a certificate valid for every one of `names`.
+    pub fn issue_pem_for(&self, names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let params = rcgen::CertificateParams::new(names).unwrap();
         let der = self.sign(&params, &key);
         let pem = format!(
             "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
