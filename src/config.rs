@@ -111,6 +111,9 @@ pub struct DaemonConfig {
     /// The endpoint's authorization token, written 0600 at start-up.
     #[serde(default = "default_token_file")]
     pub credentials_token_file: PathBuf,
+    /// A Prometheus text file (node_exporter's textfile collector), rewritten atomically after
+    /// every change, mode 0644. Off when unset.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -124,6 +127,7 @@ impl Default for DaemonConfig {
             sinks: Vec::new(),
             credentials_endpoint: None,
             credentials_token_file: default_token_file(),
+            metrics_file: None,
         }
     }
 }
@@ -494,6 +498,14 @@ fn validate_daemon(d: &DaemonConfig) -> Result<(), String> {
     if !d.credentials_token_file.is_absolute() {
         return Err("[daemon] credentials_token_file must be an absolute path".into());
     }
+    if let Some(m) = &d.metrics_file {
+        if !m.is_absolute() || m.extension().is_none_or(|e| e != "prom") {
+            return Err(format!(
+                "[daemon] metrics_file must be an absolute path ending in .prom (the textfile \
+                 collector reads only those), got {m:?}"
+            ));
+        }
+    }
     for sink in &d.sinks {
         if !sink.path.is_absolute() {
             return Err(format!(
@@ -827,7 +839,9 @@ profile = "vendor"
             sinks,
             credentials_endpoint,
             credentials_token_file,
+            metrics_file,
         } = daemon.unwrap();
+        assert!(metrics_file.is_some_and(|m| m.is_absolute()));
         let defaults = DaemonConfig::default();
         assert!(!registries.is_empty());
         assert_eq!(socket, defaults.socket);

@@ -638,4 +638,19 @@ fn daemon_shares_one_device_exchange_between_roles() {
         1,
         "the helpers were served by the daemon"
     );
+    // Status (and so the metrics) carry the certificate's and the exchanged credentials' ends.
+    let status = crate::daemon::status_json(&sb);
+    let now = ecr_edge::internal::token::now();
+    let cert_end = status["device_certificate_expires_at"].as_i64().unwrap();
+    let creds_end = status["iot_credentials_expire_at"].as_i64().unwrap();
+    assert!(cert_end > now + 86_400, "{status:#}");
+    assert!(creds_end > now && creds_end <= now + 3_600, "{status:#}");
+    let sources: Vec<&str> = status["registries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["source"].as_str().unwrap())
+        .collect();
+    let app_source = format!("role {APP_ROLE} via the device identity (role alias {ROLE_ALIAS})");
+    assert!(sources.contains(&app_source.as_str()), "{sources:?}");
 }

@@ -118,7 +118,7 @@ fn ecr_calls(sb: &Sandbox) -> usize {
         .count()
 }
 
-fn status_json(sb: &Sandbox) -> serde_json::Value {
+pub(crate) fn status_json(sb: &Sandbox) -> serde_json::Value {
     let mut c = support::command(&support::binary());
     c.args(["status", "--json"])
         .env_clear()

@@ -10,6 +10,8 @@ mod doctor;
 mod helper;
 mod identity;
 mod iot;
+mod journal;
 mod kubelet;
+mod metrics;
 mod realclients;
 mod support;

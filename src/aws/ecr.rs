@@ -235,6 +235,32 @@ impl StdError for FetchError {
 }
 
 impl FetchError {
+    /// The outcome this failure counts as in metrics (one of
+    /// [`crate::daemon::agent::Outcomes::NAMES`]).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            FetchError::Throttled { .. } => "throttled",
+            FetchError::Unreachable { .. } | FetchError::Timeout { .. } | FetchError::Dns(_) => {
+                "unreachable"
+            }
+            FetchError::AccessDenied { .. } => "denied",
+            FetchError::Sts(e) if e.code == "AccessDenied" => "denied",
+            FetchError::NoCredentials { .. }
+            | FetchError::InvalidCredentials { .. }
+            | FetchError::Profile { .. }
+            | FetchError::Sts(_) => "credentials",
+            FetchError::ClockSkew { .. } | FetchError::Iot(IotError::NotYetValid { .. }) => {
+                "clock_skew"
+            }
+            FetchError::Iot(IotError::Unavailable { status: 429, .. }) => "throttled",
+            FetchError::Iot(IotError::Unreachable { .. } | IotError::Timeout { .. }) => {
+                "unreachable"
+            }
+            FetchError::Iot(_) => "iot",
+            _ => "other",
+        }
+    }
+
     /// How this failure should be retried: soon (network, server, and a wrong clock, which
     /// NTP sets without a person: a device without a real-time clock boots in the past),
     /// slower (throttled), or rarely (needs a person: permissions, credentials, device
@@ -618,7 +644,10 @@ fn causes(e: &(dyn StdError + 'static)) -> String {
 /// [`crate::aws::iot::REFRESH_MARGIN`] before they expire, shared by every client built with
 /// the same [`Bases`].
 #[derive(Clone, Default)]
-pub struct Bases(std::sync::Arc<std::sync::Mutex<Vec<(String, SharedCredentialsProvider)>>>);
+pub struct Bases(std::sync::Arc<std::sync::Mutex<Vec<BaseEntry>>>);
+
+/// A base source's identity and its provider.
+type BaseEntry = (String, std::sync::Arc<Reuse>);
 
 impl Bases {
     fn get_or(
@@ -629,11 +658,20 @@ impl Bases {
         // A handful at most (one per base source), so a list.
         let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, p)) = list.iter().find(|(id, _)| *id == identity) {
-            return p.clone();
+            return SharedCredentialsProvider::new(ByRef(p.clone()));
         }
-        let provider = SharedCredentialsProvider::new(Reuse::new(make()));
-        list.push((identity, provider.clone()));
-        provider
+        let reuse = std::sync::Arc::new(Reuse::new(make()));
+        list.push((identity, reuse.clone()));
+        SharedCredentialsProvider::new(ByRef(reuse))
+    }
+
+    /// When the held credentials of the device identity's exchange expire (seconds since the
+    /// epoch), if the daemon holds some.
+    pub fn iot_expiry(&self) -> Option<i64> {
+        let list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        list.iter()
+            .filter(|(id, _)| id.starts_with("iot;"))
+            .find_map(|(_, r)| r.expiry())
     }
 }
 
@@ -650,6 +688,28 @@ impl Reuse {
             inner,
             held: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// When the held credentials expire, if some are held (and no refresh is running).
+    fn expiry(&self) -> Option<i64> {
+        let held = self.held.try_lock().ok()?;
+        let at = held.as_ref()?.expiry()?;
+        at.duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_secs()).ok())
+    }
+}
+
+/// A shared [`Reuse`], as a provider.
+#[derive(Debug)]
+struct ByRef(std::sync::Arc<Reuse>);
+
+impl ProvideCredentials for ByRef {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        self.0.provide_credentials()
     }
 }
 

@@ -74,6 +74,13 @@ pub fn render(r: &StatusReport, now: i64) -> String {
             span(t.saturating_sub(now))
         );
     }
+    if let Some(t) = r.device_certificate_expires_at {
+        let _ = writeln!(
+            out,
+            "device certificate expires in {}",
+            span(t.saturating_sub(now))
+        );
+    }
     if r.registries.is_empty() {
         out.push_str("no registries yet (none configured, none asked for)\n");
     }
@@ -122,6 +129,7 @@ mod tests {
     #[test]
     fn renders_each_registry() {
         let r = StatusReport {
+            schema: 2,
             version: "ecr-edge 0.1.0 (x86_64-unknown-linux-musl)".into(),
             identity: "chain;profile=default;role=;key=".into(),
             started_at: 1000,
@@ -135,6 +143,8 @@ mod tests {
                     last_error: None,
                     failures: 0,
                     next_attempt: Some(1000 + 20_000),
+                    source: "the AWS default credential chain".into(),
+                    refreshes: Default::default(),
                 },
                 RegistryStatus {
                     registry: "public.ecr.aws".into(),
@@ -144,8 +154,13 @@ mod tests {
                     last_error: Some("cannot reach api.ecr-public.us-east-1.amazonaws.com".into()),
                     failures: 3,
                     next_attempt: None,
+                    source: "the AWS default credential chain".into(),
+                    refreshes: Default::default(),
                 },
             ],
+            device_certificate_expires_at: None,
+            iot_credentials_expire_at: None,
+            requests: Default::default(),
         };
         let text = render(&r, 1130);
         assert_eq!(

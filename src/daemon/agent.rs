@@ -83,6 +83,10 @@ impl fmt::Debug for Reply {
 /// The daemon's state, for `ecr-edge status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
+    /// The schema of this report: [`STATUS_SCHEMA`]. Fields are only ever added; a reader of
+    /// an older schema ignores the new ones (0: a daemon from before the schema was numbered).
+    #[serde(default)]
+    pub schema: u32,
     /// `ecr-edge <version> (<target>)`.
     pub version: String,
     /// The credential-source identity the daemon serves.
@@ -94,6 +98,88 @@ pub struct StatusReport {
     pub credentials_expire_at: Option<i64>,
     /// One entry per registry.
     pub registries: Vec<RegistryStatus>,
+    /// notAfter of the device certificate (`[iot]`), seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_certificate_expires_at: Option<i64>,
+    /// When the credentials from the IoT exchange that the daemon holds expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iot_credentials_expire_at: Option<i64>,
+    /// Helper and provider requests on the socket since the start, by answer.
+    #[serde(default)]
+    pub requests: Requests,
+}
+
+/// The schema number [`StatusReport`] carries (2: counters, certificate and credential
+/// expiries, per-registry refresh outcomes and source).
+pub const STATUS_SCHEMA: u32 = 2;
+
+/// Requests on the socket since the daemon started, by answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requests {
+    /// Answered with a token.
+    pub served: u64,
+    /// Answered with an error (no usable token, a bad request).
+    pub errors: u64,
+    /// Refused: another credential source, or too many on-demand registries (the helper
+    /// fetches itself).
+    pub declined: u64,
+    /// Peers refused by `allowed_uids` / `allowed_gids`.
+    pub peers_refused: u64,
+}
+
+/// How refresh attempts ended, by cause: each field counts one outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcomes {
+    /// A token was obtained.
+    pub ok: u64,
+    /// Throttled by ECR, STS or the IoT provider.
+    pub throttled: u64,
+    /// The endpoint could not be reached or did not answer in time (DNS included).
+    pub unreachable: u64,
+    /// Access denied (ECR or an STS role hop).
+    pub denied: u64,
+    /// No credentials, or credentials rejected (profile, keys, identity token).
+    pub credentials: u64,
+    /// The clock was off (signature or certificate not yet valid).
+    pub clock_skew: u64,
+    /// The device identity could not be exchanged (other than the above).
+    pub iot: u64,
+    /// Anything else (a server error, an unusable answer, this build).
+    pub other: u64,
+}
+
+impl Outcomes {
+    /// The outcome names, in exposition order.
+    pub const NAMES: [&'static str; 8] = [
+        "ok",
+        "throttled",
+        "unreachable",
+        "denied",
+        "credentials",
+        "clock_skew",
+        "iot",
+        "other",
+    ];
+
+    /// The counter for `name` (one of [`Outcomes::NAMES`]; anything else counts as `other`).
+    pub fn get_mut(&mut self, name: &str) -> &mut u64 {
+        match name {
+            "ok" => &mut self.ok,
+            "throttled" => &mut self.throttled,
+            "unreachable" => &mut self.unreachable,
+            "denied" => &mut self.denied,
+            "credentials" => &mut self.credentials,
+            "clock_skew" => &mut self.clock_skew,
+            "iot" => &mut self.iot,
+            _ => &mut self.other,
+        }
+    }
+
+    /// Each outcome with its count, in [`Outcomes::NAMES`] order.
+    pub fn counts(&self) -> [(&'static str, u64); 8] {
+        let mut copy = *self;
+        Outcomes::NAMES.map(|n| (n, *copy.get_mut(n)))
+    }
 }
 
 /// One registry's state in the daemon.
@@ -113,6 +199,12 @@ pub struct RegistryStatus {
     pub failures: u32,
     /// When the next refresh attempt is due.
     pub next_attempt: Option<i64>,
+    /// The credential source it is fetched with, in words.
+    #[serde(default)]
+    pub source: String,
+    /// Refresh attempts since the daemon started, by outcome.
+    #[serde(default)]
+    pub refreshes: Outcomes,
 }
 
 /// Why asking the daemon gave no answer to use.

@@ -18,6 +18,7 @@
 
 pub mod agent;
 mod endpoint;
+mod metrics;
 mod notify;
 mod peer;
 pub mod schedule;
@@ -205,6 +206,8 @@ struct Entry {
     in_flight: bool,
     /// Attempts completed; a waiting client watches it move.
     attempts: u64,
+    /// Attempts by outcome, for metrics and status.
+    refreshes: agent::Outcomes,
 }
 
 impl Entry {
@@ -220,6 +223,7 @@ impl Entry {
             next: Instant::now(),
             in_flight: false,
             attempts: 0,
+            refreshes: agent::Outcomes::default(),
         }
     }
 
@@ -237,6 +241,7 @@ struct Settings {
     sinks: Vec<SinkConfig>,
     backoff_cap: Duration,
     configured: Vec<String>,
+    metrics_file: Option<PathBuf>,
 }
 
 /// A client per source identity (a handful at most, so a list).
@@ -270,6 +275,10 @@ struct State {
     ready: bool,
     /// Role credentials for the local credentials endpoint, when it is on.
     credentials: Option<endpoint::HeldCredentials>,
+    /// Socket requests by answer.
+    requests: agent::Requests,
+    /// notAfter of the device certificate, when `[iot]` is configured and loads.
+    device_not_after: Option<i64>,
 }
 
 struct Shared {
@@ -280,6 +289,8 @@ struct Shared {
     changed: Notify,
     /// Wakes the sink writer: the tokens changed.
     sinks_due: Notify,
+    /// Wakes the metrics writer: something it reports changed.
+    metrics_due: Notify,
     notifier: Notifier,
     started_at: i64,
     config_path: Option<PathBuf>,
@@ -342,6 +353,7 @@ fn settings(config: &Config, daemon: &DaemonConfig, socket_gid: u32) -> Settings
         sinks: daemon.sinks.clone(),
         backoff_cap: Duration::from_secs(daemon.backoff_max),
         configured: daemon.registries.clone(),
+        metrics_file: daemon.metrics_file.clone(),
     }
 }
 
@@ -391,10 +403,13 @@ pub async fn run(
             bases,
             ready: false,
             credentials: None,
+            requests: agent::Requests::default(),
+            device_not_after: device_not_after(&config),
         }),
         wake: Notify::new(),
         changed: Notify::new(),
         sinks_due: Notify::new(),
+        metrics_due: Notify::new(),
         notifier: Notifier::from_env(),
         started_at: token::now(),
         config_path,
@@ -441,6 +456,7 @@ pub async fn run(
         )));
     }
     background.push(tokio::spawn(schedule_loop(shared.clone())));
+    background.push(tokio::spawn(metrics_loop(shared.clone())));
     background.push(tokio::spawn(sink_loop(shared.clone())));
     if let Some(every) = notify::watchdog_interval() {
         let shared = shared.clone();
@@ -547,6 +563,7 @@ async fn reload(shared: &Arc<Shared>) {
             e.backoff = Backoff::new(new.backoff_cap);
         }
         st.settings = new;
+        st.device_not_after = device_not_after(&config);
         Ok::<usize, DaemonError>(st.entries.len())
     }
     .await;
@@ -555,6 +572,7 @@ async fn reload(shared: &Arc<Shared>) {
         Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
     }
     shared.wake.notify_one();
+    shared.metrics_due.notify_one();
     shared
         .notifier
         .send(&format!("READY=1\nSTATUS={}", status_line(shared)));
@@ -665,6 +683,10 @@ async fn refresh(shared: Arc<Shared>, host: String, registry: Registry, identity
         };
         e.in_flight = false;
         e.attempts += 1;
+        *e.refreshes.get_mut(match &result {
+            Ok(_) => "ok",
+            Err(err) => err.outcome(),
+        }) += 1;
         match result {
             Ok(token) => {
                 let life = schedule::token_life(token.expires_at, wall);
@@ -689,6 +711,7 @@ async fn refresh(shared: Arc<Shared>, host: String, registry: Registry, identity
                 let still = e.usable(now).map(|h| h.expires - now);
                 tracing::warn!(
                     registry = %host,
+                    outcome = err.outcome(),
                     failures = e.backoff.failures(),
                     retry_in_s = delay.as_secs_f32(),
                     token_valid_for_s = still.map(|d| d.as_secs()),
@@ -703,6 +726,7 @@ async fn refresh(shared: Arc<Shared>, host: String, registry: Registry, identity
         }
     }
     shared.sinks_due.notify_one();
+    shared.metrics_due.notify_one();
     mark_ready_if_done(&shared);
     shared.changed.notify_waiters();
     shared.wake.notify_one();
@@ -764,6 +788,37 @@ fn status_line(shared: &Shared) -> String {
 /// fsyncs) never runs on the runtime's thread, which serves the socket, the timers and the
 /// watchdog; changes that arrive while a write is under way are coalesced into one more write
 /// of the latest tokens.
+/// notAfter of the `[iot]` device certificate, when it loads.
+fn device_not_after(config: &Config) -> Option<i64> {
+    let iot = config.iot.as_ref()?;
+    crate::aws::iot::Device::load(iot, token::now())
+        .ok()
+        .map(|d| d.not_after)
+}
+
+/// Rewrites `[daemon] metrics_file` after each change, at most once a second (a burst of
+/// pulls is one write). The path is read each time, so a reload can turn it on or off.
+async fn metrics_loop(shared: Arc<Shared>) {
+    loop {
+        let path = shared.lock().settings.metrics_file.clone();
+        if let Some(path) = path {
+            let text = metrics::render(&report(&shared));
+            let written = tokio::task::spawn_blocking(move || {
+                crate::store::files::write_atomic(&path, text.as_bytes(), 0o644)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("metrics not written: {e}"),
+                Err(e) => tracing::warn!("metrics writer stopped unexpectedly: {e}"),
+            }
+        }
+        shared.metrics_due.notified().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn sink_loop(shared: Arc<Shared>) {
     loop {
         shared.sinks_due.notified().await;
@@ -918,6 +973,8 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) {
             pid = peer.pid,
             "refused a client not in allowed_uids/allowed_gids"
         );
+        shared.lock().requests.peers_refused += 1;
+        shared.metrics_due.notify_one();
         let reply = Reply::Refused {
             reason: format!("uid {} is not allowed to use this daemon", peer.uid),
         };
@@ -936,7 +993,17 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) {
         },
         Ok(Request::Status) => Reply::Status(report(&shared)),
         Ok(Request::Get { registry, identity }) => {
-            get(&shared, &registry, &identity, &mut write).await
+            let reply = get(&shared, &registry, &identity, &mut write).await;
+            {
+                let mut st = shared.lock();
+                match &reply {
+                    Reply::Token { .. } => st.requests.served += 1,
+                    Reply::Refused { .. } => st.requests.declined += 1,
+                    _ => st.requests.errors += 1,
+                }
+            }
+            shared.metrics_due.notify_one();
+            reply
         }
     };
     let _ = send(&mut write, &reply).await;
@@ -1037,7 +1104,12 @@ fn report(shared: &Shared) -> StatusReport {
         let d = i.saturating_duration_since(now).as_secs();
         wall.saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
     };
+    let iot_credentials_expire_at = st.bases.iot_expiry();
     StatusReport {
+        schema: agent::STATUS_SCHEMA,
+        device_certificate_expires_at: st.device_not_after,
+        iot_credentials_expire_at,
+        requests: st.requests,
         version: crate::version_line(),
         identity: st.settings.identity.clone(),
         started_at: shared.started_at,
@@ -1053,6 +1125,8 @@ fn report(shared: &Shared) -> StatusReport {
                 last_error: e.last_error.clone(),
                 failures: e.backoff.failures(),
                 next_attempt: (!e.in_flight).then(|| at(e.next)),
+                source: Source::for_registry(&st.settings.config, host).describe(),
+                refreshes: e.refreshes,
             })
             .collect(),
     }

@@ -78,7 +78,8 @@ do_install:append() {
     install -m 0644 ${S}/packaging/docs/completions/ecr-edge.fish ${D}${datadir}/fish/vendor_completions.d/ecr-edge.fish
 
     install -d ${D}${docdir}/${BPN}/examples
-    install -m 0644 ${S}/packaging/kubelet-credential-provider.yaml ${D}${docdir}/${BPN}/examples/
+    install -m 0644 ${S}/packaging/kubelet-credential-provider.yaml \
+                    ${S}/packaging/prometheus/ecr-edge-alerts.yml ${D}${docdir}/${BPN}/examples/
     install -m 0644 ${S}/README.md ${S}/packaging/copyright ${D}${docdir}/${BPN}/
 }
 
