@@ -114,6 +114,21 @@ pub struct DaemonConfig {
     /// A Prometheus text file (node_exporter's textfile collector), rewritten atomically after
     /// every change, mode 0644. Off when unset.
     pub metrics_file: Option<PathBuf>,
+    /// When tokens are refreshed: ahead of need (the default) or only when asked for.
+    #[serde(default)]
+    pub refresh: RefreshMode,
+}
+
+/// `[daemon] refresh`: when the daemon talks to AWS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefreshMode {
+    /// Keep every token warm: refresh at 40-50 % of its life, whether or not anyone asks.
+    #[default]
+    Ahead,
+    /// For metered links: no traffic while nothing asks. A request for a token past that point
+    /// is served the still-valid token and starts a refresh; a request with none waits for one.
+    OnDemand,
 }
 
 impl Default for DaemonConfig {
@@ -128,6 +143,7 @@ impl Default for DaemonConfig {
             credentials_endpoint: None,
             credentials_token_file: default_token_file(),
             metrics_file: None,
+            refresh: RefreshMode::Ahead,
         }
     }
 }
@@ -840,7 +856,9 @@ profile = "vendor"
             credentials_endpoint,
             credentials_token_file,
             metrics_file,
+            refresh,
         } = daemon.unwrap();
+        assert_eq!(refresh, RefreshMode::OnDemand, "the non-default shown");
         assert!(metrics_file.is_some_and(|m| m.is_absolute()));
         let defaults = DaemonConfig::default();
         assert!(!registries.is_empty());

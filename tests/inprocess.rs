@@ -272,6 +272,66 @@ mod daemon_time {
         (source, get, stop, task)
     }
 
+    /// `refresh = "on-demand"` (metered links): no upstream call while nothing asks, a token
+    /// past its refresh point is served at once while one refresh runs, an expired one is
+    /// replaced on request, and after a failure the backoff holds even when asked again.
+    #[tokio::test(start_paused = true)]
+    async fn on_demand_refresh_makes_no_traffic_while_nothing_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let (source, get, stop, task) = start(
+            &socket,
+            Duration::ZERO,
+            43_200,
+            "first",
+            "refresh = \"on-demand\"\nbackoff_max = 60\n",
+        )
+        .await;
+        let hour = Duration::from_secs(3600);
+        let password = |reply: Reply| match reply {
+            Reply::Token { password, .. } => password.expose().to_owned(),
+            other => panic!("{other:?}"),
+        };
+        tokio::time::sleep(hour).await;
+        assert_eq!(source.calls(), 0, "nothing fetched before anyone asked");
+        assert_eq!(password(ask(&socket, &get).await), "first");
+        assert_eq!(source.calls(), 1);
+        tokio::time::sleep(hour).await;
+        assert_eq!(password(ask(&socket, &get).await), "first");
+        assert_eq!(source.calls(), 1, "not due yet: served from memory");
+
+        // Past half its life: the held token at once, and one refresh behind it.
+        tokio::time::sleep(5 * hour).await;
+        source.set(true, "second");
+        assert_eq!(password(ask(&socket, &get).await), "first");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(source.calls(), 2);
+        assert_eq!(password(ask(&socket, &get).await), "second");
+
+        // A day with no requests: no traffic; the token has expired meanwhile and the next
+        // request waits for a fresh one.
+        tokio::time::sleep(24 * hour).await;
+        assert_eq!(source.calls(), 2, "no background refresh");
+        source.set(true, "third");
+        assert_eq!(password(ask(&socket, &get).await), "third");
+        assert_eq!(source.calls(), 3);
+
+        // The link is down and the token expired: one attempt, then the backoff holds even
+        // though the helper asks again at once.
+        tokio::time::sleep(13 * hour).await;
+        source.set(false, "fourth");
+        assert!(matches!(ask(&socket, &get).await, Reply::Error { .. }));
+        assert_eq!(source.calls(), 4);
+        assert!(matches!(ask(&socket, &get).await, Reply::Error { .. }));
+        assert_eq!(source.calls(), 4, "backoff respected");
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        source.set(true, "fourth");
+        assert_eq!(password(ask(&socket, &get).await), "fourth");
+        assert_eq!(source.calls(), 5);
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
+
     /// At most MAX_CONNECTIONS clients are served at once; the next one waits (in the
     /// listen queue) until a slot frees, then is answered.
     #[tokio::test(start_paused = true)]

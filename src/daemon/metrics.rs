@@ -52,7 +52,7 @@ pub fn render(report: &StatusReport) -> String {
         ),
         (
             "ecr_edge_token_next_attempt_timestamp_seconds",
-            "When the next refresh attempt is due, as a Unix time (absent: one is in flight).",
+            "When the next refresh attempt starts, as a Unix time (absent: one is in flight, or none is scheduled on demand).",
             |r| r.next_attempt,
         ),
         (

@@ -39,7 +39,7 @@ use self::agent::{RegistryStatus, Reply, Request, StatusReport};
 use self::schedule::{Backoff, SystemJitter};
 use crate::aws::credentials::Source;
 use crate::aws::ecr::{FetchError, TokenSource};
-use crate::config::{Config, DaemonConfig, SinkConfig};
+use crate::config::{Config, DaemonConfig, RefreshMode, SinkConfig};
 use crate::registry::Registry;
 use crate::settings::SettingsError;
 use crate::token::{self, Token, MIN_REMAINING_SECS};
@@ -202,7 +202,12 @@ struct Entry {
     last_refresh: Option<i64>,
     last_error: Option<String>,
     backoff: Backoff,
+    /// When the scheduler starts the next attempt ([`idle`] under `refresh = "on-demand"`
+    /// until a request needs one).
     next: Instant,
+    /// When an attempt is due by the schedule (after half the token's life, or the backoff):
+    /// `next` itself ahead of need; under `refresh = "on-demand"`, what a request checks.
+    due: Instant,
     in_flight: bool,
     /// Attempts completed; a waiting client watches it move.
     attempts: u64,
@@ -211,7 +216,13 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(registry: Registry, identity: String, on_demand: bool, cap: Duration) -> Entry {
+    fn new(
+        registry: Registry,
+        identity: String,
+        on_demand: bool,
+        cap: Duration,
+        mode: RefreshMode,
+    ) -> Entry {
         Entry {
             registry,
             identity,
@@ -220,7 +231,11 @@ impl Entry {
             last_refresh: None,
             last_error: None,
             backoff: Backoff::new(cap),
-            next: Instant::now(),
+            next: match mode {
+                RefreshMode::Ahead => Instant::now(),
+                RefreshMode::OnDemand => idle(),
+            },
+            due: Instant::now(),
             in_flight: false,
             attempts: 0,
             refreshes: agent::Outcomes::default(),
@@ -230,6 +245,25 @@ impl Entry {
     fn usable(&self, now: Instant) -> Option<&Held> {
         self.held.as_ref().filter(|h| h.usable(now))
     }
+
+    /// Under `refresh = "on-demand"`: a request arrived; start the attempt the schedule says
+    /// is due (none while a backoff runs). Returns whether one was started.
+    fn requested(&mut self, now: Instant) -> bool {
+        if self.in_flight || !is_idle(self.next, now) || self.due > now {
+            return false;
+        }
+        self.next = now;
+        true
+    }
+}
+
+/// "Not scheduled": far enough ahead that no timer fires (under `refresh = "on-demand"`).
+fn idle() -> Instant {
+    Instant::now() + Duration::from_secs(10 * 365 * 86_400)
+}
+
+fn is_idle(next: Instant, now: Instant) -> bool {
+    next.saturating_duration_since(now) > Duration::from_secs(5 * 365 * 86_400)
 }
 
 struct Settings {
@@ -242,6 +276,7 @@ struct Settings {
     backoff_cap: Duration,
     configured: Vec<String>,
     metrics_file: Option<PathBuf>,
+    refresh: RefreshMode,
 }
 
 /// A client per source identity (a handful at most, so a list).
@@ -354,6 +389,7 @@ fn settings(config: &Config, daemon: &DaemonConfig, socket_gid: u32) -> Settings
         backoff_cap: Duration::from_secs(daemon.backoff_max),
         configured: daemon.registries.clone(),
         metrics_file: daemon.metrics_file.clone(),
+        refresh: daemon.refresh,
     }
 }
 
@@ -387,7 +423,7 @@ pub async fn run(
             let identity = Source::for_registry(&config, host).identity();
             entries.insert(
                 host.clone(),
-                Entry::new(r, identity, false, settings.backoff_cap),
+                Entry::new(r, identity, false, settings.backoff_cap, settings.refresh),
             );
         }
     }
@@ -553,7 +589,7 @@ async fn reload(shared: &Arc<Shared>) {
                         let identity = Source::for_registry(&config, host).identity();
                         st.entries.insert(
                             host.clone(),
-                            Entry::new(r, identity, false, new.backoff_cap),
+                            Entry::new(r, identity, false, new.backoff_cap, new.refresh),
                         );
                     }
                 }
@@ -561,6 +597,15 @@ async fn reload(shared: &Arc<Shared>) {
         }
         for e in st.entries.values_mut() {
             e.backoff = Backoff::new(new.backoff_cap);
+        }
+        // A change of `refresh` applies to what is held now.
+        let now = Instant::now();
+        for e in st.entries.values_mut().filter(|e| !e.in_flight) {
+            e.next = match new.refresh {
+                RefreshMode::Ahead if is_idle(e.next, now) => e.due,
+                RefreshMode::Ahead => e.next,
+                RefreshMode::OnDemand => idle(),
+            };
         }
         st.settings = new;
         st.device_not_after = device_not_after(&config);
@@ -678,6 +723,7 @@ async fn refresh(shared: Arc<Shared>, host: String, registry: Registry, identity
             shared.wake.notify_one();
             return;
         }
+        let mode = st.settings.refresh;
         let Some(e) = st.entries.get_mut(&host) else {
             return;
         };
@@ -704,7 +750,7 @@ async fn refresh(shared: Arc<Shared>, host: String, registry: Registry, identity
                 e.backoff.reset();
                 e.last_refresh = Some(wall);
                 e.last_error = None;
-                e.next = now + delay;
+                e.due = now + delay;
             }
             Err(err) => {
                 let delay = e.backoff.next(err.failure(), &mut jitter);
@@ -721,9 +767,13 @@ async fn refresh(shared: Arc<Shared>, host: String, registry: Registry, identity
                     e.held = None;
                 }
                 e.last_error = Some(err.to_string());
-                e.next = now + delay;
+                e.due = now + delay;
             }
         }
+        e.next = match mode {
+            RefreshMode::Ahead => e.due,
+            RefreshMode::OnDemand => idle(),
+        };
     }
     shared.sinks_due.notify_one();
     shared.metrics_due.notify_one();
@@ -737,11 +787,13 @@ async fn refresh(shared: Arc<Shared>, host: String, registry: Registry, identity
 fn mark_ready_if_done(shared: &Shared) {
     let became_ready = {
         let mut st = shared.lock();
-        let done = st
-            .entries
-            .values()
-            .filter(|e| !e.on_demand)
-            .all(|e| e.attempts > 0);
+        // On demand, nothing is fetched before it is asked for: ready at once.
+        let done = st.settings.refresh == RefreshMode::OnDemand
+            || st
+                .entries
+                .values()
+                .filter(|e| !e.on_demand)
+                .all(|e| e.attempts > 0);
         let became = done && !st.ready;
         st.ready |= done;
         became
@@ -771,6 +823,7 @@ fn status_line(shared: &Shared) -> String {
     let next = st
         .entries
         .values()
+        .filter(|e| !is_idle(e.next, now))
         .map(|e| e.next.saturating_duration_since(now))
         .min();
     let mut s = format!("{good}/{total} registries have a token");
@@ -1045,6 +1098,7 @@ async fn get(
             }
             let on_demand = st.entries.values().filter(|e| e.on_demand).count();
             let cap = st.settings.backoff_cap;
+            let mode = st.settings.refresh;
             if !st.entries.contains_key(host) {
                 if on_demand >= MAX_ON_DEMAND {
                     return Reply::Refused {
@@ -1056,14 +1110,19 @@ async fn get(
                 tracing::info!(registry = host, "added on demand");
                 st.entries.insert(
                     host.to_owned(),
-                    Entry::new(registry.clone(), expected, true, cap),
+                    Entry::new(registry.clone(), expected, true, cap, mode),
                 );
                 shared.wake.notify_one();
             }
             let now = Instant::now();
-            let Some(e) = st.entries.get(host) else {
+            let Some(e) = st.entries.get_mut(host) else {
                 continue;
             };
+            // On demand: this request starts the attempt the schedule says is due (a token
+            // past its refresh point is still served below while the refresh runs).
+            if mode == RefreshMode::OnDemand && e.requested(now) {
+                shared.wake.notify_one();
+            }
             if let Some(h) = e.usable(now) {
                 return Reply::Token {
                     password: h.token.password.clone(),
@@ -1124,7 +1183,7 @@ fn report(shared: &Shared) -> StatusReport {
                 last_refresh: e.last_refresh,
                 last_error: e.last_error.clone(),
                 failures: e.backoff.failures(),
-                next_attempt: (!e.in_flight).then(|| at(e.next)),
+                next_attempt: (!e.in_flight && !is_idle(e.next, now)).then(|| at(e.next)),
                 source: Source::for_registry(&st.settings.config, host).describe(),
                 refreshes: e.refreshes,
             })
