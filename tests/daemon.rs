@@ -567,3 +567,33 @@ fn the_kubelet_provider_is_served_by_the_daemon() {
     assert_eq!(ecr_calls(&sb), 1, "served from the daemon's memory");
     assert!(!sb.cache_dir().exists() || std::fs::read_dir(sb.cache_dir()).unwrap().count() == 0);
 }
+
+/// The daemon resumes its TLS session with an endpoint it has talked to before (the fakes keep
+/// their session caches, as AWS endpoints do), so a later call does not fetch the certificate
+/// chain again; a helper process, starting afresh each time, always makes a full handshake.
+#[test]
+fn daemon_resumes_tls_sessions_with_an_endpoint() {
+    let mut sb = Sandbox::new();
+    let d = Daemon::start(&mut sb, &format!("[daemon]\nregistries = [\"{REG}\"]\n"));
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    // Another registry behind the same API endpoint, fetched by the daemon on request.
+    let (ok, out) = get(&sb, "345678901234.dkr.ecr.us-west-2.amazonaws.com");
+    assert!(ok, "{out}");
+    let calls: Vec<_> = sb
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.target.ends_with("GetAuthorizationToken"))
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(!calls[0].resumed, "the first handshake is a full one");
+    assert!(
+        calls[1].resumed,
+        "the daemon resumed its session: {calls:?}"
+    );
+    // Without the daemon, each helper run is a new process with nothing to resume.
+    sb.set("ECR_EDGE_SOCKET", Some(""));
+    let (ok, out) = get(&sb, "456789012345.dkr.ecr.us-west-2.amazonaws.com");
+    assert!(ok, "{out}");
+    assert!(!sb.fake.calls().last().unwrap().resumed);
+}

@@ -44,6 +44,9 @@ pub struct TestCa {
     issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
     /// The CA certificate, PEM.
     pub pem: String,
+    /// One server configuration per host name, kept like a real endpoint keeps its own: its
+    /// session cache lets a client resume a TLS session on its next connection.
+    servers: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
 }
 
 impl TestCa {
@@ -57,7 +60,11 @@ impl TestCa {
         let key = rcgen::KeyPair::generate().unwrap();
         let issuer = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
         let pem = issuer.pem();
-        TestCa { issuer, pem }
+        TestCa {
+            issuer,
+            pem,
+            servers: Mutex::new(HashMap::new()),
+        }
     }
 
     /// A certificate for `name` signed by this CA and its private key, both PEM (for servers
@@ -85,7 +92,12 @@ impl TestCa {
     }
 
     /// A TLS server configuration presenting a certificate for `name` signed by this CA.
+    /// The same configuration (certificate and session cache) every time for one `name`.
     pub fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        let mut servers = self.servers.lock().unwrap();
+        if let Some(config) = servers.get(name) {
+            return config.clone();
+        }
         let (chain, key) = self.issue(name);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -94,7 +106,9 @@ impl TestCa {
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .unwrap();
-        Arc::new(config)
+        let config = Arc::new(config);
+        servers.insert(name.to_owned(), config.clone());
+        config
     }
 }
 
@@ -184,6 +198,8 @@ pub struct Call {
     pub access_key: String,
     /// Whether the signature, key, token and clock checks all passed.
     pub authentic: bool,
+    /// Whether the TLS handshake resumed an earlier session (no certificate chain sent).
+    pub resumed: bool,
     /// For STS: the `Action` and `RoleArn` of the form body.
     pub sts: Option<(String, String)>,
     /// For STS: the `ExternalId` sent, if any.
@@ -465,6 +481,7 @@ fn serve_tls(
     let mut stream = rustls::Stream::new(&mut tls, &mut raw);
     let mut reader = BufReader::new(&mut stream);
     let (request_line, headers) = read_head(&mut reader)?;
+    let resumed = reader.get_ref().conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let len: usize = header(&headers, "content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
@@ -475,7 +492,8 @@ fn serve_tls(
     let (mode, response) = {
         let mut s = state.lock().unwrap();
         let mode = s.faults.take(Mode::Ok);
-        let (call, denial) = verify(host, &request_line, &headers, &body, &s);
+        let (mut call, denial) = verify(host, &request_line, &headers, &body, &s);
+        call.resumed = resumed;
         s.calls.push(call.clone());
         let response = match denial {
             Some(resp) => resp,
@@ -571,6 +589,7 @@ fn verify(
         service: String::new(),
         access_key: String::new(),
         authentic: false,
+        resumed: false,
         sts: form
             .get("Action")
             .map(|a| (a.clone(), form.get("RoleArn").cloned().unwrap_or_default())),
