@@ -567,22 +567,6 @@ fn credentials(config: Option<&Path>) -> Result<String, String> {
 /// debug and trace levels are hundreds of lines of request plumbing per call. No log line
 /// carries a secret (checked at `trace` by the `secrets_never_reach_stderr…` test).
 /// Returns the level in force.
-/// Whether stderr is the journal stream systemd connected: `$JOURNAL_STREAM` names its device
-/// and inode (`dev:ino`). A program whose stderr was redirected (the kubelet capturing a
-/// provider's, a shell) logs lines to stderr as elsewhere.
-fn stderr_is_journal() -> bool {
-    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM")
-        .ok()
-        .and_then(|v| v.split_once(':').map(|(d, i)| (d.to_owned(), i.to_owned())))
-    else {
-        return false;
-    };
-    match nix::sys::stat::fstat(std::io::stderr()) {
-        Ok(st) => st.st_dev.to_string() == dev && st.st_ino.to_string() == ino,
-        Err(_) => false,
-    }
-}
-
 fn init_logging(
     default: tracing_subscriber::filter::LevelFilter,
 ) -> tracing_subscriber::filter::LevelFilter {
@@ -602,26 +586,6 @@ fn init_logging(
     let filter = Targets::new()
         .with_target("ecr_edge", level)
         .with_default(level.min(LevelFilter::INFO));
-    if stderr_is_journal() {
-        // Each event as one journal entry: MESSAGE, PRIORITY (error 3, warn 4, info 6,
-        // debug 7), SYSLOG_IDENTIFIER=ecr-edge and its fields in upper case (REGISTRY=, …).
-        if let Ok(journal) = tracing_journald::layer() {
-            use tracing_journald::{Priority, PriorityMappings};
-            let journal = journal
-                .with_field_prefix(None)
-                .with_syslog_identifier("ecr-edge".into())
-                .with_priority_mappings(PriorityMappings {
-                    info: Priority::Informational,
-                    debug: Priority::Debug,
-                    ..PriorityMappings::new()
-                });
-            let _ = tracing_subscriber::registry()
-                .with(journal)
-                .with(filter)
-                .try_init();
-            return level;
-        }
-    }
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)

@@ -10,7 +10,6 @@ mod doctor;
 mod helper;
 mod identity;
 mod iot;
-mod journal;
 mod kubelet;
 mod metrics;
 mod realclients;
