@@ -887,7 +887,13 @@ fn sts(call: &Call, s: &State) -> Vec<u8> {
         ("AssumeRoleWithWebIdentity", None) => denied(format!(
             "Not authorized to perform sts:AssumeRoleWithWebIdentity on {arn}"
         )),
-        _ => sts_assume_role(call),
+        // Any other role: the shared assumed-role keys.
+        _ => sts_credentials(
+            "AssumeRole",
+            ROLE_ACCESS_KEY_ID,
+            ROLE_SECRET_ACCESS_KEY,
+            ROLE_SESSION_TOKEN,
+        ),
     }
 }
 
@@ -918,29 +924,6 @@ fn sts_credentials(action: &str, key_id: &str, secret: &str, token: &str) -> Vec
          <SessionToken>{token}</SessionToken><Expiration>{expiration}</Expiration>\
          </Credentials></{action}Result><ResponseMetadata><RequestId>r-2</RequestId>\
          </ResponseMetadata></{action}Response>"
-    );
-    format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// STS `AssumeRole` (query protocol, XML answer): the assumed-role credentials.
-fn sts_assume_role(call: &Call) -> Vec<u8> {
-    let expiration = aws_smithy_types::DateTime::from_secs(now_secs() as i64 + 3600)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap();
-    let body = format!(
-        "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleResult>\
-         <AssumedRoleUser><AssumedRoleId>AROAEXAMPLE:ecr-edge</AssumedRoleId>\
-         <Arn>arn:aws:sts::210987654321:assumed-role/ecr-pull/ecr-edge</Arn></AssumedRoleUser>\
-         <Credentials><AccessKeyId>{ROLE_ACCESS_KEY_ID}</AccessKeyId>\
-         <SecretAccessKey>{ROLE_SECRET_ACCESS_KEY}</SecretAccessKey>\
-         <SessionToken>{ROLE_SESSION_TOKEN}</SessionToken><Expiration>{expiration}</Expiration>\
-         </Credentials></AssumeRoleResult><ResponseMetadata><RequestId>{}</RequestId>\
-         </ResponseMetadata></AssumeRoleResponse>",
-        call.region
     );
     format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
