@@ -561,12 +561,30 @@ fn credentials(config: Option<&Path>) -> Result<String, String> {
     Ok(out.to_string())
 }
 
+/// Whether stderr is the journal stream systemd connected: `$JOURNAL_STREAM` names its device
+/// and inode (`dev:ino`). A program whose stderr was redirected (dockerd or the kubelet
+/// capturing a helper's, a shell) logs lines to stderr as elsewhere, though it inherited the
+/// variable.
+fn stderr_is_journal() -> bool {
+    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM")
+        .ok()
+        .and_then(|v| v.split_once(':').map(|(d, i)| (d.to_owned(), i.to_owned())))
+    else {
+        return false;
+    };
+    match nix::sys::stat::fstat(std::io::stderr()) {
+        Ok(st) => st.st_dev.to_string() == dev && st.st_ino.to_string() == ino,
+        Err(_) => false,
+    }
+}
+
 /// Logs go to stderr, which Docker, podman and skopeo connect to the user's terminal: warnings
 /// only by default, more with `ECR_EDGE_LOG=debug` (or `info`, `trace`, `off`). ecr-edge's own
 /// events follow that level; the SDK and HTTP stack are held at `info` at most, since their
 /// debug and trace levels are hundreds of lines of request plumbing per call. No log line
 /// carries a secret (checked at `trace` by the `secrets_never_reach_stderr…` test).
-/// Returns the level in force.
+/// Under systemd (stderr is the journal stream) events go to the journal natively instead
+/// ([`crate::journal`]). Returns the level in force.
 fn init_logging(
     default: tracing_subscriber::filter::LevelFilter,
 ) -> tracing_subscriber::filter::LevelFilter {
@@ -586,6 +604,15 @@ fn init_logging(
     let filter = Targets::new()
         .with_target("ecr_edge", level)
         .with_default(level.min(LevelFilter::INFO));
+    if stderr_is_journal() {
+        if let Ok(journal) = crate::journal::Journal::connect() {
+            use tracing_subscriber::Layer;
+            let _ = tracing_subscriber::registry()
+                .with(journal.with_filter(filter))
+                .try_init();
+            return level;
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)

@@ -8,6 +8,7 @@
 //!
 //! # Map
 //! - [`cli`]: argument parsing, logging set-up, dispatch to the parts below, exit codes.
+//! - `journal`: native systemd journal entries (fields, priorities), never blocking.
 //! - `settings`: the configuration file and every `ECR_EDGE_*` variable, read once;
 //!   `config`: the file's schema and its pure parser.
 //! - `frontend/`: the protocol front-ends, each turning outcomes into its client's output in
@@ -38,6 +39,7 @@ mod config;
 mod daemon;
 mod frontend;
 mod input;
+mod journal;
 mod registry;
 mod resolve;
 mod settings;

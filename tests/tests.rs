@@ -10,6 +10,7 @@ mod doctor;
 mod helper;
 mod identity;
 mod iot;
+mod journal;
 mod kubelet;
 mod metrics;
 mod realclients;

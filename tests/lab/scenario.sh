@@ -115,6 +115,9 @@ if [ "$PHASE" = main ]; then
   sleep 2
   check reloaded_same_process test "$(daemon_pid)" = "$pid"
   check reload_logged sh -c 'journalctl -u ecr-edge --no-pager | grep "configuration reloaded"'
+  # Native journal entries: the registry is a field journalctl selects by, with its priority.
+  check journal_by_registry sh -c "journalctl -u ecr-edge --no-pager REGISTRY=$REG_HOST | grep 'token refreshed'"
+  check journal_priority sh -c "journalctl -u ecr-edge --no-pager -p info REGISTRY=$REG_HOST -o verbose | grep -q PRIORITY=6"
 
   step "3. who is served: alice (group ecr-edge) by the daemon, bob by his own helper"
   usermod -aG ecr-edge alice
