@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Output;
 
 use crate::daemon::Daemon;
-use crate::support::iot::{device_identity, FakeIot, KeyKind, Validity, ROLE_ALIAS, THING_NAME};
-use crate::support::{self, text, Call, Sandbox, TestCa};
+use crate::support::iot::{FakeIot, ROLE_ALIAS};
+use crate::support::{self, text, Call, Sandbox};
 
 /// The shared base-image account: reached with the default source.
 const BASE: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
@@ -20,32 +20,10 @@ const VENDOR: &str = "345678901234.dkr.ecr.eu-central-1.amazonaws.com";
 const APP_ROLE: &str = "arn:aws:iam::210987654321:role/edge-pull";
 const ALIAS: &str = "registry.corp.example";
 
-/// A sandbox with a device identity and no AWS keys in the environment: the sandbox, the fake
-/// IoT provider, and the `[iot]` section naming them.
+/// A sandbox with a device identity and no AWS keys in the environment.
 fn device() -> (Sandbox, FakeIot, String) {
     let mut sb = Sandbox::new();
-    let device_ca = TestCa::new();
-    let iot = FakeIot::start(&sb.ca, &device_ca);
-    let (cert, key) = device_identity(
-        sb.dir.path(),
-        &device_ca,
-        KeyKind::EcPkcs8,
-        Validity::Current,
-    );
-    for v in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-    ] {
-        sb.set(v, None);
-    }
-    let config = format!(
-        "[iot]\nendpoint = \"{}\"\nrole_alias = \"{ROLE_ALIAS}\"\nthing_name = \"{THING_NAME}\"\n\
-         cert = \"{}\"\nkey = \"{}\"\n\n",
-        iot.endpoint,
-        cert.display(),
-        key.display()
-    );
+    let (iot, config) = support::iot::device(&mut sb);
     (sb, iot, config)
 }
 
@@ -653,4 +631,89 @@ fn daemon_shares_one_device_exchange_between_roles() {
         .collect();
     let app_source = format!("role {APP_ROLE} via the device identity (role alias {ROLE_ALIAS})");
     assert!(sources.contains(&app_source.as_str()), "{sources:?}");
+
+    // What the daemon counted on the uplink is what each endpoint saw, byte for byte, TLS
+    // handshakes included (once the connections' last records have arrived).
+    let summed = |prefix: &str| {
+        sb.fake
+            .wires()
+            .iter()
+            .filter(|(h, _)| h.starts_with(prefix))
+            .fold((0, 0, 0), |a, (_, w)| (a.0 + w.0, a.1 + w.1, a.2 + w.2))
+    };
+    let counted = |status: &serde_json::Value, kind: &str| {
+        let u = status["upstream"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["endpoint"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {status:#}"))
+            .clone();
+        (
+            u["bytes_sent"].as_u64().unwrap(),
+            u["bytes_received"].as_u64().unwrap(),
+            u["connections"].as_u64().unwrap(),
+        )
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let status = crate::daemon::status_json(&sb);
+        let pairs = [
+            (counted(&status, "ecr"), summed("api.ecr.")),
+            (counted(&status, "sts"), summed("sts.")),
+            (counted(&status, "iot"), iot.wire.totals()),
+        ];
+        if pairs.iter().all(|(ours, theirs)| ours == theirs) {
+            assert_eq!(pairs[0].0 .2, 3, "one connection per ECR call");
+            assert_eq!(pairs[2].0 .2, 1, "one exchange");
+            assert!(pairs.iter().all(|(ours, _)| ours.0 > 0 && ours.1 > 0));
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "(sent, received, connections) counted by the daemon vs seen by the fakes \
+             (ecr, sts, iot): {pairs:?}\n{status:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// One TLS configuration for every client in the daemon: a role hop made for one registry
+/// resumes the session another registry's hop started, and so does the token call of a
+/// registry with its own identity (rustls resumes only under the configuration that made the
+/// session; issue 18, bytes on the uplink).
+#[test]
+fn registries_with_different_roles_resume_one_tls_session() {
+    let mut sb = Sandbox::new();
+    let app = "210987654321.dkr.ecr.us-west-2.amazonaws.com";
+    let vendor = "345678901234.dkr.ecr.us-west-2.amazonaws.com";
+    let vendor_role = "arn:aws:iam::345678901234:role/vendor-pull";
+    let app_keys = sb.fake.add_role(APP_ROLE, None, &[support::ACCESS_KEY_ID]);
+    let vendor_keys = sb
+        .fake
+        .add_role(vendor_role, None, &[support::ACCESS_KEY_ID]);
+    let d = Daemon::start(
+        &mut sb,
+        &format!(
+            "[daemon]\nregistries = [\"{BASE}\"]\n\n\
+             [[registry]]\nhost = \"{app}\"\nrole_arn = \"{APP_ROLE}\"\n\n\
+             [[registry]]\nhost = \"{vendor}\"\nrole_arn = \"{vendor_role}\"\n"
+        ),
+    );
+    d.wait_notify("READY=1", std::time::Duration::from_secs(20));
+    // One at a time, on demand: each finds the tickets the previous call left.
+    assert_eq!(password(&get(&sb, app)), app_keys.password);
+    assert_eq!(password(&get(&sb, vendor)), vendor_keys.password);
+    let calls = sb.fake.calls();
+    let hops = sts_calls(&calls, "AssumeRole");
+    assert_eq!(hops.len(), 2, "{calls:?}");
+    assert!(!hops[0].resumed, "the first hop is a full handshake");
+    assert!(hops[1].resumed, "the second role's hop resumed: {calls:?}");
+    let tokens = ecr_calls(&calls);
+    assert_eq!(tokens.len(), 3, "{calls:?}");
+    assert!(!tokens[0].resumed);
+    assert!(
+        tokens[1].resumed && tokens[2].resumed,
+        "each role's token call resumed the base registry's session: {calls:?}"
+    );
 }

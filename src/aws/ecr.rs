@@ -21,9 +21,6 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{self, ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_ecr::config::Region;
 use aws_sdk_ecr::error::{ProvideErrorMetadata, SdkError};
-use aws_smithy_http_client::proxy::ProxyConfig;
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
-use aws_smithy_http_client::Connector;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use crate::aws::credentials::Source;
@@ -346,7 +343,9 @@ impl Fetcher {
     /// # Errors
     /// [`FetchError`] naming the cause when no token was obtained in time.
     pub fn fetch(&self, registry: &Registry) -> Result<Token, FetchError> {
-        self.runtime.block_on(self.client.fetch(registry))
+        let result = self.runtime.block_on(self.client.fetch(registry));
+        crate::aws::traffic::log_totals();
+        result
     }
 
     /// The resolved credentials (for `ecr-edge credentials`).
@@ -354,7 +353,9 @@ impl Fetcher {
     /// # Errors
     /// [`FetchError`] when the source yields none in time.
     pub fn credentials(&self) -> Result<aws_credential_types::Credentials, FetchError> {
-        self.runtime.block_on(self.client.credentials())
+        let result = self.runtime.block_on(self.client.credentials());
+        crate::aws::traffic::log_totals();
+        result
     }
 }
 
@@ -896,38 +897,19 @@ async fn sdk_config(
     Ok(loader().credentials_provider(provider).load().await)
 }
 
-/// The HTTPS client handed to the SDK: rustls with ring, [`crate::aws::trust`]'s policy, proxy
-/// settings from the environment, names resolved by [`crate::aws::dns`].
+/// The HTTP client handed to the SDK ([`crate::aws::https::SdkClient`]: names resolved by
+/// [`crate::aws::dns`], proxy settings from the environment, bytes counted), with
+/// [`crate::aws::trust`]'s policy in the process's shared TLS configuration, so a later call
+/// to an endpoint resumes the session whichever client made the first (a role hop for one
+/// registry, then one for another).
 ///
 /// # Errors
 /// [`FetchError::Trust`] when the trust store cannot be built.
 fn http_client() -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, FetchError> {
-    let trust = TrustStore::empty()
-        .with_pem_certificate(crate::aws::trust::pem().map_err(FetchError::Trust)?);
-    let tls_context = TlsContext::builder()
-        .with_trust_store(trust)
-        .build()
-        .map_err(|e| {
-            FetchError::Trust(crate::aws::trust::TrustError::Unreadable {
-                path: "the system CA bundle".into(),
-                detail: e.to_string(),
-            })
-        })?;
-    Ok(
-        aws_smithy_http_client::Builder::new().build_with_connector_fn(
-            move |settings, components| {
-                let mut builder = Connector::builder().proxy_config(ProxyConfig::from_env());
-                builder.set_connector_settings(settings.cloned());
-                if let Some(components) = components {
-                    builder.set_sleep_impl(components.sleep_impl());
-                }
-                builder
-                    .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-                    .tls_context(tls_context.clone())
-                    .build_with_resolver(crate::aws::dns::Resolver)
-            },
-        ),
-    )
+    let tls = crate::aws::trust::shared_client_config().map_err(FetchError::Trust)?;
+    Ok(aws_smithy_runtime_api::client::http::SharedHttpClient::new(
+        crate::aws::https::SdkClient::new(tls),
+    ))
 }
 
 impl Client {

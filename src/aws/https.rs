@@ -1,16 +1,21 @@
-//! One HTTPS GET over rustls, for the calls the AWS SDK does not make for us: the IoT
-//! credentials exchange (it needs a client certificate) and `doctor`'s reachability and clock
-//! probes. hyper speaks HTTP/1.1; `HTTPS_PROXY`/`NO_PROXY` are honoured through hyper-util's
-//! CONNECT tunnel, as the SDK's client does. Names are resolved by [`crate::aws::dns`]. The caller
-//! bounds the time ([`timed_out`] says whether DNS was the silent part); the body is bounded
-//! here.
+//! The network under every call to AWS: the HTTP client handed to the AWS SDK ([`SdkClient`])
+//! and one HTTPS GET for the calls the SDK does not make (the IoT credentials exchange, which
+//! needs a client certificate, and `doctor`'s reachability and clock probes). Both open their
+//! connections here: names resolved by [`crate::aws::dns`] (bounded by the caller's deadline),
+//! `HTTPS_PROXY`/`NO_PROXY` honoured through hyper-util's CONNECT tunnel, rustls with ring,
+//! hyper's HTTP/1.1, and every byte counted by [`crate::aws::traffic`]. One connection per
+//! request: calls are minutes to hours apart, so a pool would only hold sockets open; the TLS
+//! session cache in the caller's `rustls::ClientConfig` is what makes the next handshake short.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use rustls::pki_types::ServerName;
+use rustls::HandshakeKind::Resumed;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::aws::traffic::{self, Endpoint};
 
 /// What came back.
 #[derive(Debug)]
@@ -70,10 +75,61 @@ pub fn proxy_for(host: &str, port: u16) -> Option<String> {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-async fn connect(host: &str, port: u16) -> Result<Box<dyn Io>, HttpsError> {
+/// Why no connection was opened; the DNS failure stays the source, for the caller's message.
+#[derive(Debug)]
+enum ConnectError {
+    Invalid(String),
+    Dns(crate::aws::dns::DnsError),
+    Proxy(Box<dyn std::error::Error + Send + Sync>),
+    Tcp(std::io::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Invalid(d) => f.write_str(d),
+            ConnectError::Dns(e) => e.fmt(f),
+            ConnectError::Proxy(e) => write!(f, "through proxy: {e}"),
+            ConnectError::Tcp(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectError::Dns(e) => Some(e),
+            ConnectError::Proxy(e) => Some(e.as_ref()),
+            ConnectError::Tcp(e) => Some(e),
+            ConnectError::Invalid(_) => None,
+        }
+    }
+}
+
+impl From<ConnectError> for HttpsError {
+    fn from(e: ConnectError) -> HttpsError {
+        match e {
+            ConnectError::Invalid(d) => HttpsError::Invalid(d),
+            other => HttpsError::Unreachable(other.to_string()),
+        }
+    }
+}
+
+/// A TCP connection to `host:port` (through the proxy's CONNECT tunnel when one applies),
+/// counted as traffic to `endpoint`.
+async fn connect(
+    host: &str,
+    port: u16,
+    endpoint: Endpoint,
+) -> Result<traffic::Counted<Box<dyn Io>>, ConnectError> {
+    let io = open(host, port).await?;
+    Ok(traffic::Counted::new(io, endpoint))
+}
+
+async fn open(host: &str, port: u16) -> Result<Box<dyn Io>, ConnectError> {
     let uri: hyper::Uri = format!("https://{host}:{port}/")
         .parse()
-        .map_err(|e| HttpsError::Invalid(format!("{host}:{port}: {e}")))?;
+        .map_err(|e| ConnectError::Invalid(format!("{host}:{port}: {e}")))?;
     let matcher = hyper_util::client::proxy::matcher::Matcher::from_env();
     match matcher.intercept(&uri) {
         Some(intercept) => {
@@ -92,32 +148,34 @@ async fn connect(host: &str, port: u16) -> Result<Box<dyn Io>, HttpsError> {
             let io = tunnel
                 .call(uri)
                 .await
-                .map_err(|e| HttpsError::Unreachable(format!("through proxy: {e}")))?;
+                .map_err(|e| ConnectError::Proxy(e.into()))?;
             Ok(Box::new(hyper_util::rt::TokioIo::new(io)))
         }
         None => {
             // Resolved by the deadline-bounded resolver, never tokio's blocking pool.
             let addrs: Vec<std::net::SocketAddr> = crate::aws::dns::resolve(host)
                 .await
-                .map_err(|e| HttpsError::Unreachable(e.to_string()))?
+                .map_err(ConnectError::Dns)?
                 .into_iter()
                 .map(|ip| std::net::SocketAddr::new(ip, port))
                 .collect();
             let tcp = tokio::net::TcpStream::connect(&addrs[..])
                 .await
-                .map_err(|e| HttpsError::Unreachable(e.to_string()))?;
+                .map_err(ConnectError::Tcp)?;
+            let _ = tcp.set_nodelay(true);
             Ok(Box::new(tcp))
         }
     }
 }
 
-/// `GET https://host:port/path` with `headers`, trusting and authenticating as `tls` says;
-/// reads at most `limit` body bytes.
+/// `GET https://host:port/path` with `headers`, trusting and authenticating as `tls` says,
+/// counted as traffic to `endpoint`; reads at most `limit` body bytes.
 ///
 /// # Errors
 /// [`HttpsError`]; a refused handshake is told apart from a network failure.
 pub async fn get(
     tls: Arc<rustls::ClientConfig>,
+    endpoint: Endpoint,
     host: &str,
     port: u16,
     path: &str,
@@ -126,16 +184,18 @@ pub async fn get(
 ) -> Result<Response, HttpsError> {
     let server_name =
         ServerName::try_from(host.to_owned()).map_err(|e| HttpsError::Invalid(e.to_string()))?;
-    let io = connect(host, port).await?;
+    traffic::request(endpoint);
+    let io = connect(host, port, endpoint).await?;
     let tls = tokio_rustls::TlsConnector::from(tls)
         .connect(server_name, io)
         .await
         .map_err(|e| classify(&e))?;
+    traffic::handshake(endpoint, tls.get_ref().1.handshake_kind() == Some(Resumed));
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
             .map_err(|e| classify(&e))?;
-    let driver = tokio::spawn(conn);
+    drive(conn);
     let authority = if port == 443 {
         host.to_owned()
     } else {
@@ -169,7 +229,6 @@ pub async fn get(
         .await
         .map_err(|e| HttpsError::Unreachable(format!("reading body: {e}")))?
         .to_bytes();
-    driver.abort();
     Ok(Response { status, date, body })
 }
 
@@ -194,4 +253,202 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> HttpsError {
         cur = e.source();
     }
     HttpsError::Unreachable(err.to_string())
+}
+
+/// The HTTP client handed to the AWS SDK: every connection opened by [`connect`] (DNS bounded,
+/// proxy honoured, bytes counted), TLS with the caller's `rustls::ClientConfig`, whose session
+/// cache lets the next handshake with the same endpoint resume.
+#[derive(Clone, Debug)]
+pub struct SdkClient {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl SdkClient {
+    /// A client trusting and authenticating as `tls` says.
+    pub fn new(tls: Arc<rustls::ClientConfig>) -> SdkClient {
+        SdkClient { tls }
+    }
+}
+
+impl aws_smithy_runtime_api::client::http::HttpClient for SdkClient {
+    fn http_connector(
+        &self,
+        settings: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+    ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
+        aws_smithy_runtime_api::client::http::SharedHttpConnector::new(SdkConnector {
+            tls: self.tls.clone(),
+            connect_timeout: settings.connect_timeout(),
+            read_timeout: settings.read_timeout(),
+        })
+    }
+}
+
+/// [`SdkClient`] with the SDK's timeouts for one operation: `connect_timeout` bounds name
+/// resolution, TCP, the proxy and the TLS handshake; `read_timeout` the wait for the response.
+#[derive(Clone, Debug)]
+struct SdkConnector {
+    tls: Arc<rustls::ClientConfig>,
+    connect_timeout: Option<std::time::Duration>,
+    read_timeout: Option<std::time::Duration>,
+}
+
+/// How long a connection may outlive its response (the body still being read, then the
+/// close), at most: a peer that stops sending never holds a task for longer.
+const DRIVER_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// How long a closed connection waits for the peer's close_notify and FIN: they cross the
+/// uplink whether or not anyone reads them, so they are read (and counted) when they come.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs `conn` (hyper's side of one connection) until its response is done, then closes it
+/// the TLS way: our close_notify, then the peer's read until it closes too, within
+/// [`CLOSE_WAIT`].
+fn drive<T, B>(conn: hyper::client::conn::http1::Connection<hyper_util::rt::TokioIo<T>, B>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(DRIVER_LIMIT, async {
+            let Ok(parts) = conn.without_shutdown().await else {
+                return;
+            };
+            let mut io = parts.io.into_inner();
+            let _ = io.shutdown().await;
+            let mut sink = [0u8; 512];
+            while let Ok(Ok(1..)) = tokio::time::timeout(CLOSE_WAIT, io.read(&mut sink)).await {}
+        })
+        .await;
+    });
+}
+
+impl aws_smithy_runtime_api::client::http::HttpConnector for SdkConnector {
+    fn call(
+        &self,
+        request: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+    ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+        let this = self.clone();
+        aws_smithy_runtime_api::client::http::HttpConnectorFuture::new(async move {
+            this.send(request).await
+        })
+    }
+}
+
+impl SdkConnector {
+    async fn send(
+        &self,
+        request: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+    ) -> Result<
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+        aws_smithy_runtime_api::client::result::ConnectorError,
+    > {
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        use aws_smithy_types::body::SdkBody;
+        let mut request: hyper::Request<SdkBody> = request
+            .try_into_http1x()
+            .map_err(|e| ConnectorError::user(e.into()))?;
+        let uri = request.uri().clone();
+        let host = uri
+            .host()
+            .ok_or_else(|| ConnectorError::user(format!("no host in {uri}").into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let secure = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(ConnectorError::user(
+                    format!("not an http(s) URL: {uri}").into(),
+                ))
+            }
+        };
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let endpoint = Endpoint::of(
+            &host,
+            request
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        );
+        traffic::request(endpoint);
+        // Origin form, with the Host header the URL implies (SigV4 signed it).
+        if !request.headers().contains_key(hyper::header::HOST) {
+            if let Some(authority) = uri.authority() {
+                let value = hyper::header::HeaderValue::from_str(authority.as_str())
+                    .map_err(|e| ConnectorError::user(e.into()))?;
+                request.headers_mut().insert(hyper::header::HOST, value);
+            }
+        }
+        let path = uri
+            .path_and_query()
+            .map_or("/", hyper::http::uri::PathAndQuery::as_str);
+        *request.uri_mut() = path
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| ConnectorError::user(e.into()))?;
+
+        let connecting = async {
+            let io = connect(&host, port, endpoint)
+                .await
+                .map_err(|e| ConnectorError::io(e.into()))?;
+            if !secure {
+                return Ok::<Box<dyn Io>, ConnectorError>(Box::new(io));
+            }
+            let name =
+                ServerName::try_from(host.clone()).map_err(|e| ConnectorError::user(e.into()))?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, io)
+                .await
+                .map_err(|e| match classify(&e) {
+                    // A refused handshake is not retried: the next one would be refused too.
+                    HttpsError::Handshake(_) => ConnectorError::other(e.into(), None),
+                    _ => ConnectorError::io(e.into()),
+                })?;
+            traffic::handshake(endpoint, tls.get_ref().1.handshake_kind() == Some(Resumed));
+            Ok(Box::new(tls))
+        };
+        let io = within(self.connect_timeout, connecting, "connecting").await??;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(|e| ConnectorError::io(e.into()))?;
+        drive(conn);
+        let response = within(
+            self.read_timeout,
+            sender.send_request(request),
+            "waiting for the response",
+        )
+        .await?
+        .map_err(|e| {
+            if e.is_user() {
+                ConnectorError::user(e.into())
+            } else {
+                ConnectorError::io(e.into())
+            }
+        })?;
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse::try_from(
+            response.map(SdkBody::from_body_1_x),
+        )
+        .map_err(|e| ConnectorError::other(e.into(), None))
+    }
+}
+
+/// `work`, bounded by `limit` when there is one; running out is the SDK's timeout error.
+async fn within<T>(
+    limit: Option<std::time::Duration>,
+    work: impl std::future::Future<Output = T>,
+    what: &'static str,
+) -> Result<T, aws_smithy_runtime_api::client::result::ConnectorError> {
+    match limit {
+        None => Ok(work.await),
+        Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| {
+            aws_smithy_runtime_api::client::result::ConnectorError::timeout(
+                format!("no progress {what} within {limit:?}").into(),
+            )
+        }),
+    }
 }

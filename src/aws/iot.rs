@@ -606,6 +606,7 @@ async fn attempt(cfg: &IotConfig, device: &Device) -> Result<(u16, Bytes), IotEr
     let headers = [("x-amzn-iot-thingname", cfg.thing_name.as_str())];
     match https::get(
         device.tls.clone(),
+        crate::aws::traffic::Endpoint::Iot,
         host,
         port,
         &path,

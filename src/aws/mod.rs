@@ -8,4 +8,5 @@ pub mod dns;
 pub mod ecr;
 pub mod https;
 pub mod iot;
+pub mod traffic;
 pub mod trust;

@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -45,6 +46,9 @@ pub enum TrustError {
         /// The file.
         path: PathBuf,
     },
+    /// rustls refused the configuration (it cannot with ring's defaults; kept as an error,
+    /// never a panic).
+    Tls(String),
 }
 
 impl fmt::Display for TrustError {
@@ -57,6 +61,7 @@ impl fmt::Display for TrustError {
                     path.display()
                 )
             }
+            TrustError::Tls(detail) => write!(f, "cannot set up TLS: {detail}"),
             TrustError::NoCertificates { path } => write!(
                 f,
                 "{} holds no PEM CA certificate (expected -----BEGIN CERTIFICATE----- blocks)",
@@ -104,22 +109,59 @@ pub fn root_store(ca: Option<&Path>) -> Result<rustls::RootCertStore, TrustError
     }
 }
 
-/// The policy as PEM text, for the AWS SDK's HTTP client (it takes PEM, not parsed roots).
+/// The policy as a TLS client configuration without a client certificate (ECR, ECR Public,
+/// STS through the SDK; `doctor`'s probes). Its session cache is what lets a later handshake
+/// with the same endpoint resume, so a long-lived caller keeps one.
 ///
 /// # Errors
-/// As [`certificates`].
-pub fn pem() -> Result<Vec<u8>, TrustError> {
-    let mut out = String::new();
-    for cert in certificates(None)? {
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        let b64 = aws_smithy_types::base64::encode(cert.as_ref());
-        for line in b64.as_bytes().chunks(64) {
-            out.push_str(&String::from_utf8_lossy(line));
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
+/// As [`root_store`].
+pub fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TrustError> {
+    config_with(root_store(ca)?)
+}
+
+/// [`client_config`] for the policy without `ca`, one per process while the certificates stay
+/// the same: rustls resumes a session only with the configuration (the verifier) that made it,
+/// so every client of the AWS SDK shares this one and its session cache. The certificates are
+/// read again on each call (a daemon's reload, a new registry); when they change (an updated
+/// system bundle) a new configuration replaces the old, and no session made under the old
+/// trust is resumed under the new.
+///
+/// # Errors
+/// As [`root_store`].
+pub fn shared_client_config() -> Result<Arc<rustls::ClientConfig>, TrustError> {
+    static LAST: std::sync::Mutex<Option<(ring::digest::Digest, Arc<rustls::ClientConfig>)>> =
+        std::sync::Mutex::new(None);
+    let certs = certificates(None)?;
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    for c in &certs {
+        digest.update(&(c.len() as u64).to_le_bytes());
+        digest.update(c.as_ref());
     }
-    Ok(out.into_bytes())
+    let digest = digest.finish();
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((seen, config)) = last.as_ref() {
+        if seen.as_ref() == digest.as_ref() {
+            return Ok(config.clone());
+        }
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs);
+    let config = config_with(roots)?;
+    *last = Some((digest, config.clone()));
+    Ok(config)
+}
+
+fn config_with(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, TrustError> {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| TrustError::Tls(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(tls))
 }
 
 fn read_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
@@ -171,12 +213,14 @@ mod tests {
     }
 
     #[test]
-    fn pem_round_trips() {
-        let text = pem().unwrap();
-        let again = parse(&text);
-        assert!(again.len() >= 5, "{}", again.len());
-        for amazon in parse(AMAZON_ROOTS_PEM.as_bytes()) {
-            assert!(again.contains(&amazon));
-        }
+    fn the_client_configuration_holds_the_policy() {
+        // Built without a panic, whatever the process's default crypto provider.
+        assert!(client_config(None).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        assert!(matches!(
+            client_config(Some(&missing)),
+            Err(TrustError::Unreadable { .. })
+        ));
     }
 }

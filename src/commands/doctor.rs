@@ -744,15 +744,7 @@ fn token_per_source(checks: &mut Vec<Check>, registries: &[Registry], settings: 
 
 /// TLS trusting the system store and Amazon's roots, or only `ca`; no client certificate.
 fn plain_tls(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = crate::aws::trust::root_store(ca).map_err(|e| e.to_string())?;
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(tls))
+    crate::aws::trust::client_config(ca).map_err(|e| e.to_string())
 }
 
 /// `GET /` on an endpoint: proves DNS, TCP, proxy and TLS, and returns the server's clock.
@@ -762,7 +754,8 @@ async fn probe(
     port: u16,
     deadline: Duration,
 ) -> Result<(u16, Option<i64>), String> {
-    let get = crate::aws::https::get(tls, host, port, "/", &[], 16 * 1024);
+    let endpoint = crate::aws::traffic::Endpoint::of(host, None);
+    let get = crate::aws::https::get(tls, endpoint, host, port, "/", &[], 16 * 1024);
     match tokio::time::timeout(deadline, get).await {
         Err(_) => Err(crate::aws::https::timed_out(host)
             .unwrap_or_else(|| format!("no answer within {:.1}s", deadline.as_secs_f64()))),

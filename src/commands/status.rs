@@ -81,6 +81,23 @@ pub fn render(r: &StatusReport, now: i64) -> String {
             span(t.saturating_sub(now))
         );
     }
+    let traffic: Vec<String> = r
+        .upstream
+        .iter()
+        .filter(|u| u.requests > 0)
+        .map(|u| {
+            format!(
+                "{} {} requests, {} sent, {} received",
+                u.endpoint,
+                u.requests,
+                bytes(u.bytes_sent),
+                bytes(u.bytes_received)
+            )
+        })
+        .collect();
+    if !traffic.is_empty() {
+        let _ = writeln!(out, "traffic to AWS since start: {}", traffic.join("; "));
+    }
     if r.registries.is_empty() {
         out.push_str("no registries yet (none configured, none asked for)\n");
     }
@@ -109,6 +126,15 @@ pub fn render(r: &StatusReport, now: i64) -> String {
         }
     }
     out
+}
+
+/// `812 B`, `14.2 KiB`, `3.1 MiB`.
+fn bytes(n: u64) -> String {
+    match n {
+        0..=1023 => format!("{n} B"),
+        1024..=1_048_575 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
 }
 
 /// `3h05m`, `4m10s`, `12s`.
@@ -160,12 +186,21 @@ mod tests {
             ],
             device_certificate_expires_at: None,
             iot_credentials_expire_at: None,
+            upstream: vec![crate::daemon::agent::Upstream {
+                endpoint: "ecr".into(),
+                requests: 2,
+                connections: 2,
+                tls_resumed: 1,
+                bytes_sent: 3000,
+                bytes_received: 900,
+            }],
             requests: Default::default(),
         };
         let text = render(&r, 1130);
         assert_eq!(
             text,
             "ecr-edge 0.1.0 (x86_64-unknown-linux-musl) up 2m10s, serving chain;profile=default;role=;key=\n\
+             traffic to AWS since start: ecr 2 requests, 2.9 KiB sent, 900 B received\n\
              123456789012.dkr.ecr.us-west-2.amazonaws.com\n  expires in 11h57m; refreshed 2m10s ago; next attempt in 5h31m\n\
              public.ecr.aws (on demand)\n  no usable token; never refreshed; refreshing now\n  last error (3 in a row): cannot reach api.ecr-public.us-east-1.amazonaws.com\n"
         );

@@ -107,10 +107,48 @@ pub struct StatusReport {
     /// Helper and provider requests on the socket since the start, by answer.
     #[serde(default)]
     pub requests: Requests,
+    /// What the daemon's calls to AWS moved since the start, per endpoint kind (every kind
+    /// listed, zeros included).
+    #[serde(default)]
+    pub upstream: Vec<Upstream>,
+}
+
+/// One endpoint kind's traffic (see [`crate::aws::traffic`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// `ecr`, `ecr_public`, `iot`, `sts` or `other`.
+    pub endpoint: String,
+    /// HTTP requests sent (each retry counts).
+    pub requests: u64,
+    /// TCP connections opened.
+    pub connections: u64,
+    /// TLS handshakes that resumed an earlier session.
+    pub tls_resumed: u64,
+    /// Bytes written to the network (TLS records, handshakes included).
+    pub bytes_sent: u64,
+    /// Bytes read from the network.
+    pub bytes_received: u64,
+}
+
+impl Upstream {
+    /// This process's totals so far.
+    pub fn now() -> Vec<Upstream> {
+        crate::aws::traffic::snapshot()
+            .into_iter()
+            .map(|(e, t)| Upstream {
+                endpoint: e.label().to_owned(),
+                requests: t.requests,
+                connections: t.connections,
+                tls_resumed: t.tls_resumed,
+                bytes_sent: t.bytes_sent,
+                bytes_received: t.bytes_received,
+            })
+            .collect()
+    }
 }
 
 /// The schema number [`StatusReport`] carries (2: counters, certificate and credential
-/// expiries, per-registry refresh outcomes and source).
+/// expiries, per-registry refresh outcomes and source, upstream traffic).
 pub const STATUS_SCHEMA: u32 = 2;
 
 /// Requests on the socket since the daemon started, by answer.

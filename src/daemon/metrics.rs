@@ -124,6 +124,45 @@ pub fn render(report: &StatusReport) -> String {
         lines.push(format!("{n}{{answer=\"{answer}\"}} {count}"));
     }
     flush(&mut out, &mut lines);
+    type Count = fn(&super::agent::Upstream) -> u64;
+    let upstream: [(&str, &str, Count); 5] = [
+        (
+            "ecr_edge_upstream_requests_total",
+            "HTTP requests to AWS since the daemon started, by endpoint (each retry counts).",
+            |u| u.requests,
+        ),
+        (
+            "ecr_edge_upstream_connections_total",
+            "TCP connections opened to AWS, by endpoint.",
+            |u| u.connections,
+        ),
+        (
+            "ecr_edge_upstream_tls_resumed_total",
+            "TLS handshakes with AWS that resumed an earlier session (no certificate chain sent), by endpoint.",
+            |u| u.tls_resumed,
+        ),
+        (
+            "ecr_edge_upstream_sent_bytes_total",
+            "Bytes sent to AWS on the wire (TLS handshakes and records, a proxy's CONNECT), by endpoint.",
+            |u| u.bytes_sent,
+        ),
+        (
+            "ecr_edge_upstream_received_bytes_total",
+            "Bytes received from AWS on the wire, by endpoint.",
+            |u| u.bytes_received,
+        ),
+    ];
+    for (name, help, value) in upstream {
+        let n = family(&mut out, name, "counter", help);
+        for u in &report.upstream {
+            lines.push(format!(
+                "{n}{{endpoint=\"{}\"}} {}",
+                escape(&u.endpoint),
+                value(u)
+            ));
+        }
+        flush(&mut out, &mut lines);
+    }
     debug_assert_eq!(Outcomes::NAMES.len(), Outcomes::default().counts().len());
     out
 }
@@ -190,6 +229,12 @@ mod tests {
             }],
             device_certificate_expires_at: Some(1_800_000_000),
             iot_credentials_expire_at: None,
+            upstream: vec![crate::daemon::agent::Upstream {
+                endpoint: "iot".into(),
+                requests: 4,
+                bytes_received: 18_000,
+                ..Default::default()
+            }],
             requests: Requests {
                 served: 7,
                 ..Requests::default()
@@ -204,6 +249,8 @@ mod tests {
         assert!(!text.contains("ecr_edge_token_next_attempt_timestamp_seconds{"));
         assert!(!text.contains("ecr_edge_iot_credentials"));
         assert!(text.contains("ecr_edge_socket_requests_total{answer=\"served\"} 7\n"));
+        assert!(text.contains("ecr_edge_upstream_received_bytes_total{endpoint=\"iot\"} 18000\n"));
+        assert!(text.contains("ecr_edge_upstream_requests_total{endpoint=\"iot\"} 4\n"));
         // Each family's TYPE line comes once, before its samples.
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split(' ').nth(2).unwrap();

@@ -1169,6 +1169,7 @@ fn report(shared: &Shared) -> StatusReport {
         device_certificate_expires_at: st.device_not_after,
         iot_credentials_expire_at,
         requests: st.requests,
+        upstream: agent::Upstream::now(),
         version: crate::version_line(),
         identity: st.settings.identity.clone(),
         started_at: shared.started_at,

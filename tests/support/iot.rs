@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::{hang, read_head, Faults, TestCa, ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN};
+use super::{
+    hang, read_head, Faults, Metered, TestCa, Wire, ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN,
+};
 
 /// The role alias the fake serves.
 pub const ROLE_ALIAS: &str = "edge-role-alias";
@@ -67,6 +69,8 @@ pub struct FakeIot {
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
     registry: Arc<Registered>,
+    /// What the exchanges moved on the wire.
+    pub wire: Arc<Wire>,
 }
 
 /// What the account has registered: CA certificates, and device certificates registered
@@ -248,16 +252,18 @@ impl FakeIot {
             life: 3600,
         }));
         let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (state.clone(), stop.clone());
+        let wire = Arc::new(Wire::default());
+        let (st, sp, w) = (state.clone(), stop.clone(), wire.clone());
         thread::spawn(move || {
             for conn in listener.incoming() {
                 if sp.load(Ordering::Relaxed) {
                     break;
                 }
-                let Ok(mut conn) = conn else { continue };
-                let (st, sp, config) = (st.clone(), sp.clone(), config.clone());
+                let Ok(conn) = conn else { continue };
+                let (st, sp, config, wire) = (st.clone(), sp.clone(), config.clone(), w.clone());
                 thread::spawn(move || {
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut conn = Metered::new(conn, wire);
                     let mut tls = rustls::ServerConnection::new(config).unwrap();
                     while tls.is_handshaking() {
                         if tls.complete_io(&mut conn).is_err() {
@@ -312,6 +318,7 @@ impl FakeIot {
                     let _ = stream.flush();
                     stream.conn.send_close_notify();
                     let _ = stream.flush();
+                    let _ = std::io::copy(&mut conn, &mut std::io::sink());
                 });
             }
         });
@@ -320,6 +327,7 @@ impl FakeIot {
             state,
             stop,
             registry,
+            wire,
         }
     }
 
@@ -505,4 +513,33 @@ impl TestCa {
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )
     }
+}
+
+/// A device identity in `sb`: the fake IoT provider (its server certificate from `sb`'s CA, the
+/// device's from a CA of its own), an EC key and certificate in `sb`'s folder, the AWS keys
+/// taken out of the environment, and the `[iot]` section naming them all.
+pub fn device(sb: &mut super::Sandbox) -> (FakeIot, String) {
+    let device_ca = TestCa::new();
+    let iot = FakeIot::start(&sb.ca, &device_ca);
+    let (cert, key) = device_identity(
+        sb.dir.path(),
+        &device_ca,
+        KeyKind::EcPkcs8,
+        Validity::Current,
+    );
+    for v in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ] {
+        sb.set(v, None);
+    }
+    let config = format!(
+        "[iot]\nendpoint = \"{}\"\nrole_alias = \"{ROLE_ALIAS}\"\nthing_name = \"{THING_NAME}\"\n\
+         cert = \"{}\"\nkey = \"{}\"\n\n",
+        iot.endpoint,
+        cert.display(),
+        key.display()
+    );
+    (iot, config)
 }

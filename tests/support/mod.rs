@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -47,6 +47,65 @@ pub struct TestCa {
     /// One server configuration per host name, kept like a real endpoint keeps its own: its
     /// session cache lets a client resume a TLS session on its next connection.
     servers: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+    /// Whether new server configurations offer session resumption (tickets and a session
+    /// cache), as AWS endpoints can; off, for a before/after comparison.
+    resumption: AtomicBool,
+}
+
+/// What a fake endpoint moved on the wire, counted under TLS (handshakes included), as the
+/// client's own counters should see it.
+#[derive(Debug, Default)]
+pub struct Wire {
+    /// Bytes the fake read from clients.
+    pub from_clients: AtomicU64,
+    /// Bytes the fake wrote to clients.
+    pub to_clients: AtomicU64,
+    /// Connections (TLS handshakes started).
+    pub connections: AtomicU64,
+}
+
+impl Wire {
+    /// (read from clients, written to clients, connections).
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.from_clients.load(Ordering::SeqCst),
+            self.to_clients.load(Ordering::SeqCst),
+            self.connections.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// A server's side of a connection, its bytes counted in a [`Wire`].
+pub struct Metered<S> {
+    inner: S,
+    wire: Arc<Wire>,
+}
+
+impl<S> Metered<S> {
+    /// Counts `inner` (one more connection) in `wire`.
+    pub fn new(inner: S, wire: Arc<Wire>) -> Metered<S> {
+        wire.connections.fetch_add(1, Ordering::SeqCst);
+        Metered { inner, wire }
+    }
+}
+
+impl<S: Read> Read for Metered<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.wire.from_clients.fetch_add(n as u64, Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+impl<S: Write> Write for Metered<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.wire.to_clients.fetch_add(n as u64, Ordering::SeqCst);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl TestCa {
@@ -64,6 +123,7 @@ impl TestCa {
             issuer,
             pem,
             servers: Mutex::new(HashMap::new()),
+            resumption: AtomicBool::new(true),
         }
     }
 
@@ -91,6 +151,13 @@ impl TestCa {
         (pem, key.serialize_pem())
     }
 
+    /// Whether the endpoints this CA serves offer session resumption from now on (new
+    /// configurations; existing sessions are forgotten).
+    pub fn set_resumption(&self, on: bool) {
+        self.resumption.store(on, Ordering::SeqCst);
+        self.servers.lock().unwrap().clear();
+    }
+
     /// A TLS server configuration presenting a certificate for `name` signed by this CA.
     /// The same configuration (certificate and session cache) every time for one `name`.
     pub fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
@@ -100,12 +167,16 @@ impl TestCa {
         }
         let (chain, key) = self.issue(name);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .unwrap();
+        if !self.resumption.load(Ordering::SeqCst) {
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         let config = Arc::new(config);
         servers.insert(name.to_owned(), config.clone());
         config
@@ -249,6 +320,14 @@ struct State {
     clock_offset_secs: i64,
     roles: Vec<FakeRole>,
     static_keys: Vec<StaticKey>,
+    /// Per host: the bytes its connections moved.
+    wires: HashMap<String, Arc<Wire>>,
+}
+
+impl State {
+    fn wire(&mut self, host: &str) -> Arc<Wire> {
+        self.wires.entry(host.to_owned()).or_default().clone()
+    }
 }
 
 /// A fake ECR (private and public) reached through an HTTPS proxy on 127.0.0.1.
@@ -275,6 +354,7 @@ impl FakeEcr {
             clock_offset_secs: 0,
             roles: Vec::new(),
             static_keys: Vec::new(),
+            wires: HashMap::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -318,6 +398,21 @@ impl FakeEcr {
             }
         });
         port
+    }
+
+    /// What the connections to `host` moved so far: (read from clients, written to clients,
+    /// connections).
+    pub fn wire(&self, host: &str) -> (u64, u64, u64) {
+        self.state.lock().unwrap().wire(host).totals()
+    }
+
+    /// Every host's wire so far, as [`FakeEcr::wire`] gives them.
+    pub fn wires(&self) -> Vec<(String, (u64, u64, u64))> {
+        let s = self.state.lock().unwrap();
+        s.wires
+            .iter()
+            .map(|(h, w)| (h.clone(), w.totals()))
+            .collect()
     }
 
     /// Answers every request with `mode` from now on.
@@ -470,12 +565,13 @@ fn handle(
 
 /// One TLS connection for `host`, answered as ECR would.
 fn serve_tls(
-    mut raw: TcpStream,
+    raw: TcpStream,
     host: &str,
     state: &Mutex<State>,
     stop: &AtomicBool,
     ca: &TestCa,
 ) -> std::io::Result<()> {
+    let mut raw = Metered::new(raw, state.lock().unwrap().wire(host));
     let mut tls =
         rustls::ServerConnection::new(ca.server_config(host)).map_err(std::io::Error::other)?;
     let mut stream = rustls::Stream::new(&mut tls, &mut raw);
@@ -514,6 +610,8 @@ fn serve_tls(
     stream.flush()?;
     stream.conn.send_close_notify();
     let _ = stream.flush();
+    // Until the client closes too (its close_notify counted, as a real endpoint reads it).
+    let _ = std::io::copy(&mut raw, &mut std::io::sink());
     Ok(())
 }
 

@@ -1,0 +1,391 @@
+//! Bytes on the uplink (issue 18): what each kind of call to AWS moves on the wire, TLS
+//! handshakes included, for ecr-edge (a helper process, the daemon with and without TLS session
+//! reuse) and for the incumbent ways (Debian's `docker-credential-ecr-login` per `get`, and the
+//! `aws ecr get-login-password | docker login` cron job every 11 hours), side by side; then a
+//! device's day under the default schedule.
+//!
+//! Counted by the fakes themselves (tests/support `Wire`: every byte read from or written to a
+//! client connection under TLS), so ecr-edge and the incumbents are measured by the same
+//! meter; the daemon's own counters agree byte for byte (tests/accounts.rs). Through the
+//! fakes' proxy the figures are the tunnel's contents: what a direct connection moves, without
+//! TCP/IP headers. A day is computed from the measured calls and the daemon's schedule
+//! (`schedule::refresh_delay`, the same function the daemon runs), simulated over a year.
+//!
+//! `cargo bench --bench bytes` (scripts/bench; `scripts/test` runs it in the dev profile, the
+//! numbers do not depend on it). `ECR_EDGE_AWSCLI` names the AWS CLI (else the copy
+//! `scripts/install-deps bench` keeps, else `aws` on `PATH`).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ecr_edge::internal::schedule;
+use support::iot::FakeIot;
+use support::Sandbox;
+
+const HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
+/// More registries behind the same API endpoint (same account, then two roles).
+const SECOND: &str = "123456789013.dkr.ecr.us-west-2.amazonaws.com";
+const APP: &str = "210987654321.dkr.ecr.us-west-2.amazonaws.com";
+const VENDOR: &str = "345678901234.dkr.ecr.us-west-2.amazonaws.com";
+const APP_ROLE: &str = "arn:aws:iam::210987654321:role/edge-pull";
+const VENDOR_ROLE: &str = "arn:aws:iam::345678901234:role/vendor-pull";
+const INCUMBENT: &str = "/usr/bin/docker-credential-ecr-login";
+/// AWS IoT role credentials last an hour by default (the role alias's
+/// credentialDurationSeconds); ecr-edge replaces them 5 minutes before they end.
+const IOT_LIFE_SECS: f64 = 3600.0;
+const IOT_MARGIN_SECS: f64 = 300.0;
+
+/// Bytes (sent by the client, received by it).
+#[derive(Clone, Copy, Debug, Default)]
+struct Bytes {
+    sent: u64,
+    received: u64,
+}
+
+impl Bytes {
+    fn total(self) -> u64 {
+        self.sent + self.received
+    }
+    fn minus(self, before: Bytes) -> Bytes {
+        Bytes {
+            sent: self.sent - before.sent,
+            received: self.received - before.received,
+        }
+    }
+}
+
+/// The fakes' wire totals for hosts starting with `prefix` (from the client's side).
+fn wire(sb: &Sandbox, prefix: &str) -> Bytes {
+    sb.fake
+        .wires()
+        .iter()
+        .filter(|(h, _)| h.starts_with(prefix))
+        .fold(Bytes::default(), |a, (_, w)| Bytes {
+            sent: a.sent + w.0,
+            received: a.received + w.1,
+        })
+}
+
+fn iot_wire(iot: &FakeIot) -> Bytes {
+    let (from, to, _) = iot.wire.totals();
+    Bytes {
+        sent: from,
+        received: to,
+    }
+}
+
+/// What running `f` moved to hosts starting with `prefix`.
+fn measure(sb: &Sandbox, prefix: &str, f: impl FnOnce()) -> Bytes {
+    let before = wire(sb, prefix);
+    f();
+    // The last close_notify records arrive just after the answer.
+    std::thread::sleep(Duration::from_millis(300));
+    wire(sb, prefix).minus(before)
+}
+
+fn get(sb: &Sandbox, program: &Path, host: &str) {
+    let out = support::run_with_input(sb.command_for(program, "get"), host.as_bytes());
+    assert!(
+        out.status.success(),
+        "{} get {host}: {}",
+        program.display(),
+        support::text(&out.stderr)
+    );
+}
+
+fn aws_cli() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ECR_EDGE_AWSCLI").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let kept = Path::new("/var/cache/ecr-edge-test/awscli/current/bin/aws");
+    if kept.exists() {
+        return Some(kept.to_owned());
+    }
+    Command::new("aws")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| PathBuf::from("aws"))
+}
+
+/// A running daemon, ready (`READY=1`), stopped on drop.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(sb: &mut Sandbox, config: &str) -> Daemon {
+        let path = sb.dir.path().join("daemon.toml");
+        std::fs::write(&path, config).unwrap();
+        sb.set("ECR_EDGE_CONFIG", Some(path.to_str().unwrap()));
+        let notify_path = sb.dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let child = Command::new(support::binary())
+            .arg("daemon")
+            .env_clear()
+            .envs(sb.vars.iter().map(|(k, v)| (k, v)))
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 512];
+        loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "daemon not ready"
+            );
+            if let Ok(n) = notify.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn row(what: &str, b: Bytes) {
+    println!(
+        "  {what:<62} {:>7} {:>9} {:>7}",
+        b.sent,
+        b.received,
+        b.total()
+    );
+}
+
+fn main() {
+    let mut sb = Sandbox::new();
+    sb.set("AWS_REGION", Some("us-west-2"));
+    println!("bytes on the uplink, against the local fakes (TLS and HTTP, handshakes included)");
+    println!("ecr-edge: {}", support::binary().display());
+    println!(
+        "\n  {:<62} {:>7} {:>9} {:>7}",
+        "one call", "sent", "received", "total"
+    );
+
+    // A helper process: nothing to resume, a full handshake every time.
+    let _ = std::fs::remove_dir_all(sb.cache_dir());
+    let helper = measure(&sb, "api.ecr.", || get(&sb, &sb.helper.clone(), HOST));
+    row(
+        "ecr-edge helper get, new process (full TLS handshake)",
+        helper,
+    );
+
+    // The incumbent helper, its cache emptied: one token call per get.
+    let incumbent = if Path::new(INCUMBENT).exists() {
+        let home = sb.dir.path().join("home");
+        let link = sb.dir.path().join("docker-credential-ecr-login");
+        let _ = std::os::unix::fs::symlink(INCUMBENT, &link);
+        let _ = std::fs::remove_dir_all(home.join(".ecr"));
+        let b = measure(&sb, "", || get(&sb, &link, HOST));
+        row("docker-credential-ecr-login get, cache empty", b);
+        Some(b)
+    } else {
+        println!("  (docker-credential-ecr-login not installed: scripts/install-deps bench)");
+        None
+    };
+
+    // The cron job: `aws ecr get-login-password` (then `docker login`, which talks to the
+    // registry, not to AWS, and is not counted here).
+    let cli = match aws_cli() {
+        Some(aws) => {
+            let ca = sb.dir.path().join("ca.pem");
+            let b = measure(&sb, "", || {
+                let out = Command::new(&aws)
+                    .args(["ecr", "get-login-password", "--region", "us-west-2"])
+                    .env_clear()
+                    .envs(sb.vars.iter().map(|(k, v)| (k, v)))
+                    .env("AWS_CA_BUNDLE", &ca)
+                    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                    .env("HOME", sb.dir.path())
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "aws ecr get-login-password: {}",
+                    support::text(&out.stderr)
+                );
+            });
+            row("aws ecr get-login-password (the cron job's AWS call)", b);
+            Some(b)
+        }
+        None => {
+            println!("  (aws CLI not installed: scripts/install-deps bench)");
+            None
+        }
+    };
+
+    // The daemon with static keys: its first call, then a second over the resumed session.
+    let config = format!("[daemon]\nregistries = [\"{HOST}\"]\n");
+    let before = wire(&sb, "api.ecr.");
+    let d = Daemon::start(&mut sb, &config);
+    let daemon_first = wire(&sb, "api.ecr.").minus(before);
+    let resumed = measure(&sb, "api.ecr.", || get(&sb, &sb.helper.clone(), SECOND));
+    drop(d);
+    row(
+        "ecr-edge daemon, first ECR call (full handshake)",
+        daemon_first,
+    );
+    row(
+        "ecr-edge daemon, later ECR call (TLS session resumed)",
+        resumed,
+    );
+    // Before session reuse: the same second call to an endpoint that offers none.
+    sb.ca.set_resumption(false);
+    let d = Daemon::start(&mut sb, &config);
+    let unresumed = measure(&sb, "api.ecr.", || get(&sb, &sb.helper.clone(), SECOND));
+    drop(d);
+    sb.ca.set_resumption(true);
+    row(
+        "ecr-edge daemon, later ECR call, no session reuse (before)",
+        unresumed,
+    );
+
+    // A device identity: IoT exchanges and role hops, full and resumed.
+    let (iot, iot_config) = support::iot::device(&mut sb);
+    sb.fake.add_role(APP_ROLE, None, &[support::ACCESS_KEY_ID]);
+    sb.fake
+        .add_role(VENDOR_ROLE, None, &[support::ACCESS_KEY_ID]);
+    // Credentials usable for 2 seconds (the exchange is repeated 300 s before they end), so
+    // the next call exchanges again over the same daemon's session.
+    iot.set_credentials_life(302);
+    let config = format!(
+        "{iot_config}[daemon]\nregistries = [\"{HOST}\"]\n\n\
+         [[registry]]\nhost = \"{APP}\"\nrole_arn = \"{APP_ROLE}\"\n\n\
+         [[registry]]\nhost = \"{VENDOR}\"\nrole_arn = \"{VENDOR_ROLE}\"\n"
+    );
+    let iot0 = iot_wire(&iot);
+    let d = Daemon::start(&mut sb, &config);
+    let iot_full = iot_wire(&iot).minus(iot0);
+    std::thread::sleep(Duration::from_secs(3));
+    let (iot1, sts1) = (iot_wire(&iot), wire(&sb, "sts."));
+    get(&sb, &sb.helper.clone(), APP);
+    std::thread::sleep(Duration::from_millis(300));
+    let iot_resumed = iot_wire(&iot).minus(iot1);
+    let sts_full = wire(&sb, "sts.").minus(sts1);
+    let sts2 = wire(&sb, "sts.");
+    get(&sb, &sb.helper.clone(), VENDOR);
+    std::thread::sleep(Duration::from_millis(300));
+    let sts_resumed = wire(&sb, "sts.").minus(sts2);
+    drop(d);
+    row(
+        "IoT credentials exchange, first (full mutual-TLS handshake)",
+        iot_full,
+    );
+    row(
+        "IoT credentials exchange, later (session resumed)",
+        iot_resumed,
+    );
+    row("role hop (sts:AssumeRole), first", sts_full);
+    row(
+        "role hop (sts:AssumeRole), later (session resumed)",
+        sts_resumed,
+    );
+
+    // A day: the default schedule's refreshes, simulated over a year.
+    let mut jitter = schedule::SeededJitter::new(18);
+    let life = schedule::usable_life(schedule::MAX_TOKEN_LIFE);
+    let days = 365.0;
+    let horizon = days * 86_400.0;
+    let simulate = |registries: usize, jitter: &mut schedule::SeededJitter| {
+        let mut next: Vec<f64> = vec![0.0; registries];
+        let (mut refreshes, mut exchanges) = (0u64, 0u64);
+        let mut creds_until = f64::NEG_INFINITY;
+        loop {
+            let (i, &t) = next
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap();
+            if t >= horizon {
+                break;
+            }
+            refreshes += 1;
+            if t >= creds_until {
+                exchanges += 1;
+                creds_until = t + IOT_LIFE_SECS - IOT_MARGIN_SECS;
+            }
+            next[i] = t + schedule::refresh_delay(life, jitter).as_secs_f64();
+        }
+        (refreshes as f64 / days, exchanges as f64 / days)
+    };
+    let (r1, x1) = simulate(1, &mut jitter);
+    let (r3, x3) = simulate(3, &mut jitter);
+    let per_day = |refreshes: f64, ecr: Bytes, exchanges: f64, iot: Bytes| {
+        refreshes * ecr.total() as f64 + exchanges * iot.total() as f64
+    };
+    println!(
+        "\n  a device-day, default schedule (\"ahead\": each token refreshed at 40-50 % of its \
+         life; {r1:.2} refreshes a day per registry; IoT credentials last {IOT_LIFE_SECS} s)"
+    );
+    println!("  {:<62} {:>9}", "", "bytes/day");
+    let day = |what: &str, v: f64| println!("  {what:<62} {:>9.0}", v);
+    day(
+        "ecr-edge, static keys, 1 registry",
+        per_day(r1, resumed, 0.0, iot_resumed),
+    );
+    day(
+        "ecr-edge, IoT identity, 1 registry",
+        per_day(r1, resumed, x1, iot_resumed),
+    );
+    day(
+        &format!("ecr-edge, IoT identity, 3 registries ({x3:.2} exchanges)"),
+        per_day(r3, resumed, x3, iot_resumed),
+    );
+    day(
+        "ecr-edge, IoT identity, 3 registries, 2 through roles",
+        per_day(r3, resumed, x3, iot_resumed) + 2.0 * r1 * sts_resumed.total() as f64,
+    );
+    day(
+        "ecr-edge, IoT identity, 1 registry, no session reuse (before)",
+        per_day(r1, unresumed, x1, iot_full),
+    );
+    day(
+        "ecr-edge, IoT identity, 3 registries, no session reuse (before)",
+        per_day(r3, unresumed, x3, iot_full),
+    );
+    day(
+        "ecr-edge, IoT identity, 3 registries, 2 through roles (before)",
+        per_day(r3, unresumed, x3, iot_full) + 2.0 * r1 * sts_full.total() as f64,
+    );
+    day(
+        "ecr-edge on-demand, IoT identity, 1 registry, one pull a day",
+        per_day(1.0, helper, 1.0, iot_full),
+    );
+    day("ecr-edge on-demand, no pull that day", 0.0);
+    if let Some(b) = incumbent {
+        day(
+            "docker-credential-ecr-login, per get with an empty cache",
+            b.total() as f64,
+        );
+        day(
+            "docker-credential-ecr-login, 2 gets a day (its 12 h cache)",
+            2.0 * b.total() as f64,
+        );
+    }
+    if let Some(b) = cli {
+        day(
+            "cron `aws ecr get-login-password | docker login` every 11 h",
+            86_400.0 / 39_600.0 * b.total() as f64,
+        );
+    }
+}
