@@ -277,3 +277,101 @@ fn one_real_call_per_source_naming_its_registries() {
         .count();
     assert_eq!(ecr, 2, "one real call per source: {calls:?}");
 }
+
+/// The command in `detail` that doctor says fixes it: the words of `(CMD fixes it)` or of
+/// `(run `CMD` …)`, without the leading `ecr-edge`.
+fn printed_fix(detail: &str) -> Vec<String> {
+    let cmd = if let Some((before, _)) = detail.split_once(" fixes it)") {
+        before.rsplit_once('(').map(|(_, c)| c).unwrap()
+    } else {
+        detail.split('`').nth(1).unwrap()
+    };
+    let words: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
+    assert_eq!(words[0], "ecr-edge", "{detail}");
+    words[1..].to_vec()
+}
+
+/// Runs a fix doctor printed, as the user would, in the sandbox.
+fn run_fix(sb: &Sandbox, words: &[String]) {
+    let mut c = sb.command_for(&support::binary(), &words[0]);
+    c.args(&words[1..]);
+    let out = support::run_with_input(c, b"");
+    assert!(
+        out.status.success(),
+        "{words:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Every fix doctor prints for a credHelpers key makes that check pass when run (issue 19:
+/// `configure --registry https://…/` used to add the bare key beside the bad one, so doctor
+/// kept failing), whichever helper the bad key named; and `--remove` takes both forms out.
+#[test]
+fn the_fixes_doctor_prints_for_credhelpers_make_it_pass() {
+    for bad in [
+        format!("https://{HOST}/"),
+        format!("https://{HOST}"),
+        format!("{HOST}/"),
+    ] {
+        for helper in ["ecr-edge", "ecr-login"] {
+            let mut sb = Sandbox::new();
+            path_with(&mut sb, &[]);
+            docker_config(&sb, &[(&bad, helper), ("gcr.io", "gcloud")]);
+            let (code, v) = doctor(&sb);
+            assert_eq!(code, 1, "{v:#}");
+            let failed = find(&v, "credHelpers", "fail");
+            assert_eq!(failed.len(), 1, "{bad} -> {helper}: {v:#}");
+            run_fix(&sb, &printed_fix(failed[0]));
+            let (_, v) = doctor(&sb);
+            assert!(
+                find(&v, "credHelpers", "fail").is_empty(),
+                "{bad} -> {helper} after the fix: {v:#}"
+            );
+            let file = sb.dir.path().join("home/.docker/config.json");
+            let json: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            assert_eq!(
+                json["credHelpers"],
+                serde_json::json!({ "gcr.io": "gcloud", HOST: "ecr-edge" }),
+                "{bad} -> {helper}"
+            );
+            // And the same form given to --remove takes the entry out.
+            docker_config(&sb, &[(&bad, "ecr-edge"), (HOST, "ecr-edge")]);
+            run_fix(
+                &sb,
+                &[
+                    "configure".into(),
+                    "--remove".into(),
+                    "--registry".into(),
+                    bad.clone(),
+                ],
+            );
+            let json: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            assert!(json.get("credHelpers").is_none(), "{bad}: {json}");
+        }
+    }
+}
+
+/// Doctor's warning about configured registries without an entry names `ecr-edge configure`;
+/// run, it adds them all and the warning goes.
+#[test]
+fn the_fix_for_configured_registries_without_an_entry_works() {
+    let mut sb = Sandbox::new();
+    path_with(&mut sb, &[]);
+    let other = "210987654321.dkr.ecr.eu-west-1.amazonaws.com";
+    let config = sb.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[daemon]\nregistries = [\"{HOST}\", \"{other}\"]\n"),
+    )
+    .unwrap();
+    sb.set("ECR_EDGE_CONFIG", Some(config.to_str().unwrap()));
+    docker_config(&sb, &[(HOST, "ecr-edge")]);
+    let (_, v) = doctor(&sb);
+    let warned = find(&v, "credHelpers", "warn");
+    assert_eq!(warned.len(), 1, "{v:#}");
+    assert!(warned[0].contains(other), "{}", warned[0]);
+    run_fix(&sb, &printed_fix(warned[0]));
+    let (_, v) = doctor(&sb);
+    assert!(find(&v, "credHelpers", "warn").is_empty(), "{v:#}");
+}

@@ -38,6 +38,14 @@ pub enum Change {
     /// A `credsStore` naming the helper being replaced, taken out (its ECR registries get
     /// `credHelpers` entries instead).
     StoreRemoved(String),
+    /// A key for the same registry that is not its bare host (`https://…/`, upper case, a
+    /// path): Docker never matched it, so it only hid the missing entry. Taken out.
+    Unmatched {
+        /// The key as it was.
+        key: String,
+        /// The helper it named.
+        helper: String,
+    },
 }
 
 impl fmt::Display for Change {
@@ -50,6 +58,10 @@ impl fmt::Display for Change {
             ),
             Change::Removed(h) => write!(f, "- credHelpers[\"{h}\"] = \"{HELPER_NAME}\""),
             Change::StoreRemoved(was) => write!(f, "- credsStore = \"{was}\""),
+            Change::Unmatched { key, helper } => write!(
+                f,
+                "- credHelpers[{key:?}] = {helper:?} (not a bare host: Docker never used it)"
+            ),
         }
     }
 }
@@ -72,6 +84,23 @@ pub fn edit(old: &str, hosts: &[String], remove: bool) -> Result<(String, Vec<Ch
         return Err(EditError::NotAnObject("credHelpers"));
     };
     for host in hosts {
+        // Keys that name this registry in another form never matched a pull: whatever helper
+        // they name, they go (doctor fails on them and prints this command as the fix).
+        let unmatched: Vec<String> = helpers
+            .keys()
+            .filter(|k| {
+                *k != host && crate::registry::Registry::parse(k).is_some_and(|r| r.host() == host)
+            })
+            .cloned()
+            .collect();
+        for key in unmatched {
+            if let Some(v) = helpers.shift_remove(&key) {
+                changes.push(Change::Unmatched {
+                    key,
+                    helper: v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                });
+            }
+        }
         match (remove, helpers.get(host)) {
             (false, Some(Value::String(v))) if v == HELPER_NAME => {}
             (false, existing) => {
