@@ -90,7 +90,8 @@ struct ConfigureArgs {
     /// The Docker config file [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]
     #[arg(long, value_name = "PATH")]
     docker_config: Option<PathBuf>,
-    /// Take the entries out instead (only entries naming ecr-edge).
+    /// Take the entries out instead (only entries naming ecr-edge); with --k3s or
+    /// --kubelet-config, the provider link and the configuration file configure made.
     #[arg(long, conflicts_with = "replace")]
     remove: bool,
     /// Move from another helper (`ecr-login`): its credHelpers entries name ecr-edge, and a
@@ -210,7 +211,20 @@ fn configure_command(args: ConfigureArgs, config: Option<&Path>) -> u8 {
         .collect();
     let kubelet = k3s || kubelet_config.is_some();
     let mut status = 0;
-    if k3s {
+    if remove && kubelet {
+        let mut layouts = Vec::new();
+        if k3s {
+            layouts.push(crate::commands::provider_setup::Layout::k3s(&root));
+        }
+        if let Some(path) = &kubelet_config {
+            layouts.push(crate::commands::provider_setup::Layout::kubelet(
+                &root, path,
+            ));
+        }
+        for layout in layouts {
+            status = status.max(remove_provider(&layout, dry_run));
+        }
+    } else if k3s {
         status = status.max(install_provider(
             &crate::commands::provider_setup::Layout::k3s(&root),
             &root,
@@ -218,7 +232,7 @@ fn configure_command(args: ConfigureArgs, config: Option<&Path>) -> u8 {
             dry_run,
         ));
     }
-    if let Some(path) = kubelet_config {
+    if let Some(path) = kubelet_config.filter(|_| !remove) {
         let layout = crate::commands::provider_setup::Layout::kubelet(&root, &path);
         status = status.max(install_provider(&layout, &root, &aliases, dry_run));
         if status == 0 {
@@ -386,6 +400,38 @@ fn install_provider(
         Ok(changes) => {
             for c in changes {
                 println!("{c}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("ecr-edge configure: {e}");
+            1
+        }
+    }
+}
+
+/// `configure --k3s --remove` / `--kubelet-config PATH --remove`: takes out the link and the
+/// configuration file `configure` made.
+fn remove_provider(layout: &crate::commands::provider_setup::Layout, dry_run: bool) -> u8 {
+    if dry_run {
+        println!(
+            "would remove {} (if it points to ecr-edge) and {} (if ecr-edge wrote it)",
+            layout
+                .bin_dir
+                .join(crate::frontend::kubelet::PROVIDER_NAME)
+                .display(),
+            layout.config.display()
+        );
+        return 0;
+    }
+    match crate::commands::provider_setup::uninstall(layout) {
+        Ok(removed) if removed.is_empty() => {
+            println!("{}: nothing of ecr-edge to remove", layout.config.display());
+            0
+        }
+        Ok(removed) => {
+            for r in removed {
+                println!("{r}");
             }
             0
         }

@@ -303,6 +303,76 @@ fn configure_k3s_installs_the_layout_k3s_looks_for() {
     assert!(!config.exists(), "nothing written when either is refused");
 }
 
+/// k3s with a `config.yaml` of the administrator's (issue 19, defect 3): the link is made
+/// anyway and the entry to add is printed; once the entry is added by hand, a rerun succeeds;
+/// `--remove` takes out our link and file (and the directories they left empty), never the
+/// administrator's file, and says when that file still names the provider.
+#[test]
+fn configure_k3s_with_an_existing_config_yaml_and_remove() {
+    let sb = Sandbox::new();
+    let root = sb.dir.path().join("rootfs");
+    let root_arg = root.to_str().unwrap();
+    let base = root.join("var/lib/rancher/credentialprovider");
+    let link = base.join("bin/ecr-edge-credential-provider");
+    let config = base.join("config.yaml");
+    std::fs::create_dir_all(&base).unwrap();
+    let theirs = "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\n\
+                  providers:\n  - name: other-provider\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n    matchImages:\n      - \"*.example.com\"\n";
+    std::fs::write(&config, theirs).unwrap();
+
+    let out = configure(&sb, &["--k3s", "--root", root_arg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("- name: ecr-edge-credential-provider") && err.contains("is in place"),
+        "{err}"
+    );
+    assert!(std::fs::read_link(&link).is_ok(), "the link was made");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), theirs);
+
+    // The administrator adds the printed entry; a rerun succeeds and changes nothing.
+    let entry: String = err
+        .lines()
+        .skip_while(|l| !l.starts_with("  - "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let with_us = format!("{theirs}{entry}");
+    std::fs::write(&config, &with_us).unwrap();
+    let out = configure(&sb, &["--k3s", "--root", root_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), with_us);
+
+    // Removing: our link goes, their file stays, and we say the entry is theirs to take out.
+    let out = configure(&sb, &["--k3s", "--remove", "--root", root_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("Take the ecr-edge-credential-provider entry out"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(std::fs::symlink_metadata(&link).is_err(), "link removed");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), with_us);
+    std::fs::write(&config, theirs).unwrap();
+    let out = configure(&sb, &["--k3s", "--remove", "--root", root_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), theirs);
+
+    // A layout configure wrote itself goes entirely, directories it left empty included.
+    std::fs::remove_dir_all(&base).unwrap();
+    let out = configure(&sb, &["--k3s", "--root", root_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = configure(&sb, &["--k3s", "--remove", "--root", root_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !root.join("var/lib/rancher").exists(),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = configure(&sb, &["--k3s", "--remove", "--root", root_arg]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("nothing of ecr-edge to remove"));
+}
+
 #[test]
 fn configure_kubelet_config_writes_the_file_and_names_the_flags() {
     let sb = Sandbox::new();

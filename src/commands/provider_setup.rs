@@ -124,9 +124,11 @@ pub fn install(
     let link = layout.bin_dir.join(PROVIDER_NAME);
     let text = provider_config_for(aliases);
     let mut changed = Vec::new();
-    // Check both before touching either.
+    // Check both before touching either. A configuration file of someone else's is never
+    // rewritten, but the link is ours to make either way: when that file names the provider
+    // (its entry added by hand), the kubelet runs it through this link.
     let link_ok = link_in_place(&link, binary)?;
-    let config_ok = config_in_place(&layout.config, &text)?;
+    let config = config_in_place(&layout.config, &text)?;
     if !link_ok {
         files::ensure_private_dir(&layout.bin_dir)?;
         let tmp = layout
@@ -140,15 +142,94 @@ pub fn install(
         })?;
         changed.push(format!("{} -> {}", link.display(), binary.display()));
     }
-    if !config_ok {
-        let dir = parent(&layout.config);
-        if !dir.exists() {
-            files::ensure_private_dir(&dir)?;
+    match config {
+        ConfigState::InPlace | ConfigState::TheirsNamingUs => {}
+        ConfigState::Write => {
+            let dir = parent(&layout.config);
+            if !dir.exists() {
+                files::ensure_private_dir(&dir)?;
+            }
+            files::write_atomic(&layout.config, text.as_bytes(), 0o600)?;
+            changed.push(format!("{} written", layout.config.display()));
         }
-        files::write_atomic(&layout.config, text.as_bytes(), 0o600)?;
-        changed.push(format!("{} written", layout.config.display()));
+        ConfigState::TheirsWithoutUs => {
+            return Err(InstallError::NotOurs {
+                path: layout.config.clone(),
+                hint: format!(
+                    "{}Add this provider to its providers list, then run this again:\n{}",
+                    if link_ok {
+                        String::new()
+                    } else {
+                        format!("The provider link {} is in place. ", link.display())
+                    },
+                    text.lines()
+                        .skip_while(|l| !l.starts_with("  - "))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+            })
+        }
     }
     Ok(changed)
+}
+
+/// Takes out what [`install`] put in place: the link, when it points to an ecr-edge binary,
+/// and the configuration file, when ecr-edge wrote it; then the bin directory and the
+/// configuration's directory when that left them empty. Returns what was removed.
+///
+/// # Errors
+/// [`InstallError::NotOurs`] when a configuration file of someone else's still names the
+/// provider (its entry must be taken out by hand: ecr-edge does not edit other people's
+/// YAML); [`InstallError::Files`] when a removal fails.
+pub fn uninstall(layout: &Layout) -> Result<Vec<String>, InstallError> {
+    let link = layout.bin_dir.join(PROVIDER_NAME);
+    let mut removed = Vec::new();
+    if let Ok(target) = std::fs::read_link(&link) {
+        // Absolute: made by `configure`. The packages' own link is relative and theirs.
+        if target.is_absolute() && target.file_name().is_some_and(|n| n == "ecr-edge") {
+            std::fs::remove_file(&link).map_err(files::io_err(&link))?;
+            removed.push(format!("{} removed", link.display()));
+        }
+    }
+    let state = config_in_place(&layout.config, "");
+    match state {
+        Ok(ConfigState::Write) if layout.config.exists() => {
+            std::fs::remove_file(&layout.config).map_err(files::io_err(&layout.config))?;
+            removed.push(format!("{} removed", layout.config.display()));
+        }
+        Ok(ConfigState::TheirsNamingUs) => {
+            return Err(InstallError::NotOurs {
+                path: layout.config.clone(),
+                hint: format!("Take the {PROVIDER_NAME} entry out of its providers list by hand."),
+            })
+        }
+        _ => {}
+    }
+    let mut dirs = vec![layout.bin_dir.clone(), parent(&layout.config)];
+    // k3s's parent, which `configure --k3s` creates on a host without k3s.
+    if let Some(rancher) = parent(&layout.config).parent() {
+        if rancher.ends_with("var/lib/rancher") {
+            dirs.push(rancher.to_owned());
+        }
+    }
+    for dir in dirs {
+        if std::fs::remove_dir(&dir).is_ok() {
+            removed.push(format!("{} removed (empty)", dir.display()));
+        }
+    }
+    Ok(removed)
+}
+
+/// What is at the configuration's path.
+enum ConfigState {
+    /// Ours, saying exactly what it should.
+    InPlace,
+    /// Missing, or ours and out of date: (re)write it.
+    Write,
+    /// Someone else's, and it names the provider: leave it, it works.
+    TheirsNamingUs,
+    /// Someone else's, without the provider: leave it; the user must add the entry.
+    TheirsWithoutUs,
 }
 
 /// Whether the link is already ours and right (`false`: it must be (re)made).
@@ -158,7 +239,12 @@ fn link_in_place(link: &Path, binary: &Path) -> Result<bool, InstallError> {
         Err(e) => Err(files::io_err(link)(e).into()),
         Ok(m) if m.file_type().is_symlink() => {
             let target = std::fs::read_link(link).map_err(files::io_err(link))?;
-            if target == binary {
+            let resolved = link.parent().map(|d| d.join(&target));
+            let same = |a: &Path| match (a.canonicalize(), binary.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            };
+            if target == binary || resolved.as_deref().is_some_and(same) {
                 Ok(true)
             } else if target.is_absolute() && target.file_name().is_some_and(|n| n == "ecr-edge") {
                 Ok(false) // an earlier install of ecr-edge elsewhere: repoint it
@@ -179,30 +265,31 @@ fn link_in_place(link: &Path, binary: &Path) -> Result<bool, InstallError> {
     }
 }
 
-/// Whether the file already says exactly `text` (`false`: it must be written).
-fn config_in_place(path: &Path, text: &str) -> Result<bool, InstallError> {
+/// What the configuration file at `path` is, against the `text` ecr-edge would write.
+fn config_in_place(path: &Path, text: &str) -> Result<ConfigState, InstallError> {
     let old = match files::read_limited(path, 256 * 1024) {
         Ok(old) => old,
         Err(FilesError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(false)
+            return Ok(ConfigState::Write)
         }
         Err(e) => return Err(e.into()),
     };
     if old == text.as_bytes() {
-        return Ok(true);
+        return Ok(ConfigState::InPlace);
     }
     if old.starts_with(MARKER.as_bytes()) {
-        return Ok(false);
+        return Ok(ConfigState::Write);
     }
-    Err(InstallError::NotOurs {
-        path: path.to_owned(),
-        hint: format!(
-            "Add this provider to its providers list:\n{}",
-            text.lines()
-                .skip_while(|l| !l.starts_with("  - "))
-                .collect::<Vec<_>>()
-                .join("\n")
-        ),
+    // A provider entry is `- name: <provider>` (or `name:` on a line of its own in the entry).
+    let names_us = String::from_utf8_lossy(&old).lines().any(|l| {
+        let l = l.trim_start().trim_start_matches("- ").trim();
+        l.strip_prefix("name:")
+            .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == PROVIDER_NAME)
+    });
+    Ok(if names_us {
+        ConfigState::TheirsNamingUs
+    } else {
+        ConfigState::TheirsWithoutUs
     })
 }
 
@@ -234,5 +321,17 @@ mod tests {
             "example has patterns the provider does not list"
         );
         assert!(example.contains(&format!("name: {PROVIDER_NAME}")));
+    }
+
+    #[test]
+    fn the_packages_recognise_the_files_configure_writes() {
+        // Their removal scripts take out a config.yaml only when its first line is MARKER.
+        for script in [
+            include_str!("../../packaging/deb/postrm"),
+            include_str!("../../packaging/rpm/postun.sh"),
+        ] {
+            assert!(script.contains(&format!("'{MARKER}'")));
+            assert!(script.contains(&format!("bin/{PROVIDER_NAME}")));
+        }
     }
 }

@@ -168,8 +168,11 @@ if [ "$PHASE" = main ]; then
   step "8. purge, then the wrong architecture"
   systemctl stop ecr-edge
   rm -rf /etc/systemd/system/ecr-edge.service.d /etc/ecr-edge/lab-ca.pem /etc/ecr-edge/device.pem.crt /etc/ecr-edge/private.pem.key
+  # The kubelet provider for k3s, made by configure: purging takes it out too.
+  check k3s_configured ecr-edge configure --k3s
+  check k3s_link test -L /var/lib/rancher/credentialprovider/bin/ecr-edge-credential-provider
   check purge dpkg --purge ecr-edge
-  check nothing_left sh -c '! ls -d /etc/ecr-edge /usr/bin/ecr-edge /usr/libexec/ecr-edge /run/ecr-edge 2>/dev/null && ! getent passwd ecr-edge'
+  check nothing_left sh -c '! ls -d /etc/ecr-edge /usr/bin/ecr-edge /usr/libexec/ecr-edge /run/ecr-edge /var/lib/rancher 2>/dev/null && ! getent passwd ecr-edge'
   # Only where the CPU cannot run the other package: an arm64 CPU runs armhf programs (the
   # armhf package installs there, as on a Raspberry Pi with a 64-bit kernel), an armhf one
   # cannot run arm64 programs.

@@ -58,7 +58,7 @@ complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l kubelet-
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l root -d 'With --k3s or --kubelet-config: install under DIR (an image\'s root file system)' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l containers -d 'Also the containers auth file ($REGISTRY_AUTH_FILE or ~/.config/containers/auth.json)'
-complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l remove -d 'Take the entries out instead (only entries naming ecr-edge)'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l remove -d 'Take the entries out instead (only entries naming ecr-edge); with --k3s or --kubelet-config, the provider link and the configuration file configure made'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l dry-run -d 'Print the changes without writing'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -l k3s -d 'Install the kubelet image credential provider for k3s: the provider link and config.yaml in /var/lib/rancher/credentialprovider (k3s uses them when both exist)'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand configure" -s h -l help -d 'Print help'
