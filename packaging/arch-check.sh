@@ -9,6 +9,7 @@ if [ -z "${DPKG_ROOT:-}" ] && [ -z "${ECR_EDGE_SKIP_ARCH_CHECK:-}" ]; then
 	if ! "$probe" 2>/dev/null; then
 		rm -f "$probe"
 		echo "ecr-edge: this package is built for @ARCH@ (@TRIPLE@), and this machine ($(uname -m)) cannot run @ARCH@ programs." >&2
+		@MINIMUM@
 		echo "ecr-edge: install the ecr-edge package built for this machine's architecture instead." >&2
 		exit 1
 	fi

@@ -7,10 +7,12 @@ architecture, which only calls exit(0). If the machine can run it (natively, thr
 compatibility mode, or through binfmt_misc and qemu), it can run ecr-edge; if exec fails, the
 install is refused before anything is unpacked. Asking the kernel is the only exact test: an
 arm64 machine may or may not run armhf code (many recent cores have no AArch32), and
-`uname -m` cannot tell.
+`uname -m` cannot tell. The armhf probe also refuses ARMv6 cores, whose kernels do run armhf
+(EABI, hard float) programs but not ARMv7 instructions.
 
 Usage: probe.py ARCH   (deb or rpm name: amd64/x86_64, arm64/aarch64, armhf/armv7hl)
 Prints the probe as a printf(1) format string of octal escapes.
+       probe.py --minimum ARCH   prints the CPUs ARCH needs, in words (empty: no note)
 """
 
 import struct
@@ -22,8 +24,11 @@ ARCHES = {
     "x86_64": (64, 62, 0, bytes.fromhex("31ffb83c0000000f05")),
     # movz x0,#0; movz x8,#93 (exit); svc #0
     "aarch64": (64, 183, 0, struct.pack("<3I", 0xD2800000, 0xD2800BA8, 0xD4000001)),
-    # mov r0,#0; mov r7,#1 (exit); svc #0  -- ARM state, EABI version 5, hard float
-    "armv7": (32, 40, 0x05000400, struct.pack("<3I", 0xE3A00000, 0xE3A07001, 0xEF000000)),
+    # dmb ish; mov r0,#0; mov r7,#1 (exit); svc #0  -- ARM state, EABI version 5, hard float.
+    # DMB is an ARMv7 instruction: an ARMv6 core (Raspberry Pi 1, Zero, Zero W) faults on it,
+    # as it would on the armv7 binary's own code, so the package is refused there.
+    "armv7": (32, 40, 0x05000400,
+              struct.pack("<4I", 0xF57FF05B, 0xE3A00000, 0xE3A07001, 0xEF000000)),
 }
 ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7", "armv7hl": "armv7"}
 BASE = 0x10000  # load address: above the usual vm.mmap_min_addr
@@ -50,9 +55,19 @@ def elf(cls, machine, flags, code):
     return header + phdr + code
 
 
+# A line for the refusal message: what the package's architecture name means in CPUs.
+MINIMUM = {
+    "armv7": "ARMv7 or newer CPU (Raspberry Pi 2 and newer, Zero 2 W); "
+             "ARMv6 boards (Raspberry Pi 1, Zero, Zero W) cannot run it",
+}
+
+
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3) or (len(sys.argv) == 2) == (sys.argv[1] == "--minimum"):
         sys.exit(__doc__)
+    if sys.argv[1] == "--minimum":  # the CPUs the package needs, in words (empty: any)
+        print(MINIMUM.get(ALIASES.get(sys.argv[2], sys.argv[2]), ""))
+        return
     arch = ALIASES.get(sys.argv[1], sys.argv[1])
     if arch not in ARCHES:
         sys.exit(f"probe.py: unknown architecture {sys.argv[1]!r}")

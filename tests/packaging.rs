@@ -196,3 +196,53 @@ fn declared_rust_version_covers_every_dependency() {
         "raise rust-version in Cargo.toml (and check Yocto's Rust): {needing_more:?}"
     );
 }
+
+/// The rpm enables the service through presets (issue 19, defect 4): under Fedora's and
+/// RHEL's `99-default.preset` (`disable *`), `systemctl preset` — what the rpm's %post runs —
+/// leaves the unit disabled unless the package's own preset file, listed in the rpm's assets,
+/// says `enable`. Checked with the real systemctl on an offline root (`--root`).
+#[test]
+fn the_rpm_preset_enables_the_unit_where_fedora_disables_the_rest() {
+    let manifest = std::fs::read_to_string(Path::new(ROOT).join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains(r#"source = "packaging/ecr-edge.preset", dest = "/usr/lib/systemd/system-preset/80-ecr-edge.preset""#),
+        "the rpm does not install the preset"
+    );
+    let enabled = |with_ours: bool| {
+        let root = tempfile::tempdir().unwrap();
+        let units = root.path().join("usr/lib/systemd/system");
+        let presets = root.path().join("usr/lib/systemd/system-preset");
+        std::fs::create_dir_all(&units).unwrap();
+        std::fs::create_dir_all(&presets).unwrap();
+        std::fs::create_dir_all(root.path().join("etc/systemd/system")).unwrap();
+        std::fs::copy(
+            Path::new(ROOT).join("packaging/ecr-edge.service"),
+            units.join("ecr-edge.service"),
+        )
+        .unwrap();
+        std::fs::write(presets.join("99-default.preset"), "disable *\n").unwrap();
+        if with_ours {
+            std::fs::copy(
+                Path::new(ROOT).join("packaging/ecr-edge.preset"),
+                presets.join("80-ecr-edge.preset"),
+            )
+            .unwrap();
+        }
+        let out = std::process::Command::new("systemctl")
+            .arg(format!("--root={}", root.path().display()))
+            .args(["preset", "ecr-edge.service"])
+            .output()
+            .expect("systemctl (scripts/install-deps units installs systemd)");
+        assert!(
+            out.status.success(),
+            "systemctl preset: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        root.path()
+            .join("etc/systemd/system/multi-user.target.wants/ecr-edge.service")
+            .symlink_metadata()
+            .is_ok()
+    };
+    assert!(!enabled(false), "Fedora's presets alone disable it");
+    assert!(enabled(true), "the package's preset enables it");
+}

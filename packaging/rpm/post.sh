@@ -13,8 +13,10 @@ if [ ! -e /usr/libexec/ecr-edge/ecr-edge-credential-provider ] && [ ! -L /usr/li
 fi
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload >/dev/null 2>&1 || :
-	# First install: follow the distribution's presets (as %systemd_post does). The unit's
-	# ExecCondition keeps it stopped until /etc/ecr-edge/config.toml has a [daemon] section.
+	# First install: follow the presets (as %systemd_post does); the package's own
+	# 80-ecr-edge.preset enables the unit, where Fedora's 99-default.preset would disable it.
+	# The unit's ExecCondition keeps it stopped until /etc/ecr-edge/config.toml has a
+	# [daemon] section.
 	if [ "$1" -eq 1 ]; then
 		systemctl --no-reload preset ecr-edge.service >/dev/null 2>&1 || :
 	fi
