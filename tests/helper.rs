@@ -770,3 +770,35 @@ fn a_bad_variable_is_the_same_error_everywhere() {
         );
     }
 }
+
+/// At debug level a helper logs what its call to AWS moved (issue 18): one line per endpoint
+/// kind, the same bytes the fake counted on its side (the helper exits before the TLS close
+/// finishes, so what it received may lack the endpoint's close_notify).
+#[test]
+fn a_helper_logs_its_uplink_bytes_at_debug_level() {
+    let mut sb = Sandbox::new();
+    sb.set("ECR_EDGE_LOG", Some("debug"));
+    sb.set("ECR_EDGE_SOCKET", Some(""));
+    let out = sb.helper("get", HOST.as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("traffic to AWS in this process") && l.contains("endpoint=\"ecr\""))
+        .unwrap_or_else(|| panic!("no traffic line:\n{err}"));
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    let (from, _, connections) = sb.fake.wire("api.ecr.us-west-2.amazonaws.com");
+    assert_eq!(field("connections"), connections);
+    assert_eq!(field("requests"), 1);
+    // Everything up to the request was sent before the log line; the close_notify after it.
+    assert!(
+        field("bytes_sent") <= from && from - field("bytes_sent") <= 64,
+        "{line}; the fake read {from}"
+    );
+    assert!(field("bytes_received") > 500, "{line}");
+}

@@ -169,6 +169,33 @@ fn promtool_accepts_the_metrics_of_a_running_daemon() {
         metrics.contains("ecr_edge_build_info{version=\"0.1.0\",target=\""),
         "{metrics}"
     );
+    // Upstream traffic: what status says, and the fake's wire agrees on the bytes received.
+    let ecr = status["upstream"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["endpoint"] == "ecr")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        sample(
+            &metrics,
+            "ecr_edge_upstream_requests_total",
+            "endpoint=\"ecr\""
+        ),
+        ecr["requests"].as_f64()
+    );
+    assert!(ecr["requests"].as_u64().unwrap() >= 2, "{ecr}");
+    assert!(
+        sample(
+            &metrics,
+            "ecr_edge_upstream_received_bytes_total",
+            "endpoint=\"ecr\""
+        )
+        .unwrap()
+            > 500.0,
+        "{metrics}"
+    );
     assert!(
         !metrics.contains(&sb.fake.password()),
         "no secret in metrics"
