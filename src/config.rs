@@ -641,7 +641,7 @@ allowed_uids = [0, 1000]
 backoff_max = 60
 [[daemon.sink]]
 kind = "docker-auths"
-path = "/etc/rancher/k3s/auth.json"
+path = "/root/.docker/config.json"
 [[daemon.sink]]
 kind = "containers-auth"
 path = "/run/containers/0/auth.json"

@@ -246,3 +246,72 @@ fn the_rpm_preset_enables_the_unit_where_fedora_disables_the_rest() {
     assert!(!enabled(false), "Fedora's presets alone disable it");
     assert!(enabled(true), "the package's preset enables it");
 }
+
+/// The README's by-hand install (issue 19, defect 1): the unit, installed with the README's
+/// own command, starts the binary where the README's install step put it (it used to name
+/// /usr/bin/ecr-edge while the binary went to /usr/local/bin, so the service could not start).
+#[test]
+fn the_readmes_by_hand_unit_runs_the_binary_it_installed() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let installed = readme
+        .lines()
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix("sudo install -m 0755 ")?;
+            rest.split_whitespace().nth(1).map(str::to_owned)
+        })
+        .expect("the README's by-hand install step");
+    let expr = readme
+        .lines()
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix("sed '")?;
+            let (expr, tail) = rest.split_once('\'')?;
+            tail.contains("packaging/ecr-edge.service")
+                .then(|| expr.to_owned())
+        })
+        .expect("the README's unit install command");
+    let out = std::process::Command::new("sed")
+        .arg(&expr)
+        .arg(Path::new(ROOT).join("packaging/ecr-edge.service"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let unit = String::from_utf8(out.stdout).unwrap();
+    let mut execs = 0;
+    for line in unit.lines() {
+        if let Some(cmd) = line
+            .strip_prefix("ExecStart=")
+            .or_else(|| line.strip_prefix("ExecCondition="))
+        {
+            execs += 1;
+            assert_eq!(
+                cmd.split_whitespace().next(),
+                Some(installed.as_str()),
+                "{line}"
+            );
+        }
+    }
+    assert_eq!(execs, 2, "{unit}");
+}
+
+/// The Yocto README's image installs podman, which only meta-virtualization provides (issue
+/// 19, defect 6): its steps add that layer and the meta-openembedded layers it depends on
+/// (meta-virtualization's own README lists them), before the image line uses it.
+#[test]
+fn the_yocto_readme_adds_the_layers_its_image_needs() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("yocto/README.md")).unwrap();
+    let image = readme
+        .find("IMAGE_INSTALL:append = \" ecr-edge podman\"")
+        .expect("the image line");
+    for layer in [
+        "meta-openembedded/meta-oe",
+        "meta-openembedded/meta-python",
+        "meta-openembedded/meta-networking",
+        "meta-openembedded/meta-filesystems",
+        "add-layer ../meta-virtualization",
+    ] {
+        let at = readme
+            .find(layer)
+            .unwrap_or_else(|| panic!("the steps never add {layer}"));
+        assert!(at < image, "{layer} is added after the image line uses it");
+    }
+}
