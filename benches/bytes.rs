@@ -18,10 +18,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use ecr_edge::internal::schedule;
 use support::iot::FakeIot;
@@ -114,55 +113,6 @@ fn aws_cli() -> Option<PathBuf> {
         .map(|_| PathBuf::from("aws"))
 }
 
-/// A running daemon, ready (`READY=1`), stopped on drop.
-struct Daemon(std::process::Child);
-
-impl Daemon {
-    fn start(sb: &mut Sandbox, config: &str) -> Daemon {
-        let path = sb.dir.path().join("daemon.toml");
-        std::fs::write(&path, config).unwrap();
-        sb.set("ECR_EDGE_CONFIG", Some(path.to_str().unwrap()));
-        let notify_path = sb.dir.path().join("notify.sock");
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let child = Command::new(support::binary())
-            .arg("daemon")
-            .env_clear()
-            .envs(sb.vars.iter().map(|(k, v)| (k, v)))
-            .env("NOTIFY_SOCKET", &notify_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        let mut buf = [0u8; 512];
-        loop {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon not ready"
-            );
-            if let Ok(n) = notify.recv(&mut buf) {
-                if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-                    break;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        Daemon(child)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
-
 fn row(what: &str, b: Bytes) {
     println!(
         "  {what:<68} {:>7} {:>9} {:>7}",
@@ -237,7 +187,7 @@ fn main() {
     // The daemon with static keys: its first call, then a second over the resumed session.
     let config = format!("[daemon]\nregistries = [\"{HOST}\"]\n");
     let before = wire(&sb, "api.ecr.");
-    let d = Daemon::start(&mut sb, &config);
+    let d = support::RunningDaemon::start(&mut sb, &config);
     let daemon_first = wire(&sb, "api.ecr.").minus(before);
     let resumed = measure(&sb, "api.ecr.", || get(&sb, &sb.helper.clone(), SECOND));
     drop(d);
@@ -253,7 +203,7 @@ fn main() {
     // either). "Before session reuse" below is a full handshake on every call against an
     // endpoint that does offer it: the daemon's first call.
     sb.ca.set_resumption(false);
-    let d = Daemon::start(&mut sb, &config);
+    let d = support::RunningDaemon::start(&mut sb, &config);
     let unresumed = measure(&sb, "api.ecr.", || get(&sb, &sb.helper.clone(), SECOND));
     drop(d);
     sb.ca.set_resumption(true);
@@ -276,7 +226,7 @@ fn main() {
          [[registry]]\nhost = \"{VENDOR}\"\nrole_arn = \"{VENDOR_ROLE}\"\n"
     );
     let iot0 = iot_wire(&iot);
-    let d = Daemon::start(&mut sb, &config);
+    let d = support::RunningDaemon::start(&mut sb, &config);
     let iot_full = iot_wire(&iot).minus(iot0);
     std::thread::sleep(Duration::from_secs(3));
     let (iot1, sts1) = (iot_wire(&iot), wire(&sb, "sts."));

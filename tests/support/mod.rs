@@ -21,7 +21,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::hmac;
 
@@ -1223,4 +1223,56 @@ pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Output {
 /// Text of a byte string, for messages.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// A running `ecr-edge daemon` of a [`Sandbox`], ready (`READY=1`), stopped on drop (for the
+/// benchmarks and the demo; the tests' own, with more to inspect, is tests/daemon.rs).
+pub struct RunningDaemon(std::process::Child);
+
+impl RunningDaemon {
+    /// Writes `config` to the sandbox, starts `ecr-edge daemon` with it and waits for
+    /// `READY=1`.
+    pub fn start(sb: &mut Sandbox, config: &str) -> RunningDaemon {
+        let path = sb.dir.path().join("daemon.toml");
+        std::fs::write(&path, config).unwrap();
+        sb.set("ECR_EDGE_CONFIG", Some(path.to_str().unwrap()));
+        let notify_path = sb.dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let child = command(&binary())
+            .arg("daemon")
+            .env_clear()
+            .envs(sb.vars.iter().map(|(k, v)| (k, v)))
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 512];
+        loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "daemon not ready"
+            );
+            if let Ok(n) = notify.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        RunningDaemon(child)
+    }
+}
+
+impl Drop for RunningDaemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
 }
