@@ -75,7 +75,13 @@ fn images() -> Result<PathBuf, String> {
 }
 
 fn deb(arch: &str) -> PathBuf {
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pkg/out");
+    deb_in("target/pkg/out", arch)
+}
+
+/// The package in `dir` (under the clone) for `arch`: `target/pkg/out` the shipped ones,
+/// `target/pkg/next` their next revision (for the upgrade).
+fn deb_in(dir: &str, arch: &str) -> PathBuf {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     std::fs::read_dir(&out)
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/package)", out.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -167,6 +173,11 @@ fn boot(
     let input = payload.join("in");
     std::fs::create_dir_all(&input).unwrap();
     std::fs::copy(deb(guest.deb_arch), input.join("ecr-edge.deb")).unwrap();
+    std::fs::copy(
+        deb_in("target/pkg/next", guest.deb_arch),
+        input.join("ecr-edge-next.deb"),
+    )
+    .unwrap();
     if let Some(wrong) = guest.wrong_deb_arch {
         std::fs::copy(deb(wrong), input.join("wrong.deb")).unwrap();
     }

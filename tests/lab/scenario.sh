@@ -165,6 +165,26 @@ if [ "$PHASE" = main ]; then
   SSL_CERT_FILE=/etc/ecr-edge/lab-ca.pem ecr-edge doctor --json > "$out/doctor.json"
   result doctor_exit $?
 
+  step "7. upgrade: the next revision installed over the running daemon"
+  pid=$(daemon_pid)
+  next=$(dpkg-deb -f "$in/ecr-edge-next.deb" Version)
+  check upgrade dpkg -i "$in/ecr-edge-next.deb"
+  check upgraded_version test "$(dpkg-query -W -f '${Version}' ecr-edge)" = "$next"
+  sleep 2
+  check upgrade_active systemctl is-active ecr-edge
+  check upgrade_restarted test "$(daemon_pid)" != "$pid"
+  # The daemon runs the file dpkg just unpacked (a new inode), not the deleted old one.
+  check upgrade_new_binary test "$(stat -L -c %i "/proc/$(daemon_pid)/exe")" = "$(stat -c %i /usr/bin/ecr-edge)"
+  check conffile_kept grep -qx 'backoff_max = 5' /etc/ecr-edge/config.toml
+  refetched=fail
+  for _ in $(seq 30); do
+    if ecr-edge status --json | grep -q '"expires_at": *[0-9]'; then refetched=pass; break; fi
+    sleep 1
+  done
+  result upgrade_token_refetched "$refetched"
+  out_up=$(get_as alice 2>/dev/null || true)
+  check upgrade_alice_served grep -q '"Secret"' <<<"$out_up"
+
   step "8. purge, then the wrong architecture"
   systemctl stop ecr-edge
   rm -rf /etc/systemd/system/ecr-edge.service.d /etc/ecr-edge/lab-ca.pem /etc/ecr-edge/device.pem.crt /etc/ecr-edge/private.pem.key
