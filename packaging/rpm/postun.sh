@@ -10,7 +10,8 @@ if [ "$1" -eq 0 ]; then
 	fi
 	# What `ecr-edge configure --k3s` made (only if it still is ours): the provider link, which
 	# would dangle, and the config.yaml it wrote; then the directories if that left them empty.
-	k3s="/var/lib/rancher/credentialprovider"
+	rancher="/var/lib/rancher"
+	k3s="$rancher/credentialprovider"
 	if [ "$(readlink "$k3s/bin/ecr-edge-credential-provider" 2>/dev/null)" = /usr/bin/ecr-edge ]; then
 		rm -f "$k3s/bin/ecr-edge-credential-provider"
 	fi
@@ -21,7 +22,7 @@ if [ "$1" -eq 0 ]; then
 	fi
 	rmdir "$k3s/bin" 2>/dev/null || :
 	rmdir "$k3s" 2>/dev/null || :
-	rmdir "$k3s/.." 2>/dev/null || :
+	rmdir "$rancher" 2>/dev/null || :
 	# cargo-generate-rpm 0.21 cannot mark directories as owned (its `dir` assets fail with the
 	# rpm crate it uses), so rpm leaves them; remove ours when empty, as rpm would. An
 	# administrator's files keep /etc/ecr-edge.
