@@ -515,7 +515,7 @@ fn configure(
                 hosts.push(h.clone());
             }
         }
-        if hosts.is_empty() && replace.is_none() {
+        if hosts.is_empty() && replace.is_none() && !remove {
             eprintln!(
                 "ecr-edge configure: name at least one --registry HOST (or --account and \
                  --region), add [[registry]] tables or [daemon] registries to the \
@@ -562,11 +562,32 @@ fn configure(
         }
     }
     let mut status = 0;
+    // What --replace took over, per file, so that --remove gives it back.
+    let records = crate::commands::configure::Records::open();
     for path in targets {
-        let result = match replace {
-            Some(from) => crate::commands::configure::apply_replace(&path, from, &hosts, dry_run),
-            None => crate::commands::configure::apply(&path, &hosts, remove, dry_run),
+        let result = match (replace, &records) {
+            (Some(from), _) => {
+                crate::commands::configure::apply_replace(&path, from, &hosts, dry_run)
+            }
+            (None, Some(records)) if remove => {
+                let record = records.get(&path);
+                crate::commands::configure::apply_remove(&path, &record, &hosts, dry_run)
+            }
+            (None, _) => crate::commands::configure::apply(&path, &hosts, remove, dry_run),
         };
+        if let (Ok(changes), Some(records), false) = (&result, &records, dry_run) {
+            let kept = match (replace, remove) {
+                (Some(_), _) => records.note(&path, changes),
+                (None, true) => records.forget(&path),
+                _ => Ok(()),
+            };
+            if let Err(e) = kept {
+                eprintln!(
+                    "ecr-edge configure: warning: {e}; `configure --remove` will not know which \
+                     entries to give back to the helper they named"
+                );
+            }
+        }
         match result {
             Ok(changes) if changes.is_empty() => println!("{}: already up to date", path.display()),
             Ok(changes) => {

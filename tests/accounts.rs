@@ -551,6 +551,18 @@ fn configure_replace_moves_from_ecr_login() {
         "{}",
         text(&out.stdout)
     );
+    // --remove gives the entries back to ecr-login (issue 19): the file is as it was.
+    let out = configure(&sb, &["--remove"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!(
+            "~ credHelpers[\"{BASE}\"] = \"ecr-login\" (given back: was \"ecr-edge\")"
+        )),
+        "{}",
+        text(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v, before, "restored");
 
     // credsStore ecr-login: per-registry entries for the ECR hosts among auths, store gone.
     let store = format!(
@@ -571,6 +583,19 @@ fn configure_replace_moves_from_ecr_login() {
     }
     assert!(v["credHelpers"].get("docker.io").is_none());
     assert_eq!(v["auths"].as_object().unwrap().len(), 3, "auths kept");
+    // --remove puts the store back and takes out the entries added in its place.
+    let out = configure(&sb, &["--remove"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let before: serde_json::Value = serde_json::from_str(&store).unwrap();
+    assert_eq!(v, before, "restored: {}", text(&out.stdout));
+    assert!(
+        !sb.dir
+            .path()
+            .join("home/.config/ecr-edge/replaced.json")
+            .exists(),
+        "nothing left to give back, no record kept"
+    );
     // --remove with --replace is refused.
     let out = configure(&sb, &["--replace", "ecr-login", "--remove"]);
     assert_eq!(out.status.code(), Some(2));

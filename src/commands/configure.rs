@@ -38,6 +38,15 @@ pub enum Change {
     /// A `credsStore` naming the helper being replaced, taken out (its ECR registries get
     /// `credHelpers` entries instead).
     StoreRemoved(String),
+    /// An entry `--replace` took from another helper, given back by `--remove`.
+    Restored {
+        /// The registry host.
+        host: String,
+        /// The helper it names again.
+        helper: String,
+    },
+    /// The `credsStore` `--replace` took out, put back by `--remove`.
+    StoreRestored(String),
     /// A key for the same registry that is not its bare host (`https://…/`, upper case, a
     /// path): Docker never matched it, so it only hid the missing entry. Taken out.
     Unmatched {
@@ -58,6 +67,11 @@ impl fmt::Display for Change {
             ),
             Change::Removed(h) => write!(f, "- credHelpers[\"{h}\"] = \"{HELPER_NAME}\""),
             Change::StoreRemoved(was) => write!(f, "- credsStore = \"{was}\""),
+            Change::Restored { host, helper } => write!(
+                f,
+                "~ credHelpers[\"{host}\"] = \"{helper}\" (given back: was \"{HELPER_NAME}\")"
+            ),
+            Change::StoreRestored(was) => write!(f, "+ credsStore = \"{was}\" (given back)"),
             Change::Unmatched { key, helper } => write!(
                 f,
                 "- credHelpers[{key:?}] = {helper:?} (not a bare host: Docker never used it)"
@@ -164,6 +178,192 @@ pub fn replace(old: &str, from: &str) -> Result<(String, Vec<Change>), EditError
     let (text, more) = edit(&to_text(root)?, &hosts, false)?;
     changes.extend(more);
     Ok((text, changes))
+}
+
+/// What `--replace` took over in one auth file, so that `--remove` can give it back: the
+/// entries that named another helper, a `credsStore` taken out, and the entries added in its
+/// place. Kept by ecr-edge (see [`Records`]), not in the auth file: Docker rewrites that file
+/// and drops keys it does not know.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Replaced {
+    /// Host -> the helper its entry named before.
+    #[serde(default)]
+    pub helpers: std::collections::BTreeMap<String, String>,
+    /// The `credsStore` taken out.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// Entries added for the registries that store served.
+    #[serde(default)]
+    pub added: Vec<String>,
+}
+
+impl Replaced {
+    /// Adds what one `--replace` changed (an earlier record of a host is kept: it is the
+    /// original).
+    fn note(&mut self, changes: &[Change]) {
+        let store_removed = changes.iter().any(|c| matches!(c, Change::StoreRemoved(_)));
+        for c in changes {
+            match c {
+                Change::Replaced { host, was } => {
+                    self.helpers
+                        .entry(host.clone())
+                        .or_insert_with(|| was.clone());
+                }
+                Change::StoreRemoved(was) => self.store = Some(was.clone()),
+                Change::Added(host) if store_removed && !self.added.contains(host) => {
+                    self.added.push(host.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.helpers.is_empty() && self.store.is_none() && self.added.is_empty()
+    }
+}
+
+/// Gives back what `record` says `--replace` took, where ecr-edge still holds it: entries that
+/// still name ecr-edge name their old helper again, the `credsStore` comes back (unless one was
+/// set since) and the entries added in its place go.
+///
+/// # Errors
+/// As [`edit`].
+pub fn restore(old: &str, record: &Replaced) -> Result<(String, Vec<Change>), EditError> {
+    let mut root = parse_object(old)?;
+    let mut changes = Vec::new();
+    if let Some(Value::Object(helpers)) = root.get_mut("credHelpers") {
+        for (host, helper) in &record.helpers {
+            if helpers.get(host).and_then(Value::as_str) == Some(HELPER_NAME) {
+                helpers.insert(host.clone(), Value::String(helper.clone()));
+                changes.push(Change::Restored {
+                    host: host.clone(),
+                    helper: helper.clone(),
+                });
+            }
+        }
+        if record.store.is_some() {
+            for host in &record.added {
+                if helpers.get(host).and_then(Value::as_str) == Some(HELPER_NAME) {
+                    helpers.shift_remove(host);
+                    changes.push(Change::Removed(host.clone()));
+                }
+            }
+        }
+        if helpers.is_empty() {
+            root.shift_remove("credHelpers");
+        }
+    }
+    if let Some(store) = &record.store {
+        if !root.contains_key("credsStore") {
+            root.insert("credsStore".into(), Value::String(store.clone()));
+            changes.push(Change::StoreRestored(store.clone()));
+        }
+    }
+    Ok((to_text(root)?, changes))
+}
+
+/// The records of what `--replace` took, per auth file: `$XDG_CONFIG_HOME/ecr-edge/replaced.json`
+/// (else `~/.config/ecr-edge/replaced.json`), written atomically, mode 0600.
+pub struct Records {
+    path: PathBuf,
+}
+
+impl Records {
+    /// This user's records, if there is a home to keep them in.
+    pub fn open() -> Option<Records> {
+        let dir = std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| home().map(|h| h.join(".config")))?;
+        Some(Records {
+            path: dir.join("ecr-edge/replaced.json"),
+        })
+    }
+
+    fn load(&self) -> std::collections::BTreeMap<String, Replaced> {
+        crate::store::files::read_limited(&self.path, 1 << 20)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// The record for `file`.
+    pub fn get(&self, file: &Path) -> Replaced {
+        self.load()
+            .remove(&file.display().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Adds `changes` of a `--replace` on `file`.
+    ///
+    /// # Errors
+    /// The records cannot be written.
+    pub fn note(
+        &self,
+        file: &Path,
+        changes: &[Change],
+    ) -> Result<(), crate::store::files::FilesError> {
+        let mut all = self.load();
+        all.entry(file.display().to_string())
+            .or_default()
+            .note(changes);
+        self.save(&all)
+    }
+
+    /// Forgets `file`'s record (its entries were given back).
+    ///
+    /// # Errors
+    /// The records cannot be written.
+    pub fn forget(&self, file: &Path) -> Result<(), crate::store::files::FilesError> {
+        let mut all = self.load();
+        if all.remove(&file.display().to_string()).is_none() {
+            return Ok(());
+        }
+        self.save(&all)
+    }
+
+    fn save(
+        &self,
+        all: &std::collections::BTreeMap<String, Replaced>,
+    ) -> Result<(), crate::store::files::FilesError> {
+        let all: std::collections::BTreeMap<_, _> =
+            all.iter().filter(|(_, r)| !r.is_empty()).collect();
+        if all.is_empty() {
+            return match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(crate::store::files::io_err(&self.path)(e))
+                }
+                _ => Ok(()),
+            };
+        }
+        if let Some(dir) = self.path.parent() {
+            if !dir.exists() {
+                crate::store::files::ensure_private_dir(dir)?;
+            }
+        }
+        let text = serde_json::to_string_pretty(&all).unwrap_or_default();
+        crate::store::files::write_atomic(&self.path, text.as_bytes(), 0o600)
+    }
+}
+
+/// `--remove` on the auth file at `path`: first what `record` says `--replace` took is given
+/// back, then the remaining entries naming ecr-edge for `hosts` go; one atomic update.
+///
+/// # Errors
+/// [`AuthFileError`]; the file is unchanged in every error case.
+pub fn apply_remove(
+    path: &Path,
+    record: &Replaced,
+    hosts: &[String],
+    dry_run: bool,
+) -> Result<Vec<Change>, AuthFileError> {
+    update(path, dry_run, |old| {
+        let (text, mut changes) = restore(old, record)?;
+        let (text, more) = edit(&text, hosts, true)?;
+        changes.extend(more);
+        Ok((text, changes))
+    })
 }
 
 /// Updates the auth file at `path` for `hosts`; returns the changes made (or, with `dry_run`,
