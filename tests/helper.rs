@@ -802,3 +802,92 @@ fn a_helper_logs_its_uplink_bytes_at_debug_level() {
     );
     assert!(field("bytes_received") > 500, "{line}");
 }
+
+/// Instance credentials over plain HTTP (IMDSv2: a token PUT, then the role's credentials), as
+/// on an EC2 Graviton node: the SDK's requests go through ecr-edge's own HTTP client, directly
+/// (HTTPS_PROXY, set here for the fake ECR, is for HTTPS only), and the token call is signed
+/// with the instance role's keys.
+#[test]
+fn instance_role_credentials_come_over_plain_http() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let imds = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", imds.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in imds.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            log.lock().unwrap().push(line.trim().to_owned());
+            let expires =
+                aws_smithy_types::DateTime::from_secs(ecr_edge::internal::token::now() + 3600)
+                    .fmt(aws_smithy_types::date_time::Format::DateTime)
+                    .unwrap();
+            let answer = match line.split_whitespace().nth(1).unwrap_or("") {
+                "/latest/api/token" => "imds-session-token".to_owned(),
+                "/latest/meta-data/iam/security-credentials/" => "edge-node".to_owned(),
+                "/latest/meta-data/iam/security-credentials/edge-node" => format!(
+                    r#"{{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"{}","SecretAccessKey":"{}","Token":"{}","Expiration":"{expires}"}}"#,
+                    support::ACCESS_KEY_ID,
+                    support::SECRET_ACCESS_KEY,
+                    support::SESSION_TOKEN
+                ),
+                _ => {
+                    let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+                    continue;
+                }
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    let mut sb = Sandbox::new();
+    for v in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_EC2_METADATA_DISABLED",
+    ] {
+        sb.set(v, None);
+    }
+    sb.set("AWS_EC2_METADATA_SERVICE_ENDPOINT", Some(&endpoint));
+    let out = sb.helper("get", HOST.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let calls = sb.fake.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].authentic, "signed with the instance role's keys");
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|l| l.starts_with("PUT /latest/api/token")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("GET /latest/meta-data/iam/security-credentials/edge-node")),
+        "{seen:?}"
+    );
+}

@@ -132,40 +132,47 @@ async fn open(host: &str, port: u16) -> Result<Box<dyn Io>, ConnectError> {
         .map_err(|e| ConnectError::Invalid(format!("{host}:{port}: {e}")))?;
     let matcher = hyper_util::client::proxy::matcher::Matcher::from_env();
     match matcher.intercept(&uri) {
-        Some(intercept) => {
-            use tower_service::Service;
-            let mut http = hyper_util::client::legacy::connect::HttpConnector::new_with_resolver(
-                crate::aws::dns::Resolver,
-            );
-            http.enforce_http(false);
-            let mut tunnel = hyper_util::client::legacy::connect::proxy::Tunnel::new(
-                intercept.uri().clone(),
-                http,
-            );
-            if let Some(auth) = intercept.basic_auth() {
-                tunnel = tunnel.with_auth(auth.clone());
-            }
-            let io = tunnel
-                .call(uri)
-                .await
-                .map_err(|e| ConnectError::Proxy(e.into()))?;
-            Ok(Box::new(hyper_util::rt::TokioIo::new(io)))
-        }
-        None => {
-            // Resolved by the deadline-bounded resolver, never tokio's blocking pool.
-            let addrs: Vec<std::net::SocketAddr> = crate::aws::dns::resolve(host)
-                .await
-                .map_err(ConnectError::Dns)?
-                .into_iter()
-                .map(|ip| std::net::SocketAddr::new(ip, port))
-                .collect();
-            let tcp = tokio::net::TcpStream::connect(&addrs[..])
-                .await
-                .map_err(ConnectError::Tcp)?;
-            let _ = tcp.set_nodelay(true);
-            Ok(Box::new(tcp))
-        }
+        Some(intercept) => tunnel(uri, &intercept).await,
+        None => tcp(host, port).await,
     }
+}
+
+/// Through the proxy's CONNECT tunnel to `uri`'s host and port.
+async fn tunnel(
+    uri: hyper::Uri,
+    intercept: &hyper_util::client::proxy::matcher::Intercept,
+) -> Result<Box<dyn Io>, ConnectError> {
+    use tower_service::Service;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new_with_resolver(
+        crate::aws::dns::Resolver,
+    );
+    http.enforce_http(false);
+    let mut tunnel =
+        hyper_util::client::legacy::connect::proxy::Tunnel::new(intercept.uri().clone(), http);
+    if let Some(auth) = intercept.basic_auth() {
+        tunnel = tunnel.with_auth(auth.clone());
+    }
+    let io = tunnel
+        .call(uri)
+        .await
+        .map_err(|e| ConnectError::Proxy(e.into()))?;
+    Ok(Box::new(hyper_util::rt::TokioIo::new(io)))
+}
+
+/// A direct TCP connection to `host:port`, the name resolved by the deadline-bounded resolver
+/// (never tokio's blocking pool).
+async fn tcp(host: &str, port: u16) -> Result<Box<dyn Io>, ConnectError> {
+    let addrs: Vec<std::net::SocketAddr> = crate::aws::dns::resolve(host)
+        .await
+        .map_err(ConnectError::Dns)?
+        .into_iter()
+        .map(|ip| std::net::SocketAddr::new(ip, port))
+        .collect();
+    let tcp = tokio::net::TcpStream::connect(&addrs[..])
+        .await
+        .map_err(ConnectError::Tcp)?;
+    let _ = tcp.set_nodelay(true);
+    Ok(Box::new(tcp))
 }
 
 /// `GET https://host:port/path` with `headers`, trusting and authenticating as `tls` says,
@@ -384,20 +391,51 @@ impl SdkConnector {
                 request.headers_mut().insert(hyper::header::HOST, value);
             }
         }
-        let path = uri
-            .path_and_query()
-            .map_or("/", hyper::http::uri::PathAndQuery::as_str);
-        *request.uri_mut() = path
-            .parse()
-            .map_err(|e: hyper::http::uri::InvalidUri| ConnectorError::user(e.into()))?;
+        // Plain HTTP through a proxy (HTTP_PROXY; never for the link-local metadata services,
+        // which NO_PROXY should name) is sent to the proxy in absolute form; everything else
+        // goes in origin form over a direct connection or a CONNECT tunnel.
+        let http_proxy = if secure {
+            None
+        } else {
+            hyper_util::client::proxy::matcher::Matcher::from_env().intercept(&uri)
+        };
+        match &http_proxy {
+            Some(proxy) => {
+                if let Some(auth) = proxy.basic_auth() {
+                    request
+                        .headers_mut()
+                        .insert(hyper::header::PROXY_AUTHORIZATION, auth.clone());
+                }
+            }
+            None => {
+                let path = uri
+                    .path_and_query()
+                    .map_or("/", hyper::http::uri::PathAndQuery::as_str);
+                *request.uri_mut() = path
+                    .parse()
+                    .map_err(|e: hyper::http::uri::InvalidUri| ConnectorError::user(e.into()))?;
+            }
+        }
 
         let connecting = async {
+            if !secure {
+                let (to, to_port) = match &http_proxy {
+                    Some(proxy) => (
+                        proxy.uri().host().unwrap_or_default().to_owned(),
+                        proxy.uri().port_u16().unwrap_or(80),
+                    ),
+                    None => (host.clone(), port),
+                };
+                let io = tcp(&to, to_port)
+                    .await
+                    .map_err(|e| ConnectorError::io(e.into()))?;
+                return Ok::<Box<dyn Io>, ConnectorError>(Box::new(traffic::Counted::new(
+                    io, endpoint,
+                )));
+            }
             let io = connect(&host, port, endpoint)
                 .await
                 .map_err(|e| ConnectorError::io(e.into()))?;
-            if !secure {
-                return Ok::<Box<dyn Io>, ConnectorError>(Box::new(io));
-            }
             let name =
                 ServerName::try_from(host.clone()).map_err(|e| ConnectorError::user(e.into()))?;
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
