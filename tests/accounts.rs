@@ -742,3 +742,49 @@ fn registries_with_different_roles_resume_one_tls_session() {
         "each role's token call resumed the base registry's session: {calls:?}"
     );
 }
+
+/// The README's migration commands, as written (issue 19): on a config of the incumbent's,
+/// `--replace ecr-login --dry-run` changes nothing, `--replace ecr-login` moves every entry,
+/// and `--remove` gives them back, leaving the file as it was.
+#[test]
+fn the_readmes_migration_commands_move_and_give_back() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split_once("### Moving from amazon-ecr-credential-helper")
+        .and_then(|(_, rest)| rest.split_once("```sh\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("the migration block");
+    let commands: Vec<Vec<&str>> = block
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter_map(|l| l.strip_prefix("ecr-edge configure "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(commands.len(), 3, "{block}");
+    let sb = Sandbox::new();
+    let path = sb.dir.path().join("home/.docker/config.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let original = format!(
+        r#"{{"credsStore":"ecr-login","auths":{{"{BASE}":{{}}}},"credHelpers":{{"{APP}":"ecr-login","gcr.io":"gcloud"}}}}"#
+    );
+    std::fs::write(&path, &original).unwrap();
+    let read =
+        || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap() };
+    let want: serde_json::Value = serde_json::from_str(&original).unwrap();
+    for (i, args) in commands.iter().enumerate() {
+        let out = configure(&sb, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        match i {
+            0 => assert_eq!(read(), want, "the dry run wrote"),
+            1 => {
+                let v = read();
+                assert_eq!(v["credHelpers"][BASE], "ecr-edge", "{v}");
+                assert_eq!(v["credHelpers"][APP], "ecr-edge", "{v}");
+                assert!(v.get("credsStore").is_none(), "{v}");
+            }
+            _ => assert_eq!(read(), want, "given back: {}", text(&out.stdout)),
+        }
+    }
+}

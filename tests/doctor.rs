@@ -375,3 +375,39 @@ fn the_fix_for_configured_registries_without_an_entry_works() {
     let (_, v) = doctor(&sb);
     assert!(find(&v, "credHelpers", "warn").is_empty(), "{v:#}");
 }
+
+/// The README's quick start, as written (issue 19): after the package is installed (the
+/// package tests do that), its `ecr-edge configure` line makes the entry and its `ecr-edge
+/// doctor` line finds the credHelpers entry right.
+#[test]
+fn the_readmes_quick_start_configures_what_doctor_checks() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split_once("On a device, once you have a package")
+        .and_then(|(_, rest)| rest.split_once("```sh\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("the quick start block");
+    let commands: Vec<Vec<String>> = block
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| l.starts_with("ecr-edge "))
+        .map(|l| l.split_whitespace().skip(1).map(str::to_owned).collect())
+        .collect();
+    assert_eq!(commands.len(), 2, "{block}");
+    assert_eq!(commands[0][0], "configure");
+    assert_eq!(commands[1][0], "doctor");
+    let mut sb = Sandbox::new();
+    path_with(&mut sb, &[]);
+    run_fix(&sb, &commands[0]);
+    let (_, v) = doctor(&sb);
+    let host = commands[0].last().unwrap();
+    assert!(
+        find(&v, "credHelpers", "pass")
+            .iter()
+            .any(|d| d.contains(host.as_str())),
+        "{v:#}"
+    );
+    assert!(find(&v, "credHelpers", "fail").is_empty(), "{v:#}");
+}
