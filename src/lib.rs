@@ -18,7 +18,8 @@
 //! - `aws/`: `ecr` (the token call, its error classes, the token-source trait), `iot` (the
 //!   certificate exchange), `credentials` (naming the source; the one region rule), `trust`
 //!   (the one TLS trust policy), `dns` (resolution bounded by the caller's deadline), `https`
-//!   (one GET for what the SDK does not do).
+//!   (the SDK's HTTP client, and one GET for what the SDK does not do), `traffic` (the bytes
+//!   every call moves, per endpoint kind).
 //! - `store/`: `files` (atomic, private, symlink-refusing; locks), `cache` (per-user tokens),
 //!   `authfile` (Docker/containers auth files edited in place, for `configure` and sinks).
 //! - `daemon/`: the refresher (`run(listener, start, shutdown)`), its socket protocol and

@@ -1,6 +1,6 @@
 //! Talking to AWS: the ECR token call, the IoT certificate exchange, naming the credential
 //! source, and the network underneath them all (one TLS trust policy, name resolution bounded
-//! by the caller's deadline, one HTTPS GET for what the SDK does not do).
+//! by the caller's deadline, one HTTP client for the SDK and the rest, every byte counted).
 
 pub mod cert;
 pub mod credentials;
