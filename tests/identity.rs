@@ -320,9 +320,21 @@ fn every_identity_fleets_make_with_openssl_works() {
             false,
         ),
         (
+            "RSA 3072 PKCS#8, CA-signed v1",
+            Cert::CaV1,
+            Key::RsaPkcs8(3072),
+            false,
+        ),
+        (
             "RSA 4096 PKCS#8, CA-signed v1",
             Cert::CaV1,
             Key::RsaPkcs8(4096),
+            false,
+        ),
+        (
+            "RSA 4096 PKCS#1, CA-signed v3",
+            Cert::CaV3,
+            Key::RsaPkcs1(4096),
             false,
         ),
         (
