@@ -748,14 +748,7 @@ fn registries_with_different_roles_resume_one_tls_session() {
 /// and `--remove` gives them back, leaving the file as it was.
 #[test]
 fn the_readmes_migration_commands_move_and_give_back() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let block = readme
-        .split_once("### Moving from amazon-ecr-credential-helper")
-        .and_then(|(_, rest)| rest.split_once("```sh\n"))
-        .and_then(|(_, rest)| rest.split_once("```"))
-        .map(|(block, _)| block)
-        .expect("the migration block");
+    let block = &crate::support::doc_block("README.md", "--replace ecr-login --dry-run");
     let commands: Vec<Vec<&str>> = block
         .lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())

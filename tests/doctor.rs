@@ -381,14 +381,7 @@ fn the_fix_for_configured_registries_without_an_entry_works() {
 /// doctor` line finds the credHelpers entry right.
 #[test]
 fn the_readmes_quick_start_configures_what_doctor_checks() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let block = readme
-        .split_once("On a device, once you have a package")
-        .and_then(|(_, rest)| rest.split_once("```sh\n"))
-        .and_then(|(_, rest)| rest.split_once("```"))
-        .map(|(block, _)| block)
-        .expect("the quick start block");
+    let block = &crate::support::doc_block("README.md", "ecr-edge doctor");
     let commands: Vec<Vec<String>> = block
         .lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())

@@ -719,60 +719,140 @@ fn doctor_shows_the_identity_as_the_console_does() {
     }
 }
 
+/// A daemon running on one openssl-made identity, with the next pair a rotation job delivers
+/// waiting beside it (a new key of another type, under the same CA).
+struct Rotation {
+    w: World,
+    d: crate::daemon::Daemon,
+    cert: PathBuf,
+    key: PathBuf,
+    new_cert: PathBuf,
+    new_key: PathBuf,
+    old_leaf: Vec<u8>,
+    new_leaf: Vec<u8>,
+}
+
+impl Rotation {
+    /// `life`: the role credentials' lifetime the fake IoT provider gives, in seconds.
+    fn start(life: i64) -> Rotation {
+        let mut w = World::new();
+        w.iot.set_credentials_life(life);
+        let dir = w.sb.dir.path().join("rotation");
+        std::fs::create_dir_all(dir.join("new")).unwrap();
+        let ca = make_ca(&dir.join("ca"), Key::RsaPkcs8(2048), "Fleet CA");
+        w.iot.register_ca(&std::fs::read(&ca).unwrap());
+        let key = make_key(&dir, "private.pem.key", Key::EcPkcs8("prime256v1"));
+        let (cert, old_leaf) = make_cert(&dir, &ca, &key, Cert::CaV1, "certificate.pem.crt");
+        let new_key = make_key(&dir.join("new"), "private.pem.key", Key::RsaPkcs1(2048));
+        let (new_cert, new_leaf) = make_cert(
+            &dir.join("new"),
+            &ca,
+            &new_key,
+            Cert::CaV3,
+            "certificate.pem.crt",
+        );
+        w.configure(&cert, &key);
+        let config = std::fs::read_to_string(w.sb.dir.path().join("config.toml")).unwrap()
+            + &format!("[daemon]\nregistries = [\"{HOST}\"]\n");
+        let d = crate::daemon::Daemon::start(&mut w.sb, &config);
+        d.wait_notify("READY=1", std::time::Duration::from_secs(20));
+        let r = Rotation {
+            w,
+            d,
+            cert,
+            key,
+            new_cert,
+            new_key,
+            old_leaf,
+            new_leaf,
+        };
+        assert_eq!(r.presented().as_deref(), Some(r.old_leaf.as_slice()));
+        r
+    }
+
+    /// The certificate the last exchange presented.
+    fn presented(&self) -> Option<Vec<u8>> {
+        self.w
+            .iot
+            .calls()
+            .last()
+            .and_then(|c| c.client_cert.clone())
+    }
+}
+
 /// A certificate rotation while the daemon runs: new files renamed into place. While only the
 /// certificate is new (the pair does not match), the previous identity is kept; once both are
 /// in place, the next exchange presents the new certificate. No restart.
 #[test]
 fn the_daemon_picks_up_a_rotated_identity_never_a_half_written_pair() {
-    let mut w = World::new();
     // Credentials with less life than the SDK's refresh margin (5 minutes, plus up to half of
     // that in jitter): stale at once, so every fetch exchanges.
-    w.iot.set_credentials_life(60);
-    let dir = w.sb.dir.path().join("rotation");
-    std::fs::create_dir_all(dir.join("new")).unwrap();
-    let ca = make_ca(&dir.join("ca"), Key::RsaPkcs8(2048), "Fleet CA");
-    w.iot.register_ca(&std::fs::read(&ca).unwrap());
-    let key = make_key(&dir, "private.pem.key", Key::EcPkcs8("prime256v1"));
-    let (cert, old_leaf) = make_cert(&dir, &ca, &key, Cert::CaV1, "certificate.pem.crt");
-    let new_key = make_key(&dir.join("new"), "private.pem.key", Key::RsaPkcs1(2048));
-    let (new_cert, new_leaf) = make_cert(
-        &dir.join("new"),
-        &ca,
-        &new_key,
-        Cert::CaV3,
-        "certificate.pem.crt",
-    );
-    w.configure(&cert, &key);
-    let config = std::fs::read_to_string(w.sb.dir.path().join("config.toml")).unwrap()
-        + &format!("[daemon]\nregistries = [\"{HOST}\"]\n");
-    let d = crate::daemon::Daemon::start(&mut w.sb, &config);
-    d.wait_notify("READY=1", std::time::Duration::from_secs(20));
-    let presented = |w: &World| w.iot.calls().last().and_then(|c| c.client_cert.clone());
-    assert_eq!(presented(&w).as_deref(), Some(old_leaf.as_slice()));
+    let r = Rotation::start(60);
 
     // Half a rotation: the new certificate, the old key.
-    std::fs::rename(&new_cert, &cert).unwrap();
-    let (ok, out) = w.get_for("210987654321.dkr.ecr.eu-central-1.amazonaws.com");
-    assert!(ok, "{out}\n{}", d.log());
+    std::fs::rename(&r.new_cert, &r.cert).unwrap();
+    let (ok, out) =
+        r.w.get_for("210987654321.dkr.ecr.eu-central-1.amazonaws.com");
+    assert!(ok, "{out}\n{}", r.d.log());
     assert_eq!(
-        presented(&w).as_deref(),
-        Some(old_leaf.as_slice()),
+        r.presented().as_deref(),
+        Some(r.old_leaf.as_slice()),
         "a mismatched pair is never used"
     );
     assert!(
-        d.log().contains("do not form a usable pair yet"),
+        r.d.log().contains("do not form a usable pair yet"),
         "{}",
-        d.log()
+        r.d.log()
     );
 
     // The rotation completes.
-    std::fs::rename(&new_key, &key).unwrap();
-    let (ok, out) = w.get_for("123456789012.dkr.ecr.eu-west-1.amazonaws.com");
-    assert!(ok, "{out}\n{}", d.log());
+    std::fs::rename(&r.new_key, &r.key).unwrap();
+    let (ok, out) = r.w.get_for("123456789012.dkr.ecr.eu-west-1.amazonaws.com");
+    assert!(ok, "{out}\n{}", r.d.log());
     assert_eq!(
-        presented(&w).as_deref(),
-        Some(new_leaf.as_slice()),
+        r.presented().as_deref(),
+        Some(r.new_leaf.as_slice()),
         "the next exchange presents the new certificate"
     );
-    assert!(d.log().contains("device identity reloaded"), "{}", d.log());
+    assert!(
+        r.d.log().contains("device identity reloaded"),
+        "{}",
+        r.d.log()
+    );
+}
+
+/// A rotation job that cannot wait for the next exchange reloads the daemon: with role
+/// credentials an hour from expiry (no exchange due), `systemctl reload` (SIGHUP) makes the
+/// next fetch exchange with the files now on disk, and the tokens already held stay served.
+#[test]
+fn a_reload_makes_the_next_exchange_use_the_rotated_identity() {
+    let r = Rotation::start(3600);
+    std::fs::rename(&r.new_key, &r.key).unwrap();
+    std::fs::rename(&r.new_cert, &r.cert).unwrap();
+    // Without a reload the exchanged credentials (an hour left) still serve a new registry.
+    let (ok, out) =
+        r.w.get_for("210987654321.dkr.ecr.eu-central-1.amazonaws.com");
+    assert!(ok, "{out}\n{}", r.d.log());
+    assert_eq!(r.w.iot.calls().len(), 1, "no exchange was due");
+
+    r.d.signal(nix::sys::signal::Signal::SIGHUP);
+    let start = std::time::Instant::now();
+    while !r.d.log().contains("configuration reloaded")
+        && start.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (ok, out) = r.w.get_for("123456789012.dkr.ecr.eu-west-1.amazonaws.com");
+    assert!(ok, "{out}\n{}", r.d.log());
+    assert_eq!(
+        r.presented().as_deref(),
+        Some(r.new_leaf.as_slice()),
+        "the first exchange after the reload presents the new certificate\n{}",
+        r.d.log()
+    );
+    // The token held for the configured registry was kept: served without another call.
+    let calls = r.w.sb.fake.calls().len();
+    let (ok, out) = r.w.get();
+    assert!(ok, "{out}");
+    assert_eq!(r.w.sb.fake.calls().len(), calls, "{}", r.d.log());
 }

@@ -10,8 +10,10 @@
 //! AWS names (mapped in the guest's `/etc/hosts`) to the fake ECR and fake IoT credentials
 //! provider of `tests/support`, listening on 127.0.0.1 here. Nothing else is reachable.
 //!
-//! Two boots per architecture: the scenario (install, provision, systemd, serving, uplink loss,
-//! figures, purge, wrong architecture) and a boot with the real-time clock at 1970.
+//! Two boots per architecture: the scenario (the README's by-hand install, daemon, logs,
+//! certificate rotation and removal as written; the package, the Yocto example's first-boot
+//! provisioning, systemd, serving, uplink loss, figures, upgrade, purge, wrong architecture) and
+//! a boot with the real-time clock at 1970.
 //!
 //! Its own test target, outside `cargo test` (`test = false` in Cargo.toml): `scripts/lab test`
 //! runs it, and a run without the images fails with the reason instead of passing unseen.
@@ -24,8 +26,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::support::iot::der_of;
 use crate::support::iot::{device_identity, FakeIot, KeyKind, Validity, ROLE_ALIAS, THING_NAME};
-use crate::support::{text, FakeEcr, TestCa};
+use crate::support::{doc_block, text, FakeEcr, TestCa};
 
 const REG_HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
 const API_HOST: &str = "api.ecr.us-west-2.amazonaws.com";
@@ -42,6 +45,9 @@ struct Guest {
     qemu: &'static str,
     machine: &'static [&'static str],
     deb_arch: &'static str,
+    /// The Rust target of its binary (`target/<triple>/release/ecr-edge` after
+    /// `scripts/cross-build`, what the README's by-hand install copies).
+    triple: &'static str,
     /// The other architecture's package, where this CPU cannot run it (an arm64 CPU runs armhf
     /// programs, so there the armhf package is rightly accepted).
     wrong_deb_arch: Option<&'static str>,
@@ -53,6 +59,7 @@ const ARM64: Guest = Guest {
     qemu: "qemu-system-aarch64",
     machine: &["-M", "virt", "-cpu", "cortex-a53"],
     deb_arch: "arm64",
+    triple: "aarch64-unknown-linux-musl",
     wrong_deb_arch: None,
     uname: "aarch64",
 };
@@ -62,6 +69,7 @@ const ARMHF: Guest = Guest {
     qemu: "qemu-system-arm",
     machine: &["-M", "virt", "-cpu", "cortex-a15"],
     deb_arch: "armhf",
+    triple: "armv7-unknown-linux-musleabihf",
     wrong_deb_arch: Some("arm64"),
     uname: "armv7l",
 };
@@ -91,6 +99,72 @@ fn deb_in(dir: &str, arch: &str) -> PathBuf {
                 .is_some_and(|n| n.ends_with(&format!("_{arch}.deb")))
         })
         .unwrap_or_else(|| panic!("no {arch} .deb in {} (run scripts/package)", out.display()))
+}
+
+/// What the README's by-hand steps need, in `input/clone` as in a clone (the cross-built
+/// binary, the unit, a rotated identity in `new/`), and those steps as written, taken from the
+/// README: install, the daemon under systemd, debug logs, rotation, removal. Also the Yocto
+/// example's first-boot provisioning files, in `input/yocto`.
+fn by_hand(guest: &Guest, input: &Path, fakes: &Fakes) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let clone = input.join("clone");
+    let release = format!("target/{}/release", guest.triple);
+    for dir in [release.as_str(), "packaging", "new"] {
+        std::fs::create_dir_all(clone.join(dir)).unwrap();
+    }
+    let binary = root.join(&release).join("ecr-edge");
+    std::fs::copy(&binary, clone.join(&release).join("ecr-edge")).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run scripts/cross-build {})",
+            binary.display(),
+            guest.triple
+        )
+    });
+    std::fs::copy(
+        root.join("packaging/ecr-edge.service"),
+        clone.join("packaging/ecr-edge.service"),
+    )
+    .unwrap();
+    // The next certificate a rotation job delivers, under the same CA (an RSA key this time).
+    let new = clone.join("new");
+    let (cert, _) = device_identity(&new, &fakes.device_ca, KeyKind::RsaPkcs1, Validity::Current);
+    std::fs::rename(cert, new.join("certificate.pem.crt")).unwrap();
+    let install = doc_block("README.md", "sudo install -m 0755 target/")
+        .replace("aarch64-unknown-linux-musl", guest.triple);
+    let steps = [
+        ("by-hand-install.sh", install),
+        (
+            "by-hand-daemon.sh",
+            doc_block("README.md", "sudo useradd --system"),
+        ),
+        ("log-level.sh", doc_block("README.md", "ECR_EDGE_LOG=debug")),
+        ("rotate.sh", doc_block("README.md", "private.pem.key.new")),
+        (
+            "by-hand-remove.sh",
+            doc_block("README.md", "sudo userdel ecr-edge"),
+        ),
+    ];
+    for (name, block) in steps {
+        std::fs::write(input.join(name), block).unwrap();
+    }
+    // The Yocto example's first-boot provisioning, run under systemd as an image would.
+    let example = root.join("yocto/meta-ecr-edge/examples/ecr-edge-config/files");
+    std::fs::create_dir_all(input.join("yocto")).unwrap();
+    for name in [
+        "ecr-edge-provision",
+        "ecr-edge-provision.service",
+        "config.toml.in",
+    ] {
+        std::fs::copy(example.join(name), input.join("yocto").join(name)).unwrap();
+    }
+}
+
+/// The certificate the by-hand step's rotation renamed into place, as DER.
+fn rotated_certificate(work: &Path, guest: &Guest) -> Vec<u8> {
+    let path = work
+        .join(format!("{}-main", guest.arch))
+        .join("payload/in/clone/new/certificate.pem.crt");
+    der_of(&std::fs::read(path).unwrap())
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -190,6 +264,7 @@ fn boot(
     // The device identity, made with openssl as a fleet's provisioning would (SEC1 EC key).
     let (cert, key) = device_identity(&input, &fakes.device_ca, KeyKind::EcSec1, Validity::Current);
     assert!(cert.starts_with(&input) && key.starts_with(&input));
+    by_hand(guest, &input, fakes);
     std::fs::write(
         input.join("hosts"),
         format!("10.0.2.100 {API_HOST}\n10.0.2.101 {IOT_HOST}\n"),
@@ -204,8 +279,9 @@ fn boot(
         format!(
             "PHASE={phase}\nREG_HOST={REG_HOST}\nREGION=us-west-2\nIOT_ENDPOINT={IOT_HOST}\n\
              ROLE_ALIAS={ROLE_ALIAS}\nTHING_NAME={THING_NAME}\nWATCHDOG_SEC={WATCHDOG_SEC}\n\
-             OUTAGE_SEC={OUTAGE_SEC}\nHOST_NOW={now}\nAWS_ACCESS_KEY_ID={}\n\
+             OUTAGE_SEC={OUTAGE_SEC}\nHOST_NOW={now}\nTRIPLE={}\nAWS_ACCESS_KEY_ID={}\n\
              AWS_SECRET_ACCESS_KEY='{}'\nAWS_SESSION_TOKEN='{}'\n",
+            guest.triple,
             support::ACCESS_KEY_ID,
             support::SECRET_ACCESS_KEY,
             support::SESSION_TOKEN,
@@ -349,6 +425,15 @@ fn lab(guest: &Guest) {
     assert!(
         fakes.iot.calls().len() >= 2,
         "one exchange per restart and reload at least"
+    );
+    let rotated = rotated_certificate(&work, guest);
+    assert!(
+        fakes
+            .iot
+            .calls()
+            .iter()
+            .any(|c| c.client_cert.as_deref() == Some(rotated.as_slice())),
+        "no exchange presented the rotated certificate"
     );
     println!(
         "lab {}: daemon VmRSS {} kB idle, {} kB after 10 served gets; helper peak RSS {} kB for a \

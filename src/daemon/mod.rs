@@ -540,8 +540,9 @@ pub async fn run(
 }
 
 /// SIGHUP: re-reads the configuration. An invalid file is reported and the running
-/// configuration kept. A changed credential source replaces the client and drops the tokens
-/// obtained with the old one.
+/// configuration kept. The clients are built again, so credentials renewed on disk (a rotated
+/// device certificate, a profile's new keys) are what the next fetch uses; a changed credential
+/// source also drops the tokens obtained with the old one.
 async fn reload(shared: &Arc<Shared>) {
     shared.notifier.send("RELOADING=1");
     let result = async {
@@ -557,30 +558,22 @@ async fn reload(shared: &Arc<Shared>) {
                 "socket and credentials_endpoint changes take effect at the next restart"
             );
         }
-        let client = if new.identity != shared.lock().settings.identity {
-            Some(client_for(&source, &daemon, shared.deadline).await?)
-        } else {
-            None
-        };
+        let client = client_for(&source, &daemon, shared.deadline).await?;
         let mut st = shared.lock();
-        if let Some(client) = client {
+        if new.identity != st.settings.identity {
             // Another device identity: nothing resolved with the old one is kept.
-            st.bases = client.bases().unwrap_or_default();
-            st.client = client;
             st.entries.clear();
-            st.clients = Clients::default();
         }
+        // No exchanged or loaded credentials survive a reload; tokens already held do.
+        st.bases = client.bases().unwrap_or_default();
+        st.clients = Clients::default();
+        st.clients.keep(&new.identity, client.clone());
+        st.client = client;
         // A registry whose source changed starts over with the new one.
         st.entries.retain(|host, e| {
             (e.on_demand || new.configured.contains(host))
                 && Source::for_registry(&config, host).identity() == e.identity
         });
-        let default = (new.identity.clone(), st.client.clone());
-        let in_use: Vec<String> = st.entries.values().map(|e| e.identity.clone()).collect();
-        st.clients
-            .0
-            .retain(|(id, _)| *id == default.0 || in_use.contains(id));
-        st.clients.keep(&default.0, default.1);
         for host in &new.configured {
             match st.entries.get_mut(host) {
                 Some(e) => e.on_demand = false,

@@ -4,8 +4,10 @@
 # disk); results go to /lab/out: `results` (one `name=value` line per check and figure, read by
 # the host), `transcript` (every command and its output) and the journal.
 #
-# PHASE=main: install, provision, run the daemon under systemd, serve, lose and regain the
-# uplink, measure, purge, refuse the wrong architecture.
+# PHASE=main: the README's by-hand install, daemon, debug logs, certificate rotation and
+# removal, as written; then the package: install, the Yocto example's first-boot provisioning,
+# run the daemon under systemd, serve, lose and regain the uplink, measure, upgrade, purge,
+# refuse the wrong architecture.
 # PHASE=rtc: the guest booted with its clock at 1970: install, provision, doctor names the
 # clock, the daemon serves nothing wrong and recovers once the clock is set.
 set -u
@@ -35,9 +37,41 @@ uplink() {  # up|down: the guest's only network interface
     ip link set "$dev" down
   fi
 }
+provision() {  # owner of the key: the IoT identity, the configuration, the lab's drop-in
+  mkdir -p /etc/ecr-edge
+  install -m 0644 "$in/ca.pem" /etc/ecr-edge/lab-ca.pem
+  install -m 0644 "$in/device.pem.crt" /etc/ecr-edge/device.pem.crt
+  install -m 0600 -o "$1" -g "$1" "$in/private.pem.key" /etc/ecr-edge/private.pem.key
+  cat > /etc/ecr-edge/config.toml <<EOF
+[iot]
+endpoint = "$IOT_ENDPOINT"
+role_alias = "$ROLE_ALIAS"
+thing_name = "$THING_NAME"
+cert = "/etc/ecr-edge/device.pem.crt"
+key = "/etc/ecr-edge/private.pem.key"
+ca = "/etc/ecr-edge/lab-ca.pem"
+
+[daemon]
+registries = ["$REG_HOST"]
+backoff_max = 4
+
+[[daemon.sink]]
+kind = "docker-auths"
+path = "/run/ecr-edge/auth.json"
+EOF
+  lab_dropin
+}
+lab_dropin() {  # the lab's trust anchor for the ECR API, a watchdog period that runs out twice
+  mkdir -p /etc/systemd/system/ecr-edge.service.d
+  cat > /etc/systemd/system/ecr-edge.service.d/lab.conf <<EOF
+[Service]
+Environment=SSL_CERT_FILE=/etc/ecr-edge/lab-ca.pem
+WatchdogSec=$WATCHDOG_SEC
+EOF
+}
 as_user() {  # user, command...: a login-like environment with the lab's trust anchor
   local user=$1; shift
-  runuser -u "$user" -- env -i PATH=/usr/bin:/bin HOME="/home/$user" SSL_CERT_FILE=/etc/ecr-edge/lab-ca.pem "$@"
+  runuser -u "$user" -- env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="/home/$user" SSL_CERT_FILE=/etc/ecr-edge/lab-ca.pem "$@"
 }
 get_as() {  # user [VAR=value...]: docker-credential-ecr-edge get for the lab registry
   local user=$1; shift
@@ -49,6 +83,48 @@ result arch "$(uname -m)"
 cat "$in/hosts" >> /etc/hosts
 uplink up
 useradd --create-home alice; useradd --create-home bob
+
+if [ "$PHASE" = main ]; then
+  step "0. by hand, the README's commands as written: install, daemon, logs, rotation, removal"
+  # Each block is run as root from a folder laid out like a clone (the cross-built binary, the
+  # unit, a rotated identity in new/); `sudo` is the identity there.
+  readme() {  # check name, block file: the README's block, stopping at its first failure
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    check "$1" bash -c 'sudo() { "$@"; }; export -f sudo; cd "$1/clone" && set -e && . "$1/$2"' _ "$in" "$2"
+  }
+  readme byhand_install by-hand-install.sh > "$out/byhand.version" 2>&1
+  cat "$out/byhand.version"
+  check byhand_version_names_target grep -q "$TRIPLE" "$out/byhand.version"
+  ecr-edge configure --registry "$REG_HOST"
+  provision root
+  readme byhand_daemon by-hand-daemon.sh
+  check byhand_active systemctl is-active ecr-edge
+  check byhand_binary test "$(readlink "/proc/$(daemon_pid)/exe")" = /usr/local/bin/ecr-edge
+  check byhand_key_owner test "$(stat -c %U /etc/ecr-edge/private.pem.key)" = ecr-edge
+  out_byhand=$(get_as alice ECR_EDGE_LOG=debug 2>"$out/byhand-alice.stderr")
+  check byhand_alice_get grep -q '"Secret"' <<<"$out_byhand"
+  check byhand_alice_from_daemon grep -q "served by the daemon" "$out/byhand-alice.stderr"
+  readme log_level log-level.sh
+  check log_level_debug sh -c 'journalctl -u ecr-edge --no-pager -p debug -o verbose | grep -q PRIORITY=7'
+  pid=$(daemon_pid)
+  readme rotate rotate.sh
+  for _ in $(seq 20); do
+    journalctl -u ecr-edge --no-pager | grep -q "configuration reloaded" && break
+    sleep 1
+  done
+  out_rotated=$(echo 210987654321.dkr.ecr.us-west-2.amazonaws.com | as_user alice docker-credential-ecr-edge get 2>&1)
+  check rotated_get grep -q '"Secret"' <<<"$out_rotated"
+  check rotated_same_process test "$(daemon_pid)" = "$pid"
+  check rotated_key_owner test "$(stat -c '%a %U' /etc/ecr-edge/private.pem.key)" = "600 ecr-edge"
+  journalctl -u ecr-edge --no-pager > "$out/byhand.journal"
+  readme byhand_remove by-hand-remove.sh
+  check byhand_nothing_left sh -c '! ls -d /usr/local/bin/ecr-edge /usr/local/bin/docker-credential-ecr-edge /etc/systemd/system/ecr-edge.service /etc/systemd/system/ecr-edge.service.d /run/ecr-edge /root/.cache/ecr-edge 2>/dev/null && ! getent passwd ecr-edge && ! getent group ecr-edge'
+  check byhand_unit_gone sh -c '! systemctl cat ecr-edge > /dev/null 2>&1'
+  check byhand_docker_entry_gone sh -c '! grep -q ecr-edge /root/.docker/config.json'
+  # /etc/ecr-edge is the administrator's to keep; the package is installed on a clean device.
+  rm -rf /etc/ecr-edge
+  hash -r   # this shell remembered /usr/local/bin/ecr-edge; the package puts it in /usr/bin
+fi
 
 step "1. dpkg -i"
 start=$(date +%s)
@@ -67,34 +143,33 @@ check skipped_until_configured sh -c 'test "$(systemctl show -p ActiveState --va
 result installed_kib "$(dpkg-query -W -f '${Installed-Size}' ecr-edge)"
 result binary_bytes "$(stat -c %s /usr/bin/ecr-edge)"
 
-step "2. provision the IoT identity, configure, restart"
-install -m 0644 "$in/ca.pem" /etc/ecr-edge/lab-ca.pem
-install -m 0644 "$in/device.pem.crt" /etc/ecr-edge/device.pem.crt
-install -m 0600 -o ecr-edge -g ecr-edge "$in/private.pem.key" /etc/ecr-edge/private.pem.key
-cat > /etc/ecr-edge/config.toml <<EOF
-[iot]
-endpoint = "$IOT_ENDPOINT"
-role_alias = "$ROLE_ALIAS"
-thing_name = "$THING_NAME"
-cert = "/etc/ecr-edge/device.pem.crt"
-key = "/etc/ecr-edge/private.pem.key"
-ca = "/etc/ecr-edge/lab-ca.pem"
-
-[daemon]
-registries = ["$REG_HOST"]
-backoff_max = 4
-
-[[daemon.sink]]
-kind = "docker-auths"
-path = "/run/ecr-edge/auth.json"
-EOF
-mkdir -p /etc/systemd/system/ecr-edge.service.d
-# The lab's trust anchor for the ECR API, and a watchdog period short enough to outlast twice.
-cat > /etc/systemd/system/ecr-edge.service.d/lab.conf <<EOF
-[Service]
-Environment=SSL_CERT_FILE=/etc/ecr-edge/lab-ca.pem
-WatchdogSec=$WATCHDOG_SEC
-EOF
+if [ "$PHASE" = main ]; then
+  step "2. first boot as the Yocto example provisions it: the identity from /boot, restart"
+  # Installed as the example bbappend installs them; its config.toml.in gets the lab's trust
+  # anchor for the IoT endpoint, a short backoff and a sink.
+  install -m 0755 "$in/yocto/ecr-edge-provision" /usr/libexec/ecr-edge/ecr-edge-provision
+  install -m 0644 "$in/yocto/ecr-edge-provision.service" /etc/systemd/system/
+  sed '/^key = /a ca = "/etc/ecr-edge/lab-ca.pem"' "$in/yocto/config.toml.in" > /etc/ecr-edge/config.toml.in
+  printf 'backoff_max = 4\n\n[[daemon.sink]]\nkind = "docker-auths"\npath = "/run/ecr-edge/auth.json"\n' >> /etc/ecr-edge/config.toml.in
+  install -m 0644 "$in/ca.pem" /etc/ecr-edge/lab-ca.pem
+  # What the technician puts on the boot partition.
+  mkdir -p /boot/ecr-edge
+  cp "$in/device.pem.crt" "$in/private.pem.key" /boot/ecr-edge/
+  echo "$THING_NAME" > /boot/ecr-edge/thing-name
+  lab_dropin
+  systemctl daemon-reload
+  check provision_ran systemctl start ecr-edge-provision
+  check provision_boot_emptied sh -c '! ls /boot/ecr-edge/* 2>/dev/null'
+  check provision_key_owner test "$(stat -c '%a %U' /etc/ecr-edge/private.pem.key)" = "600 ecr-edge"
+  check provision_thing_name grep -qx "thing_name = \"$THING_NAME\"" /etc/ecr-edge/config.toml
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  check provision_skipped_after sh -c 'systemctl restart ecr-edge-provision && test "$(systemctl show -p ConditionResult --value ecr-edge-provision)" = no'
+  rm -f /usr/libexec/ecr-edge/ecr-edge-provision /etc/systemd/system/ecr-edge-provision.service /etc/ecr-edge/config.toml.in
+  rmdir /boot/ecr-edge
+else
+  step "2. provision the IoT identity, configure, restart"
+  provision ecr-edge
+fi
 systemctl daemon-reload
 start=$(date +%s%N)
 check restart systemctl restart ecr-edge

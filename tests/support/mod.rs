@@ -1276,3 +1276,26 @@ impl Drop for RunningDaemon {
         let _ = self.0.wait();
     }
 }
+
+/// The lines of the first fenced shell block in `file` (under the clone, e.g. `README.md`) that
+/// contains `marker`, without the block's indentation: the commands a user copies, to run as
+/// written.
+pub fn doc_block(file: &str, marker: &str) -> String {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+    let mut lines = doc.lines();
+    while let Some(fence) = lines.next() {
+        let indent = fence.len() - fence.trim_start().len();
+        if fence.trim_start() != "```sh" {
+            continue;
+        }
+        let block: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| l.trim_start() != "```")
+            .map(|l| l.get(indent..).unwrap_or(""))
+            .collect();
+        if block.iter().any(|l| l.contains(marker)) {
+            return block.join("\n") + "\n";
+        }
+    }
+    panic!("{file}: no ```sh block with {marker:?}");
+}
