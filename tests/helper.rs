@@ -282,13 +282,7 @@ fn failures_name_their_cause_and_are_never_not_found() {
 #[test]
 fn a_failed_get_says_its_cause_once_on_stderr_too() {
     let no_credentials = |sb: &mut Sandbox| {
-        for v in [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-        ] {
-            sb.set(v, None);
-        }
+        sb.without_aws_keys();
     };
     type Arrange<'a> = &'a dyn Fn(&mut Sandbox);
     let cases: [(&str, Arrange); 3] = [
@@ -381,13 +375,7 @@ pub(crate) fn assert_no_debug_dump(s: &str) {
 #[test]
 fn no_credentials_is_said_plainly() {
     let mut sb = Sandbox::new();
-    for v in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-    ] {
-        sb.set(v, None);
-    }
+    sb.without_aws_keys();
     let out = sb.helper("get", HOST.as_bytes());
     let s = text(&out.stdout);
     assert!(
@@ -628,13 +616,7 @@ fn profile_with_credential_process_is_used_and_keys_the_cache() {
         ),
     )
     .unwrap();
-    for v in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-    ] {
-        sb.set(v, None);
-    }
+    sb.without_aws_keys();
     sb.set("AWS_PROFILE", Some("edge"));
     let out = sb.helper("get", HOST.as_bytes());
     assert!(out.status.success(), "{}", text(&out.stdout));
@@ -660,14 +642,8 @@ fn instance_metadata_probe_is_short_on_a_non_ec2_box() {
     // A metadata endpoint that accepts connections and never answers, on loopback.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut sb = Sandbox::new();
-    for v in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_EC2_METADATA_DISABLED",
-    ] {
-        sb.set(v, None);
-    }
+    sb.without_aws_keys();
+    sb.set("AWS_EC2_METADATA_DISABLED", None);
     let endpoint = format!("http://{}", silent.local_addr().unwrap());
     sb.set("AWS_EC2_METADATA_SERVICE_ENDPOINT", Some(&endpoint));
     let start = Instant::now();
@@ -861,14 +837,8 @@ fn instance_role_credentials_come_over_plain_http() {
         }
     });
     let mut sb = Sandbox::new();
-    for v in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_EC2_METADATA_DISABLED",
-    ] {
-        sb.set(v, None);
-    }
+    sb.without_aws_keys();
+    sb.set("AWS_EC2_METADATA_DISABLED", None);
     sb.set("AWS_EC2_METADATA_SERVICE_ENDPOINT", Some(&endpoint));
     let out = sb.helper("get", HOST.as_bytes());
     assert!(

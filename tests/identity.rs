@@ -260,13 +260,7 @@ impl World {
         let mut sb = Sandbox::new();
         // The fake's own device CA is not used: the matrix registers openssl-made ones.
         let iot = FakeIot::start(&sb.ca, &TestCa::new());
-        for v in [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-        ] {
-            sb.set(v, None);
-        }
+        sb.without_aws_keys();
         World { sb, iot }
     }
 

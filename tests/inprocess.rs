@@ -5,43 +5,23 @@ mod support;
 
 use std::time::Duration;
 
-use ecr_edge::internal::config::IotConfig;
 use ecr_edge::internal::credentials::Source;
 use ecr_edge::internal::ecr::Fetcher;
 use ecr_edge::internal::registry::Registry;
 
-use support::iot::{device_identity, FakeIot, KeyKind, Validity, ROLE_ALIAS, THING_NAME};
-use support::{Sandbox, TestCa};
+use support::Sandbox;
 
 #[test]
 fn one_exchange_serves_many_registries_in_one_process() {
-    let sb = Sandbox::new();
-    let device_ca = TestCa::new();
-    let iot = FakeIot::start(&sb.ca, &device_ca);
-    let (cert, key) = device_identity(
-        sb.dir.path(),
-        &device_ca,
-        KeyKind::EcPkcs8,
-        Validity::Current,
-    );
+    let mut sb = Sandbox::new();
+    let (iot, config) = support::iot::device(&mut sb);
     for (k, v) in &sb.vars {
-        if !k.starts_with("AWS_ACCESS")
-            && !k.starts_with("AWS_SECRET")
-            && !k.starts_with("AWS_SESSION")
-        {
-            std::env::set_var(k, v);
-        }
+        std::env::set_var(k, v);
     }
-    let cfg = IotConfig {
-        endpoint: iot.endpoint.clone(),
-        role_alias: ROLE_ALIAS.into(),
-        thing_name: THING_NAME.into(),
-        cert,
-        key,
-        ca: None,
-        role_arn: None,
-        allow_insecure_key_permissions: false,
-    };
+    let cfg = ecr_edge::internal::config::parse(&config)
+        .unwrap()
+        .iot
+        .expect("the [iot] section");
     let fetcher = Fetcher::new(&Source::Iot(cfg), "us-west-2", Duration::from_secs(10)).unwrap();
     for host in [
         "123456789012.dkr.ecr.us-west-2.amazonaws.com",

@@ -24,13 +24,7 @@ impl IotSandbox {
         let device_ca = TestCa::new();
         let iot = FakeIot::start(&sb.ca, &device_ca);
         let (cert, key) = device_identity(sb.dir.path(), &device_ca, kind, validity);
-        for v in [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-        ] {
-            sb.set(v, None);
-        }
+        sb.without_aws_keys();
         let config = sb.dir.path().join("config.toml");
         sb.set("ECR_EDGE_CONFIG", Some(config.to_str().unwrap()));
         let s = IotSandbox {

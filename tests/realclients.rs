@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::iot::{device_identity, FakeIot, KeyKind, Validity, ROLE_ALIAS, THING_NAME};
-use crate::support::{self, text, Sandbox, TestCa};
+use crate::support::iot::device_at;
+use crate::support::{self, text, Sandbox};
 
 const REG_HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
 const API_HOST: &str = "api.ecr.us-west-2.amazonaws.com";
@@ -399,32 +399,9 @@ fn skopeo_with_credentials_from_the_iot_exchange() {
         return;
     }
     let mut w = World::new();
-    let device_ca = TestCa::new();
-    let iot = FakeIot::start_named(&w.sb.ca, &device_ca, IOT_HOST, "127.0.0.1:8443");
-    let (cert, key) = device_identity(
-        w.sb.dir.path(),
-        &device_ca,
-        KeyKind::EcPkcs8,
-        Validity::Current,
-    );
-    for v in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-    ] {
-        w.sb.set(v, None);
-    }
+    let (iot, iot_config) = device_at(&mut w.sb, Some((IOT_HOST, "127.0.0.1:8443")));
     let config = w.sb.dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[iot]\nendpoint = \"{}\"\nrole_alias = \"{ROLE_ALIAS}\"\nthing_name = \"{THING_NAME}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            iot.endpoint,
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, iot_config).unwrap();
     w.sb.set("ECR_EDGE_CONFIG", Some(config.to_str().unwrap()));
     w.push_and_inspect();
     assert_eq!(iot.calls().len(), 1, "one certificate exchange");

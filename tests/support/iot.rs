@@ -519,21 +519,24 @@ impl TestCa {
 /// device's from a CA of its own), an EC key and certificate in `sb`'s folder, the AWS keys
 /// taken out of the environment, and the `[iot]` section naming them all.
 pub fn device(sb: &mut super::Sandbox) -> (FakeIot, String) {
+    device_at(sb, None)
+}
+
+/// [`device`], with the fake provider answering as `name` on `addr` when given (`(name,
+/// addr)`, for clients that reach it through a name mapped in their own `/etc/hosts`).
+pub fn device_at(sb: &mut super::Sandbox, at: Option<(&str, &str)>) -> (FakeIot, String) {
     let device_ca = TestCa::new();
-    let iot = FakeIot::start(&sb.ca, &device_ca);
+    let iot = match at {
+        Some((name, addr)) => FakeIot::start_named(&sb.ca, &device_ca, name, addr),
+        None => FakeIot::start(&sb.ca, &device_ca),
+    };
     let (cert, key) = device_identity(
         sb.dir.path(),
         &device_ca,
         KeyKind::EcPkcs8,
         Validity::Current,
     );
-    for v in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-    ] {
-        sb.set(v, None);
-    }
+    sb.without_aws_keys();
     let config = format!(
         "[iot]\nendpoint = \"{}\"\nrole_alias = \"{ROLE_ALIAS}\"\nthing_name = \"{THING_NAME}\"\n\
          cert = \"{}\"\nkey = \"{}\"\n\n",

@@ -1177,6 +1177,17 @@ impl Sandbox {
         }
     }
 
+    /// Takes the sandbox's AWS keys out of the environment, so another source must answer.
+    pub fn without_aws_keys(&mut self) {
+        for v in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+        ] {
+            self.set(v, None);
+        }
+    }
+
     /// The cache directory the helper uses.
     pub fn cache_dir(&self) -> PathBuf {
         self.dir.path().join("cache")
