@@ -131,6 +131,29 @@ fn by_hand(guest: &Guest, input: &Path, fakes: &Fakes) {
     std::fs::rename(cert, new.join("certificate.pem.crt")).unwrap();
     let install = doc_block("README.md", "sudo install -m 0755 target/")
         .replace("aarch64-unknown-linux-musl", guest.triple);
+    // The metrics block without its node_exporter line (there is none on the guest; the
+    // black-box tests run it), and for its `systemctl edit` an editor that writes what the
+    // line's comment says.
+    let metrics: String = doc_block("README.md", "textfile_collector")
+        .lines()
+        .filter(|l| !l.starts_with("node_exporter "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let drop_in = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sudo systemctl edit ecr-edge")?
+                .split_once("# ")
+        })
+        .map(|(_, said)| said.replacen("] ", "]\n", 1))
+        .expect("the metrics block's systemctl edit line");
+    let editor = input.join("editor.sh");
+    std::fs::write(
+        &editor,
+        format!("#!/bin/sh\ncat > \"$1\" <<'EOF'\n{drop_in}\nEOF\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let steps = [
         ("by-hand-install.sh", install),
         (
@@ -138,6 +161,7 @@ fn by_hand(guest: &Guest, input: &Path, fakes: &Fakes) {
             doc_block("README.md", "sudo useradd --system"),
         ),
         ("log-level.sh", doc_block("README.md", "ECR_EDGE_LOG=debug")),
+        ("metrics.sh", metrics.clone()),
         ("rotate.sh", doc_block("README.md", "private.pem.key.new")),
         (
             "by-hand-remove.sh",
@@ -437,14 +461,14 @@ fn lab(guest: &Guest) {
     );
     println!(
         "lab {}: daemon VmRSS {} kB idle, {} kB after 10 served gets; helper peak RSS {} kB for a \
-         cached get; installed {} KiB (binary {} bytes); dpkg -i {} s; restart to READY {} ms",
+         cached get; installed {} KiB (binary {} bytes); apt install {} s; restart to READY {} ms",
         guest.arch,
         r["rss_idle_kib"],
         r["rss_after_10_gets_kib"],
         r["helper_cached_get_peak_rss_kib"],
         r["installed_kib"],
         r["binary_bytes"],
-        r["dpkg_seconds"],
+        r["install_seconds"],
         r["ready_ms"],
     );
 

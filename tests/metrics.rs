@@ -1,7 +1,8 @@
 //! Fleet metrics (issue 18): the daemon's `metrics_file` as Prometheus reads it, checked with
 //! the real `promtool` (Debian's prometheus package; `scripts/install-deps metrics` takes it
-//! out of the package without installing a server), and the packaged alert rules with
-//! `promtool check rules` and `promtool test rules`.
+//! out of the package without installing a server) and served by the real node_exporter's
+//! textfile collector, and the packaged alert rules with `promtool check rules` and
+//! `promtool test rules`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,67 @@ fn run_promtool(args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
     )
 }
 
+/// `node_exporter`: `$ECR_EDGE_NODE_EXPORTER`, else the copy `scripts/install-deps metrics`
+/// keeps (Debian's `prometheus-node-exporter`).
+fn node_exporter() -> PathBuf {
+    std::env::var_os("ECR_EDGE_NODE_EXPORTER")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from("/var/cache/ecr-edge-test/node-exporter/current/prometheus-node-exporter")
+        })
+}
+
+/// What node_exporter, with only its textfile collector reading `dir`, serves on `/metrics`.
+fn scrape_with_node_exporter(sb: &Sandbox, dir: &Path) -> String {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = sb.dir.path().join("node_exporter.log");
+    let mut child = Command::new(node_exporter())
+        .arg("--collector.disable-defaults")
+        .arg("--collector.textfile")
+        .arg(format!("--collector.textfile.directory={}", dir.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "node_exporter ({}): {e}; run scripts/install-deps metrics",
+                node_exporter().display()
+            )
+        });
+    let start = Instant::now();
+    let body = loop {
+        let scraped = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
+            c.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+            let mut body = String::new();
+            c.read_to_string(&mut body)?;
+            Ok(body)
+        });
+        match scraped {
+            Ok(body) if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") => {
+                break body
+            }
+            _ if start.elapsed() > Duration::from_secs(20) => {
+                let _ = child.kill();
+                panic!(
+                    "node_exporter never served /metrics: {scraped:?}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    body
+}
+
 /// The value of the sample `name{labels}` (labels as written, `""` for none).
 fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
     let key = if labels.is_empty() {
@@ -63,9 +125,10 @@ fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
 }
 
 /// A running daemon's metrics file, one registry served and one whose endpoint is down:
-/// promtool accepts it, it is 0644, and it says what `status --json` says.
+/// promtool accepts it, node_exporter serves it, it is 0644, and it says what `status --json`
+/// says.
 #[test]
-#[ignore = "needs promtool (scripts/install-deps metrics, as scripts/test runs it)"]
+#[ignore = "needs promtool and node_exporter (scripts/install-deps metrics, as scripts/test runs it)"]
 fn promtool_accepts_the_metrics_of_a_running_daemon() {
     let mut sb = Sandbox::new();
     let file = sb.dir.path().join("textfile/ecr_edge.prom");
@@ -114,6 +177,23 @@ fn promtool_accepts_the_metrics_of_a_running_daemon() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(leftovers.len(), 1, "no temp files left: {leftovers:?}");
+
+    // node_exporter's textfile collector, started with the README's flag, serves the samples
+    // and reports no scrape error for the file.
+    let scraped = scrape_with_node_exporter(&sb, file.parent().unwrap());
+    assert!(
+        scraped.contains("node_textfile_scrape_error 0"),
+        "node_exporter did not read the file cleanly:\n{scraped}"
+    );
+    assert_eq!(
+        sample(
+            &scraped,
+            "ecr_edge_socket_requests_total",
+            "answer=\"served\""
+        ),
+        Some(1.0),
+        "{scraped}"
+    );
 
     let reg = format!("registry=\"{REG}\"");
     let status = crate::daemon::status_json(&sb);

@@ -106,6 +106,15 @@ if [ "$PHASE" = main ]; then
   check byhand_alice_from_daemon grep -q "served by the daemon" "$out/byhand-alice.stderr"
   readme log_level log-level.sh
   check log_level_debug sh -c 'journalctl -u ecr-edge --no-pager -p debug -o verbose | grep -q PRIORITY=7'
+  # Metrics for node_exporter: the README's folder, drop-in (systemctl edit, its editor writing
+  # what the README's comment says) and restart, then the file under the full hardening.
+  sed -i '/^backoff_max = 4$/a metrics_file = "/var/lib/node_exporter/textfile_collector/ecr_edge.prom"' /etc/ecr-edge/config.toml
+  # `systemctl edit` refuses to run without a terminal: script(1) gives the block one.
+  SYSTEMD_EDITOR=$in/editor.sh check metrics script -qec "bash -c 'sudo() { \"\$@\"; }; export -f sudo; cd $in/clone && set -e && . $in/metrics.sh'" /dev/null
+  prom=/var/lib/node_exporter/textfile_collector/ecr_edge.prom
+  for _ in $(seq 30); do grep -q '^ecr_edge_token_expiry_timestamp_seconds{' "$prom" 2>/dev/null && break; sleep 1; done
+  check metrics_file_written grep -q '^ecr_edge_token_expiry_timestamp_seconds{' "$prom"
+  check metrics_file_mode test "$(stat -c '%a %U' "$prom")" = "644 ecr-edge"
   pid=$(daemon_pid)
   readme rotate rotate.sh
   for _ in $(seq 20); do
@@ -121,15 +130,17 @@ if [ "$PHASE" = main ]; then
   check byhand_nothing_left sh -c '! ls -d /usr/local/bin/ecr-edge /usr/local/bin/docker-credential-ecr-edge /etc/systemd/system/ecr-edge.service /etc/systemd/system/ecr-edge.service.d /run/ecr-edge /root/.cache/ecr-edge 2>/dev/null && ! getent passwd ecr-edge && ! getent group ecr-edge'
   check byhand_unit_gone sh -c '! systemctl cat ecr-edge > /dev/null 2>&1'
   check byhand_docker_entry_gone sh -c '! grep -q ecr-edge /root/.docker/config.json'
-  # /etc/ecr-edge is the administrator's to keep; the package is installed on a clean device.
-  rm -rf /etc/ecr-edge
+  check byhand_metrics_file_gone test ! -e "$prom"
+  # /etc/ecr-edge and the metrics folder are the administrator's to keep; the package is
+  # installed on a clean device.
+  rm -rf /etc/ecr-edge /var/lib/node_exporter
   hash -r   # this shell remembered /usr/local/bin/ecr-edge; the package puts it in /usr/bin
 fi
 
-step "1. dpkg -i"
+step "1. apt install ./ecr-edge.deb, as the README says"
 start=$(date +%s)
-check dpkg_install dpkg -i "$in/ecr-edge.deb"
-result dpkg_seconds $(( $(date +%s) - start ))
+check apt_install sh -c "cd $in && apt install -y ./ecr-edge.deb"
+result install_seconds $(( $(date +%s) - start ))
 check helper_link test "$(readlink /usr/bin/docker-credential-ecr-edge)" = ecr-edge
 check provider_link test "$(readlink -f /usr/libexec/ecr-edge/ecr-edge-credential-provider)" = /usr/bin/ecr-edge
 check user_and_group sh -c 'getent passwd ecr-edge && getent group ecr-edge'
@@ -243,7 +254,7 @@ if [ "$PHASE" = main ]; then
   step "7. upgrade: the next revision installed over the running daemon"
   pid=$(daemon_pid)
   next=$(dpkg-deb -f "$in/ecr-edge-next.deb" Version)
-  check upgrade dpkg -i "$in/ecr-edge-next.deb"
+  check upgrade sh -c "cd $in && apt install -y ./ecr-edge-next.deb"
   check upgraded_version test "$(dpkg-query -W -f '${Version}' ecr-edge)" = "$next"
   sleep 2
   check upgrade_active systemctl is-active ecr-edge
