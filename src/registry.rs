@@ -3,7 +3,7 @@
 //! Pure: a string in, a typed [`Registry`] out, no I/O, no panics on any input. Docker hands a
 //! helper whatever the user typed after `docker pull`, so the input may carry a scheme, userinfo,
 //! a port or a path (`https://123456789012.dkr.ecr.us-east-1.amazonaws.com:443/v2/`); only the host
-//! decides. The forms and their endpoints are in REFERENCE.md section 2.
+//! decides. The forms and their endpoints are in docs/reference.md section 2.
 //!
 //! The endpoint must follow the host form: a FIPS registry host is served by the FIPS API
 //! endpoint and a dual-stack host by the dual-stack one. The incumbent helper calls the standard
@@ -45,7 +45,7 @@ pub struct Registry {
 /// The region that serves ECR Public tokens, whatever region the client is in.
 pub const PUBLIC_REGION: &str = "us-east-1";
 
-/// Partition DNS suffixes of private registry hosts (REFERENCE.md section 2).
+/// Partition DNS suffixes of private registry hosts (docs/reference.md section 2).
 const STANDARD_SUFFIXES: &[&str] = &[
     "amazonaws.com",
     "amazonaws.com.cn",

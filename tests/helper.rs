@@ -22,6 +22,8 @@ fn sandbox_identity() -> String {
         profile: None,
         role_arn: None,
         static_key_id: None,
+        session_key_id: Some(support::ACCESS_KEY_ID.into()),
+        container: None,
     }
     .identity()
 }
@@ -840,7 +842,18 @@ fn instance_role_credentials_come_over_plain_http() {
     sb.without_aws_keys();
     sb.set("AWS_EC2_METADATA_DISABLED", None);
     sb.set("AWS_EC2_METADATA_SERVICE_ENDPOINT", Some(&endpoint));
+    // A plain-HTTP proxy is configured too: instance and container credential endpoints are
+    // loopback or link-local, and their tokens must never go to it (issue 25's review).
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    proxy.set_nonblocking(true).unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    sb.set("HTTP_PROXY", Some(&proxy_url));
+    sb.set("http_proxy", Some(&proxy_url));
     let out = sb.helper("get", HOST.as_bytes());
+    assert!(
+        proxy.accept().is_err(),
+        "a request for the metadata service went to HTTP_PROXY"
+    );
     assert!(
         out.status.success(),
         "{}{}",
@@ -860,4 +873,52 @@ fn instance_role_credentials_come_over_plain_http() {
             .any(|l| l.starts_with("GET /latest/meta-data/iam/security-credentials/edge-node")),
         "{seen:?}"
     );
+}
+
+/// Two sessions are two principals (security review, issue 25): a token cached with one
+/// session's keys is never served to a helper holding another session's keys, from the cache
+/// or from a daemon running with the first. Before, both were keyed `key=` (no key ID for
+/// temporary keys) and the second principal got the first one's token for hours.
+#[test]
+fn another_session_never_gets_the_first_sessions_token() {
+    let mut sb = Sandbox::new();
+    let other = sb
+        .fake
+        .add_role("arn:aws:iam::123456789012:role/other", None, &[]);
+    let first = sb.helper("get", HOST.as_bytes());
+    assert_eq!(text(&first.stdout), expected_get(HOST, &sb.fake.password()));
+    for (k, v) in support::FakeEcr::session_env(&other) {
+        sb.set(k, Some(&v));
+    }
+    let second = sb.helper("get", HOST.as_bytes());
+    assert_eq!(text(&second.stdout), expected_get(HOST, &other.password));
+    let calls = sb.fake.calls();
+    assert_eq!(calls.len(), 2, "the second session fetched its own token");
+    assert_eq!(calls[1].access_key, other.key_id);
+
+    // A daemon holding the first session's token refuses the second session's helper, which
+    // then fetches with its own keys.
+    let mut sb = Sandbox::new();
+    let other = sb
+        .fake
+        .add_role("arn:aws:iam::123456789012:role/other", None, &[]);
+    let config = format!("[daemon]\nregistries = [\"{HOST}\"]\n");
+    let _daemon = support::RunningDaemon::start(&mut sb, &config);
+    let served = sb.helper("get", HOST.as_bytes());
+    assert_eq!(
+        text(&served.stdout),
+        expected_get(HOST, &sb.fake.password())
+    );
+    for (k, v) in support::FakeEcr::session_env(&other) {
+        sb.set(k, Some(&v));
+    }
+    sb.set("ECR_EDGE_LOG", Some("debug"));
+    let out = sb.helper("get", HOST.as_bytes());
+    let err = text(&out.stderr);
+    assert_eq!(
+        text(&out.stdout),
+        expected_get(HOST, &other.password),
+        "{err}"
+    );
+    assert!(!err.contains("served by the daemon"), "{err}");
 }

@@ -3,9 +3,15 @@
 //! The helper names the source without loading it (no file parsing, no network), so a cache hit
 //! costs nothing: the AWS profile, the web-identity role, and for long-term access keys in the
 //! environment the access key ID (a name, not a secret; it separates two users of one account).
-//! Temporary keys (`AWS_SESSION_TOKEN` set) rotate, so their key ID is deliberately left out:
-//! keying on it, as the incumbent does, makes every rotation a cache miss. With `[iot]`
-//! configured, the source is the device's IoT identity (endpoint, role alias, thing, role).
+//! Temporary keys in the environment (`AWS_SESSION_TOKEN` set) are named by a digest of their
+//! key ID: two sessions may be two principals, so a token fetched with one session's keys is
+//! never served to another's (each new session costs one cache miss, which is the price of
+//! never handing one role's token to another). Container credentials
+//! (`AWS_CONTAINER_CREDENTIALS_*`) are named by a digest of their endpoint and authorization
+//! settings, so two tasks' endpoints are two identities. Instance metadata and a profile's
+//! `credential_process` or SSO are named by the profile: finding their principal means loading
+//! them, which a cache hit never does (see README "Isolation"). With `[iot]` configured, the
+//! source is the device's IoT identity (endpoint, role alias, thing, role).
 //!
 //! A `[[registry]]` table chooses another source for one registry ([`Source::for_registry`]): a
 //! named profile, and optionally a role assumed on top of the base ([`Source::Assume`]). Every
@@ -30,6 +36,12 @@ pub enum Source {
         role_arn: Option<String>,
         /// `AWS_ACCESS_KEY_ID` when it is a long-term key (no session token alongside).
         static_key_id: Option<String>,
+        /// `AWS_ACCESS_KEY_ID` when it is a temporary key (`AWS_SESSION_TOKEN` alongside); the
+        /// identity carries a digest of it.
+        session_key_id: Option<String>,
+        /// A digest of the container credentials settings (`AWS_CONTAINER_CREDENTIALS_FULL_URI`
+        /// or `_RELATIVE_URI`, and the authorization token or its file), when set.
+        container: Option<String>,
     },
     /// The AWS IoT credentials provider, with the device certificate (`[iot]`).
     Iot(IotConfig),
@@ -109,14 +121,32 @@ impl Source {
     /// Names the source that the process environment selects.
     pub fn from_env() -> Source {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let static_key_id = match var("AWS_SESSION_TOKEN") {
-            Some(_) => None,
-            None => var("AWS_ACCESS_KEY_ID"),
+        let (static_key_id, session_key_id) = match var("AWS_SESSION_TOKEN") {
+            Some(_) => (None, var("AWS_ACCESS_KEY_ID")),
+            None => (var("AWS_ACCESS_KEY_ID"), None),
         };
+        let container = [
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        ]
+        .iter()
+        .map(|name| var(name))
+        .collect::<Vec<_>>();
+        let container = container.iter().any(Option::is_some).then(|| {
+            let joined: Vec<&str> = container
+                .iter()
+                .map(|v| v.as_deref().unwrap_or(""))
+                .collect();
+            digest(&joined.join("\n"))
+        });
         Source::DefaultChain {
             profile: var("AWS_PROFILE"),
             role_arn: var("AWS_ROLE_ARN"),
             static_key_id,
+            session_key_id,
+            container,
         }
     }
 
@@ -136,12 +166,25 @@ impl Source {
                 profile,
                 role_arn,
                 static_key_id,
-            } => format!(
-                "chain;profile={};role={};key={}",
-                profile.as_deref().unwrap_or("default"),
-                role_arn.as_deref().unwrap_or(""),
-                static_key_id.as_deref().unwrap_or("")
-            ),
+                session_key_id,
+                container,
+            } => {
+                let mut id = format!(
+                    "chain;profile={};role={};key={}",
+                    profile.as_deref().unwrap_or("default"),
+                    role_arn.as_deref().unwrap_or(""),
+                    static_key_id.as_deref().unwrap_or("")
+                );
+                if let Some(key) = session_key_id {
+                    id.push_str(";session=");
+                    id.push_str(&digest(key));
+                }
+                if let Some(c) = container {
+                    id.push_str(";container=");
+                    id.push_str(c);
+                }
+                id
+            }
             Source::Iot(iot) => format!(
                 "iot;endpoint={};alias={};thing={};role={}",
                 iot.endpoint,
@@ -155,10 +198,7 @@ impl Source {
                 if let Some(ext) = &role.external_id {
                     // A digest: the ID is not meant to be secret, but it is not ours to show.
                     id.push_str(";ext=");
-                    let d = ring::digest::digest(&ring::digest::SHA256, ext.expose().as_bytes());
-                    for b in &d.as_ref()[..8] {
-                        id.push_str(&format!("{b:02x}"));
-                    }
+                    id.push_str(&digest(ext.expose()));
                 }
                 if let Some(name) = &role.session_name {
                     id.push_str(";session=");
@@ -212,6 +252,14 @@ impl Source {
     }
 }
 
+/// The first 8 bytes of SHA-256 of `value`, in hex: names a value in an identity without
+/// showing it (collisions between two sources of one user are not a practical concern at 64
+/// bits).
+fn digest(value: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The region a credential source's own calls go to (STS for a role hop, the IoT exchange's
 /// `credentials` command): the IoT endpoint's region, else `AWS_REGION`, else `fallback` (the
 /// registry being served), else `us-east-1`. The one rule for the helper, the daemon and
@@ -239,16 +287,43 @@ mod tests {
             profile: Some("edge".into()),
             role_arn: None,
             static_key_id: Some("AKIAEXAMPLE".into()),
+            session_key_id: None,
+            container: None,
         };
         assert_eq!(s.identity(), "chain;profile=edge;role=;key=AKIAEXAMPLE");
         let rotating = Source::DefaultChain {
             profile: None,
             role_arn: Some("arn:aws:iam::1:role/r".into()),
             static_key_id: None,
+            session_key_id: None,
+            container: None,
         };
         assert_eq!(
             rotating.identity(),
             "chain;profile=default;role=arn:aws:iam::1:role/r;key="
+        );
+    }
+
+    /// Two sessions (or two containers' endpoints) are two identities: a token fetched with
+    /// one is never found under the other's key. Before this, both were `key=`.
+    #[test]
+    fn temporary_keys_and_container_endpoints_are_told_apart() {
+        let chain = |session: Option<&str>, container: Option<&str>| Source::DefaultChain {
+            profile: None,
+            role_arn: None,
+            static_key_id: None,
+            session_key_id: session.map(str::to_owned),
+            container: container.map(str::to_owned),
+        };
+        let a = chain(Some("ASIAROLEA"), None).identity();
+        let b = chain(Some("ASIAROLEB"), None).identity();
+        assert_ne!(a, b);
+        assert_eq!(a, chain(Some("ASIAROLEA"), None).identity());
+        assert!(!a.contains("ASIAROLEA"), "{a}");
+        assert_ne!(a, chain(None, None).identity());
+        assert_ne!(
+            chain(None, Some(&digest("http://127.0.0.1:1/a"))).identity(),
+            chain(None, Some(&digest("http://127.0.0.1:1/b"))).identity()
         );
     }
 }

@@ -72,6 +72,28 @@ pub fn proxy_for(host: &str, port: u16) -> Option<String> {
     ))
 }
 
+/// Whether `host` is on this machine or its link (loopback, `localhost`, IPv4 169.254/16,
+/// IPv6 link-local, and the IPv6 instance-metadata address `fd00:ec2::254`): the local
+/// credential endpoints live there, and no proxy may see their requests.
+fn never_proxied(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_link_local(),
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_link_local())
+        }
+        Err(_) => {
+            let name = bare.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    }
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -391,10 +413,11 @@ impl SdkConnector {
                 request.headers_mut().insert(hyper::header::HOST, value);
             }
         }
-        // Plain HTTP through a proxy (HTTP_PROXY; never for the link-local metadata services,
-        // which NO_PROXY should name) is sent to the proxy in absolute form; everything else
-        // goes in origin form over a direct connection or a CONNECT tunnel.
-        let http_proxy = if secure {
+        // Plain HTTP through a proxy (HTTP_PROXY) is sent to the proxy in absolute form;
+        // everything else goes in origin form over a direct connection or a CONNECT tunnel.
+        // The credential endpoints on this host or link (container credentials, instance
+        // metadata) are never proxied, whatever NO_PROXY says: their requests carry tokens.
+        let http_proxy = if secure || never_proxied(&host) {
             None
         } else {
             hyper_util::client::proxy::matcher::Matcher::from_env().intercept(&uri)
@@ -488,5 +511,39 @@ async fn within<T>(
                 format!("no progress {what} within {limit:?}").into(),
             )
         }),
+    }
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::never_proxied;
+
+    #[test]
+    fn local_credential_endpoints_are_never_proxied() {
+        for host in [
+            "127.0.0.1",
+            "127.3.4.5",
+            "169.254.169.254",
+            "169.254.170.2",
+            "[::1]",
+            "::1",
+            "[fd00:ec2::254]",
+            "fe80::1",
+            "localhost",
+            "LOCALHOST.",
+            "metadata.localhost",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(never_proxied(host), "{host}");
+        }
+        for host in [
+            "10.0.0.1",
+            "169.255.0.1",
+            "api.ecr.us-east-1.amazonaws.com",
+            "localhost.example.com",
+            "2001:db8::1",
+        ] {
+            assert!(!never_proxied(host), "{host}");
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! The AWS IoT credentials provider: trade the device's X.509 certificate for temporary role
-//! credentials, so a device keeps no long-lived AWS keys (REFERENCE.md section 4).
+//! credentials, so a device keeps no long-lived AWS keys (docs/reference.md section 4).
 //!
 //! `GET https://<endpoint>/role-aliases/<alias>/credentials` over mutual TLS, with the
 //! `x-amzn-iot-thingname` header. Before any network call the device identity is checked

@@ -1,7 +1,7 @@
 //! The Docker credential helper protocol: `get`, `store`, `erase`, `list`, `version`.
 //!
 //! Docker (and podman, skopeo, nerdctl) run `docker-credential-ecr-edge <action>`, write the
-//! input on stdin and read stdout (REFERENCE.md section 1). Errors go to stdout too, with exit
+//! input on stdin and read stdout (docs/reference.md section 1). Errors go to stdout too, with exit
 //! status 1; the exact text [`CREDENTIALS_NOT_FOUND`] makes a client carry on anonymously, so
 //! that text is used for one case only, a host that is not ECR, and every failure on an ECR
 //! host names its cause instead. podman and skopeo show that cause; the Docker CLI drops a
@@ -128,7 +128,7 @@ impl std::error::Error for HelperError {
 /// This is the protocol boundary: every error becomes exactly one line on `stdout` here. A
 /// failed `get` for an ECR host also goes, as the same line, to `echo` when the caller passes
 /// one: the Docker CLI drops a failed `get`'s stdout and pulls anonymously, but shows the
-/// helper's stderr (REFERENCE.md section 1), so that is the only place a Docker user can
+/// helper's stderr (docs/reference.md section 1), so that is the only place a Docker user can
 /// learn the cause. The line carries no secret (no error of this module holds one).
 pub fn run(
     action: Action,

@@ -1,4 +1,4 @@
-//! The kubelet image credential provider (REFERENCE.md section 5): containerd under k3s or
+//! The kubelet image credential provider (docs/reference.md section 5): containerd under k3s or
 //! Kubernetes never calls Docker helpers, the kubelet runs a provider plugin instead.
 //!
 //! `ecr-edge kubelet-credential-provider` (also when started as `ecr-edge-credential-provider`)

@@ -484,6 +484,17 @@ impl FakeEcr {
         role
     }
 
+    /// The environment of a process holding this role's session credentials
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), as another
+    /// principal's shell would have them.
+    pub fn session_env(role: &FakeRole) -> [(&'static str, String); 3] {
+        [
+            ("AWS_ACCESS_KEY_ID", role.key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", role.secret.clone()),
+            ("AWS_SESSION_TOKEN", role.session_token.clone()),
+        ]
+    }
+
     /// Adds long-term keys (for an AWS profile); returns the ECR password their tokens carry.
     pub fn add_static_key(&self, key_id: &str, secret: &str) -> String {
         let mut s = self.state.lock().unwrap();
