@@ -85,7 +85,7 @@ pub mod internal {
     }
     /// File locks.
     pub mod files {
-        pub use crate::store::files::lock_exclusive_dir;
+        pub use crate::store::files::{lock_exclusive, lock_exclusive_dir};
     }
     /// The Docker credential helper.
     pub mod helper {
@@ -112,6 +112,7 @@ pub mod internal {
     }
     /// The daemon's timing rules (also the fleet simulation's).
     pub mod schedule {
+        pub use crate::aws::Failure;
         pub use crate::daemon::schedule::*;
     }
     /// Tokens.

@@ -15,6 +15,7 @@ use crate::support::{self, text, Sandbox};
 
 const REG: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
 const OTHER: &str = "210987654321.dkr.ecr.eu-central-1.amazonaws.com";
+const THIRD: &str = "345678901234.dkr.ecr.ap-south-1.amazonaws.com";
 
 /// A running `ecr-edge daemon` with its notify socket; killed when dropped.
 pub(crate) struct Daemon {
@@ -91,6 +92,18 @@ impl Daemon {
 
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the daemon to exit; its status, or `None` if still running after `within`.
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     pub(crate) fn signal(&self, sig: Signal) {
@@ -304,11 +317,34 @@ fn a_held_sink_lock_delays_neither_gets_nor_the_watchdog() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(sink.exists(), "first sink write: {}", d.log());
+
+    // A reader of the sink's directory (another user may read /run/ecr-edge) takes a lock on
+    // it: that never holds the daemon's writes back (before, the daemon locked the directory
+    // itself, so any reader could stall every sink update).
+    let reader_lock = ecr_edge::internal::files::lock_exclusive_dir(
+        &sink_dir,
+        std::time::Instant::now() + Duration::from_secs(10),
+    )
+    .unwrap();
+    let (ok, out) = get(&sb, THIRD);
+    assert!(ok, "{out}");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&sink).unwrap().contains(THIRD) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the sink waited for a reader's lock: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(reader_lock);
     let calls = ecr_calls(&sb);
 
-    // The daemon may still be finishing its first write (slow under an emulator): wait for it.
-    let lock = ecr_edge::internal::files::lock_exclusive_dir(
-        &sink_dir,
+    // Another writer with the daemon's rights holds the sink's own lock: the write waits for
+    // it, and nothing else does. The daemon may still be finishing its last write (slow under
+    // an emulator): wait for it.
+    let lock = ecr_edge::internal::files::lock_exclusive(
+        &sink_dir.join(".auth.json.lock"),
         std::time::Instant::now() + Duration::from_secs(10),
     )
     .unwrap();
@@ -392,15 +428,15 @@ fn sighup_reloads_and_sinks_keep_unrelated_entries() {
     let d = Daemon::start(&mut sb, &format!("[daemon]\nregistries = [\"{REG}\"]\n"));
     d.wait_notify("READY=1", Duration::from_secs(20));
     let config = sb.dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\nregistries = [\"{REG}\", \"{OTHER}\"]\n\
+    let with_sink = |registries: &str| {
+        let text = format!(
+            "[daemon]\nregistries = [{registries}]\n\
              [[daemon.sink]]\nkind = \"docker-auths\"\npath = \"{}\"\n",
             sink.display()
-        ),
-    )
-    .unwrap();
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    with_sink(&format!("\"{REG}\", \"{OTHER}\""));
     d.signal(Signal::SIGHUP);
     d.wait_notify("READY=1", Duration::from_secs(20));
     let start = Instant::now();
@@ -422,10 +458,10 @@ fn sighup_reloads_and_sinks_keep_unrelated_entries() {
     let want = aws_smithy_types::base64::encode(format!("AWS:{}", sb.fake.password()));
     assert_eq!(v["auths"][REG]["auth"], want.as_str());
     assert_eq!(v["auths"][OTHER]["auth"], want.as_str());
-    // The file kept its mode.
+    // A file of tokens is never left readable by others: the 0640 it had is narrowed.
     assert_eq!(
         std::fs::metadata(&sink).unwrap().permissions().mode() & 0o777,
-        0o640
+        0o600
     );
     assert!(d.log().contains("configuration reloaded"), "{}", d.log());
 
@@ -440,6 +476,25 @@ fn sighup_reloads_and_sinks_keep_unrelated_entries() {
     let (ok, out) = get(&sb, OTHER);
     assert!(ok, "{out}");
     assert_eq!(ecr_calls(&sb), calls);
+
+    // A registry taken out of the configuration leaves the sink with it (before, its token
+    // stayed in the file after the daemon stopped serving it).
+    with_sink(&format!("\"{REG}\""));
+    d.signal(Signal::SIGHUP);
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let start = Instant::now();
+    while std::fs::read_to_string(&sink).unwrap().contains(OTHER) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{OTHER} still in the sink: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sink).unwrap()).unwrap();
+    assert_eq!(v["auths"][REG]["auth"], want.as_str());
+    assert_eq!(v["auths"]["docker.io"]["auth"], "dXNlcjpwYXNz");
 }
 
 #[test]

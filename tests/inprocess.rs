@@ -312,18 +312,53 @@ mod daemon_time {
         task.await.unwrap().unwrap();
     }
 
-    /// At most MAX_CONNECTIONS clients are served at once; the next one waits (in the
-    /// listen queue) until a slot frees, then is answered.
+    /// At most MAX_CONNECTIONS clients are served at once. When every slot holds a client
+    /// that has sent nothing, a new client is answered at once and the oldest silent one is
+    /// closed; when every slot holds a client with a request under way, the next one waits
+    /// until a slot frees, then is answered.
     #[tokio::test(start_paused = true)]
-    async fn connections_are_capped_and_the_next_waits_for_a_slot() {
+    async fn connections_are_capped_idle_ones_give_way_busy_ones_are_waited_for() {
+        use tokio::io::AsyncReadExt;
+        let cap = ecr_edge::internal::daemon::MAX_CONNECTIONS;
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
-        let (_source, get, stop, task) = start(&socket, Duration::ZERO, 43_200, "pw", "").await;
+        let (source, get, stop, task) =
+            start(&socket, Duration::from_secs(5), 43_200, "pw", "").await;
+        // The first fetch takes 5 s; let it finish so gets for REG are answered from memory.
+        assert!(matches!(ask(&socket, &get).await, Reply::Token { .. }));
         let mut idle = Vec::new();
-        for _ in 0..ecr_edge::internal::daemon::MAX_CONNECTIONS {
+        for _ in 0..cap {
             idle.push(tokio::net::UnixStream::connect(&socket).await.unwrap());
         }
         // Let the daemon accept them all.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let reply = tokio::time::timeout(Duration::from_secs(1), ask(&socket, &get))
+            .await
+            .expect("answered at once: a silent client gave way");
+        assert!(matches!(reply, Reply::Token { .. }), "{reply:?}");
+        let mut oldest = idle.remove(0);
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(1), oldest.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0))),
+            "the oldest silent client was closed"
+        );
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+
+        // Every slot busy: clients waiting for an on-demand registry's 5 s fetch.
+        let Request::Get { identity, .. } = get.clone() else {
+            unreachable!()
+        };
+        let slow = Request::Get {
+            registry: "210987654321.dkr.ecr.eu-central-1.amazonaws.com".into(),
+            identity,
+        };
+        let mut busy = Vec::new();
+        for _ in 0..cap {
+            let (socket, slow) = (socket.clone(), slow.clone());
+            busy.push(tokio::spawn(async move { ask(&socket, &slow).await }));
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
         let waiting = tokio::spawn({
             let (socket, get) = (socket.clone(), get.clone());
@@ -331,14 +366,16 @@ mod daemon_time {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiting.is_finished(), "served beyond the cap");
-        drop(idle.pop());
-        let reply = tokio::time::timeout(Duration::from_secs(1), waiting)
+        let reply = tokio::time::timeout(Duration::from_secs(10), waiting)
             .await
             .expect("answered once a slot was free")
             .unwrap();
         assert!(matches!(reply, Reply::Token { .. }), "{reply:?}");
+        for b in busy {
+            assert!(matches!(b.await.unwrap(), Reply::Token { .. }));
+        }
+        assert_eq!(source.calls(), 2);
         stop.send(()).unwrap();
-        drop(idle);
         task.await.unwrap().unwrap();
     }
 

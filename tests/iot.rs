@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::support::iot::{
     device_identity, FakeIot, IotMode, KeyKind, Validity, ROLE_ALIAS, THING_NAME,
 };
-use crate::support::{self, text, Sandbox, TestCa};
+use crate::support::{self, text, Mode, Sandbox, TestCa};
 
 const HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
 
@@ -403,16 +403,25 @@ fn start_with_endpoint(
     (d, port, token_file)
 }
 
-#[test]
-fn daemon_serves_role_credentials_locally_only_with_the_token() {
-    use std::os::unix::fs::PermissionsExt;
-    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+/// A daemon with one registry and the credentials endpoint, once it holds role credentials:
+/// the daemon, the endpoint's port, the token file and the token.
+fn serving_role_credentials(
+    s: &mut IotSandbox,
+) -> (crate::daemon::Daemon, u16, std::path::PathBuf, String) {
     let (d, port, token_file) = start_with_endpoint(
-        &mut s,
+        s,
         &format!("registries = [\"{HOST}\"]\n"),
         "role credentials refreshed",
     );
     let token = std::fs::read_to_string(&token_file).unwrap();
+    (d, port, token_file, token)
+}
+
+#[test]
+fn daemon_serves_role_credentials_locally_only_with_the_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let (d, port, token_file, token) = serving_role_credentials(&mut s);
     assert_eq!(token.len(), 64);
     assert_eq!(
         std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
@@ -462,4 +471,213 @@ fn the_credentials_endpoint_never_serves_expired_credentials() {
     let (status, body) = http_get(port, "/credentials", Some(&token));
     assert_eq!(status, 503, "{body}");
     assert!(!body.contains(support::SECRET_ACCESS_KEY), "{body}");
+}
+
+/// SIGTERM while 200 clients are mid-request on the socket (64 waiting for a slow fetch, the
+/// rest queued behind the connection cap) and 50 on the credentials endpoint (a request
+/// half-sent): every one is answered or refused in words, the sink is never left
+/// half-written, the daemon exits within the drain with a clean status after `STOPPING=1`.
+#[test]
+fn sigterm_answers_every_client_in_words_and_stops_cleanly() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const OTHER: &str = "210987654321.dkr.ecr.eu-central-1.amazonaws.com";
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = s.sb.dir.path().to_owned();
+    let token_file = dir.join("credentials-token");
+    let sink = dir.join("sink").join("auth.json");
+    let config = s.config(&format!(
+        "[daemon]\nregistries = [\"{HOST}\"]\ncredentials_endpoint = \"127.0.0.1:{port}\"\n\
+         credentials_token_file = \"{}\"\n[[daemon.sink]]\nkind = \"docker-auths\"\npath = \"{}\"\n",
+        token_file.display(),
+        sink.display()
+    ));
+    let mut d = crate::daemon::Daemon::start(&mut s.sb, &config);
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let start = Instant::now();
+    while !d.log().contains("role credentials refreshed") || !sink.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let identity = ecr_edge::internal::credentials::Source::select(
+        &ecr_edge::internal::config::parse(&config).unwrap(),
+    )
+    .identity();
+    // The next fetch (an on-demand registry) takes 30 s: its clients wait.
+    s.sb.fake.set_mode(Mode::Slow(Duration::from_secs(30)));
+    let socket = dir.join("agent.sock");
+    let request = format!(
+        "{}\n",
+        serde_json::json!({"get": {"registry": OTHER, "identity": identity}})
+    );
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let socket_clients: Vec<_> = (0..200)
+        .map(|_| {
+            let (socket, request, waiting) = (socket.clone(), request.clone(), waiting.clone());
+            std::thread::spawn(move || -> String {
+                let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                c.write_all(request.as_bytes()).unwrap();
+                let mut lines = BufReader::new(c).lines();
+                let mut waited = false;
+                loop {
+                    let line = match lines.next() {
+                        Some(Ok(line)) => line,
+                        other => return format!("no reply (waited: {waited}): {other:?}"),
+                    };
+                    if line.contains("wait") {
+                        waited = true;
+                        waiting.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    return line;
+                }
+            })
+        })
+        .collect();
+    let endpoint_clients: Vec<_> = (0..50)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            write!(
+                c,
+                "GET /credentials HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n"
+            )
+            .unwrap();
+            c
+        })
+        .collect();
+    let start = Instant::now();
+    while waiting.load(Ordering::SeqCst) < ecr_edge::internal::daemon::MAX_CONNECTIONS {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+
+    let stopping = Instant::now();
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    // The endpoint's clients finish their requests during the drain.
+    let endpoint_replies: Vec<_> = endpoint_clients
+        .into_iter()
+        .map(|mut c| {
+            let _ = c.write_all(b"Connection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = c.read_to_string(&mut out);
+            out
+        })
+        .collect();
+    let status = d
+        .wait_exit(Duration::from_secs(6))
+        .unwrap_or_else(|| panic!("still running 6 s after SIGTERM: {}", d.log()));
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status:?}: {}", d.log());
+    d.wait_notify("STOPPING=1", Duration::from_secs(1));
+    let replies: Vec<String> = socket_clients
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let unanswered: Vec<&String> = replies
+        .iter()
+        .filter(|r| r.starts_with("no reply"))
+        .collect();
+    assert!(
+        unanswered.is_empty(),
+        "{} of 200 unanswered, e.g. {:?}\n{}",
+        unanswered.len(),
+        unanswered.first(),
+        d.log()
+    );
+    for reply in replies {
+        let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        assert!(
+            v["refused"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("the daemon is stopping")),
+            "{reply}"
+        );
+    }
+    for reply in endpoint_replies {
+        let status = reply.split_whitespace().nth(1).unwrap_or("");
+        assert!(status == "200" || status == "503", "{reply:?}");
+        assert!(
+            reply.contains("\"message\"") || reply.contains("AccessKeyId"),
+            "{reply:?}"
+        );
+    }
+    // The sink is whole, and no temporary file was left beside it.
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sink).unwrap()).unwrap();
+    assert!(v["auths"][HOST]["auth"].is_string(), "{v}");
+    let leftovers: Vec<_> = std::fs::read_dir(sink.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    eprintln!("stopped {took:?} after SIGTERM");
+}
+
+/// 5,000 idle TCP connections to the credentials endpoint (connected, never a byte sent):
+/// the daemon's open descriptors and memory stay bounded by the connection cap, and a real
+/// request that arrives after them is still answered within a second.
+#[test]
+fn idle_connections_cannot_starve_the_credentials_endpoint() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const IDLE: usize = 5_000;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if hard < IDLE as u64 + 200 {
+        eprintln!("skipped: the descriptor limit here ({hard}) is below {IDLE}");
+        return;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard.max(soft), hard).unwrap();
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let (d, port, _, token) = serving_role_credentials(&mut s);
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", d.pid()));
+    let fds = || std::fs::read_dir(proc_dir.join("fd")).unwrap().count();
+    let rss_kib = || -> u64 {
+        let status = std::fs::read_to_string(proc_dir.join("status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    let (fds_before, rss_before) = (fds(), rss_kib());
+    let mut idle = Vec::with_capacity(IDLE);
+    let asked0 = Instant::now();
+    for _ in 0..IDLE {
+        idle.push(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    }
+    eprintln!("connected {IDLE} in {:?}", asked0.elapsed());
+    let asked = Instant::now();
+    let (status, body) = http_get(port, "/credentials", Some(&token));
+    let answered_in = asked.elapsed();
+    assert_eq!(status, 200, "{body}");
+    let (fds_after, rss_after) = (fds(), rss_kib());
+    eprintln!(
+        "{IDLE} idle connections: answered in {answered_in:?}; daemon fds {fds_before} -> \
+         {fds_after}, RSS {rss_before} -> {rss_after} KiB"
+    );
+    assert!(
+        answered_in < Duration::from_secs(1),
+        "a request behind {IDLE} idle connections took {answered_in:?}"
+    );
+    let cap = ecr_edge::internal::daemon::MAX_CONNECTIONS;
+    assert!(
+        fds_after <= fds_before + cap + 2,
+        "{fds_after} descriptors open (cap {cap}, {fds_before} before)"
+    );
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    drop(idle);
 }

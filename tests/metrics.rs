@@ -124,7 +124,7 @@ fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// A running daemon's metrics file, one registry served and one whose endpoint is down:
+/// A running daemon's metrics file, one registry served and one whose refresh is refused:
 /// promtool accepts it, node_exporter serves it, it is 0644, and it says what `status --json`
 /// says.
 #[test]
@@ -141,12 +141,14 @@ fn promtool_accepts_the_metrics_of_a_running_daemon() {
     d.wait_notify("READY=1", Duration::from_secs(20));
     // One served request, then a registry whose refreshes fail.
     assert!(sb.helper("get", REG.as_bytes()).status.success());
-    sb.fake.fail_next(1, Mode::Reset);
-    sb.fake.set_mode(Mode::Reset);
+    // A refusal, not an outage: its retry waits minutes (a configuration-class failure), so
+    // the file and `status --json` read below describe the same moment. (An outage is retried
+    // within seconds; a retry between the two reads made them differ on a loaded machine.)
+    sb.fake.set_mode(Mode::AccessDenied);
     let _ = sb.helper("get", DOWN.as_bytes());
     let start = Instant::now();
     let read = || std::fs::read_to_string(&file).unwrap_or_default();
-    let down = format!("registry=\"{DOWN}\",outcome=\"unreachable\"");
+    let down = format!("registry=\"{DOWN}\",outcome=\"denied\"");
     while !(read().contains(&format!("ecr_edge_refreshes_total{{{down}}} 1"))
         && sample(
             &read(),
@@ -227,7 +229,7 @@ fn promtool_accepts_the_metrics_of_a_running_daemon() {
         ),
         Some(1.0)
     );
-    assert_eq!(entry(DOWN)["refreshes"]["unreachable"], 1);
+    assert_eq!(entry(DOWN)["refreshes"]["denied"], 1);
     assert_eq!(
         sample(
             &metrics,

@@ -25,7 +25,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use crate::aws::credentials::Source;
 use crate::aws::iot::{Device, IotError, IotProvider};
-use crate::daemon::schedule::Failure;
+use crate::aws::{Failure, Outcome};
 use crate::registry::Registry;
 use crate::token::{self, Token};
 
@@ -232,29 +232,28 @@ impl StdError for FetchError {
 }
 
 impl FetchError {
-    /// The outcome this failure counts as in metrics (one of
-    /// [`crate::daemon::agent::Outcomes::NAMES`]).
-    pub fn outcome(&self) -> &'static str {
+    /// The outcome this failure counts as in metrics and status.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            FetchError::Throttled { .. } => "throttled",
+            FetchError::Throttled { .. } => Outcome::Throttled,
             FetchError::Unreachable { .. } | FetchError::Timeout { .. } | FetchError::Dns(_) => {
-                "unreachable"
+                Outcome::Unreachable
             }
-            FetchError::AccessDenied { .. } => "denied",
-            FetchError::Sts(e) if e.code == "AccessDenied" => "denied",
+            FetchError::AccessDenied { .. } => Outcome::Denied,
+            FetchError::Sts(e) if e.code == "AccessDenied" => Outcome::Denied,
             FetchError::NoCredentials { .. }
             | FetchError::InvalidCredentials { .. }
             | FetchError::Profile { .. }
-            | FetchError::Sts(_) => "credentials",
+            | FetchError::Sts(_) => Outcome::Credentials,
             FetchError::ClockSkew { .. } | FetchError::Iot(IotError::NotYetValid { .. }) => {
-                "clock_skew"
+                Outcome::ClockSkew
             }
-            FetchError::Iot(IotError::Unavailable { status: 429, .. }) => "throttled",
+            FetchError::Iot(IotError::Unavailable { status: 429, .. }) => Outcome::Throttled,
             FetchError::Iot(IotError::Unreachable { .. } | IotError::Timeout { .. }) => {
-                "unreachable"
+                Outcome::Unreachable
             }
-            FetchError::Iot(_) => "iot",
-            _ => "other",
+            FetchError::Iot(_) => Outcome::Iot,
+            _ => Outcome::Other,
         }
     }
 

@@ -8,5 +8,8 @@ pub mod dns;
 pub mod ecr;
 pub mod https;
 pub mod iot;
+mod outcome;
 pub mod traffic;
 pub mod trust;
+
+pub use outcome::{Failure, Outcome};

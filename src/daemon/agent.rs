@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::aws::Outcome;
+
 /// Longest request or reply line accepted.
 pub const MAX_LINE: u64 = 256 * 1024;
 
@@ -187,36 +189,28 @@ pub struct Outcomes {
 }
 
 impl Outcomes {
-    /// The outcome names, in exposition order.
-    pub const NAMES: [&'static str; 8] = [
-        "ok",
-        "throttled",
-        "unreachable",
-        "denied",
-        "credentials",
-        "clock_skew",
-        "iot",
-        "other",
-    ];
+    /// Counts one attempt that ended in `outcome`.
+    pub fn count(&mut self, outcome: Outcome) {
+        *self.slot(outcome) += 1;
+    }
 
-    /// The counter for `name` (one of [`Outcomes::NAMES`]; anything else counts as `other`).
-    pub fn get_mut(&mut self, name: &str) -> &mut u64 {
-        match name {
-            "ok" => &mut self.ok,
-            "throttled" => &mut self.throttled,
-            "unreachable" => &mut self.unreachable,
-            "denied" => &mut self.denied,
-            "credentials" => &mut self.credentials,
-            "clock_skew" => &mut self.clock_skew,
-            "iot" => &mut self.iot,
-            _ => &mut self.other,
+    fn slot(&mut self, outcome: Outcome) -> &mut u64 {
+        match outcome {
+            Outcome::Ok => &mut self.ok,
+            Outcome::Throttled => &mut self.throttled,
+            Outcome::Unreachable => &mut self.unreachable,
+            Outcome::Denied => &mut self.denied,
+            Outcome::Credentials => &mut self.credentials,
+            Outcome::ClockSkew => &mut self.clock_skew,
+            Outcome::Iot => &mut self.iot,
+            Outcome::Other => &mut self.other,
         }
     }
 
-    /// Each outcome with its count, in [`Outcomes::NAMES`] order.
+    /// Each outcome's name with its count, in [`Outcome::ALL`] order.
     pub fn counts(&self) -> [(&'static str, u64); 8] {
         let mut copy = *self;
-        Outcomes::NAMES.map(|n| (n, *copy.get_mut(n)))
+        Outcome::ALL.map(|o| (o.name(), *copy.slot(o)))
     }
 }
 

@@ -20,10 +20,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use super::Shared;
+use super::server::Slot;
+use super::state::Shared;
 use crate::daemon::schedule::{self, Backoff, SystemJitter};
 
 /// Role credentials and when they stop being usable, on the monotonic clock.
@@ -46,13 +47,18 @@ pub(super) fn write_token(path: &Path) -> Result<String, String> {
 }
 
 /// Keeps the credentials fresh: fetch, then sleep until 5 minutes before they expire; back off
-/// on failure.
+/// on failure. Returns at shutdown.
 pub(super) async fn refresh_loop(shared: Arc<Shared>) {
     let mut backoff = Backoff::new(shared.lock().settings.backoff_cap);
     let mut jitter = SystemJitter;
+    let mut stopped = std::pin::pin!(shared.stopped());
     loop {
         let client = shared.lock().client.clone();
-        let fetched = client.credentials().await.and_then(|creds| {
+        let fetched = tokio::select! {
+            f = client.credentials() => f,
+            _ = &mut stopped => return,
+        };
+        let fetched = fetched.and_then(|creds| {
             // Credentials that arrive already expired (a wrong clock, a stale cache upstream)
             // are a failure, never held or served.
             match schedule::credentials_life(creds.expiry(), std::time::SystemTime::now()) {
@@ -89,19 +95,28 @@ pub(super) async fn refresh_loop(shared: Arc<Shared>) {
                 delay
             }
         };
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut stopped => return,
+        }
     }
 }
 
-/// Serves `listener` until the task is aborted.
+/// Serves `listener` until shutdown, at most [`super::MAX_CONNECTIONS`] connections at once
+/// (the oldest idle one closed to make room: [`super::server::serve`]), each request
+/// authorised by `token`. At shutdown a request under way is answered and the connection
+/// closed; a client arriving during the drain gets a 503 in words.
 pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, token: Arc<str>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let (shared, token) = (shared.clone(), token.clone());
-        tokio::spawn(async move {
+    let for_handlers = shared.clone();
+    let handle = move |stream: TcpStream, slot: Arc<Slot>| {
+        let (shared, token) = (for_handlers.clone(), token.clone());
+        async move {
+            let stopped = shared.stopped();
+            // Silent until the first byte (and closed to make room if a new client needs the
+            // slot); from then on, a request is under way.
+            if !slot.request_arrives(&stream).await {
+                return;
+            }
             let service = hyper::service::service_fn(move |req| {
                 let reply = answer(&req, &shared, &token);
                 async move { Ok::<_, Infallible>(reply) }
@@ -111,9 +126,33 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, token: Arc
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))
                 .serve_connection(io, service);
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-        });
-    }
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = tokio::time::timeout(Duration::from_secs(30), conn.as_mut()) => return,
+                _ = stopped => {}
+            }
+            // Shutdown: the request under way is answered, no other is read.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(super::DRAIN, conn).await;
+        }
+    };
+    super::server::serve(listener, super::MAX_CONNECTIONS, shared, handle, refuse).await;
+}
+
+/// Answers a client that arrives while the daemon stops: 503, in words, then close.
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Read what the client sent first, so closing does not reset the connection under it.
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await;
+    let body =
+        serde_json::json!({"code": "Unavailable", "message": super::server::STOPPING}).to_string();
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 fn answer<B>(req: &Request<B>, shared: &Shared, token: &str) -> Response<Full<Bytes>> {

@@ -19,6 +19,7 @@
 
 use std::time::Duration;
 
+use crate::aws::Failure;
 use crate::token::MIN_REMAINING_SECS;
 
 /// First retry delay after a failure.
@@ -130,17 +131,6 @@ pub fn credentials_life(
             .filter(|d| !d.is_zero())
             .map(|d| d.min(MAX_TOKEN_LIFE)),
     }
-}
-
-/// What kind of failure an attempt ended in, for the retry delay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// Network, timeout, server error: may clear any moment.
-    Transient,
-    /// The service asked us to slow down.
-    Throttled,
-    /// Permissions, credentials, configuration: needs a person, so retry rarely.
-    Config,
 }
 
 /// Decorrelated-jitter backoff state for one thing being refreshed.

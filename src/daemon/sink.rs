@@ -1,8 +1,8 @@
 //! Sinks: auth files kept current for consumers that cannot run a credential helper (k3s's
 //! `registries.yaml` alternatives, CRI-O, scripts). Both formats are `{"auths": {"<host>":
 //! {"auth": base64("AWS:<password>")}}}`; every other key and entry in the file is kept, and
-//! the file is rewritten through [`crate::authfile::update`] (directory lock, atomic, mode and
-//! owner kept, 0600 when new, symlinks refused).
+//! the file is rewritten through [`crate::store::authfile::update_secret`] (a private lock file,
+//! atomic, owner kept, never wider than 0600, symlinks refused).
 
 use std::path::Path;
 
@@ -60,7 +60,7 @@ pub fn edit(old: &str, entries: &[SinkEntry<'_>]) -> Result<(String, Vec<String>
 /// # Errors
 /// [`AuthFileError`]; the file is unchanged in every error case.
 pub fn write(path: &Path, entries: &[SinkEntry<'_>]) -> Result<Vec<String>, AuthFileError> {
-    authfile::update(path, false, |old| edit(old, entries))
+    authfile::update_secret(path, |old| edit(old, entries))
 }
 
 #[cfg(test)]

@@ -131,6 +131,39 @@ pub fn update<C>(
     dry_run: bool,
     edit: impl FnOnce(&str) -> Result<(String, Vec<C>), EditError>,
 ) -> Result<Vec<C>, AuthFileError> {
+    update_with(path, dry_run, false, edit)
+}
+
+/// [`update`] for a file that holds tokens (a daemon's sink): the lock is a private lock file
+/// beside it (`.<name>.lock`, 0600, the writer's own), so a reader of the directory cannot
+/// `flock` it and hold updates back; and the file is never left readable by group or others:
+/// a wider mode found on it is narrowed to the owner's read and write, rewriting it even when
+/// nothing else changed.
+///
+/// # Errors
+/// As [`update`].
+pub fn update_secret<C>(
+    path: &Path,
+    edit: impl FnOnce(&str) -> Result<(String, Vec<C>), EditError>,
+) -> Result<Vec<C>, AuthFileError> {
+    update_with(path, false, true, edit)
+}
+
+/// The lock file [`update_secret`] takes for `path`.
+pub fn secret_lock_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.lock"))
+}
+
+fn update_with<C>(
+    path: &Path,
+    dry_run: bool,
+    secret: bool,
+    edit: impl FnOnce(&str) -> Result<(String, Vec<C>), EditError>,
+) -> Result<Vec<C>, AuthFileError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
@@ -138,9 +171,14 @@ pub fn update<C>(
     if !dir.exists() && !dry_run {
         files::ensure_private_dir(&dir)?;
     }
-    // Serialise concurrent runs: a lock on the directory itself, so no lock file is left behind.
+    // Serialise concurrent runs: a lock on the directory itself, so no lock file is left behind
+    // in a user's folder; for a file of tokens, a lock file only its writer can open.
     let _lock = if dir.exists() && !dry_run {
-        Some(files::lock_exclusive_dir(&dir, Instant::now() + LOCK_WAIT)?)
+        let until = Instant::now() + LOCK_WAIT;
+        Some(match secret {
+            true => files::lock_exclusive(&secret_lock_path(path), until)?,
+            false => files::lock_exclusive_dir(&dir, until)?,
+        })
     } else {
         None
     };
@@ -187,13 +225,17 @@ pub fn update<C>(
             key,
         },
     })?;
-    if changes.is_empty() || dry_run {
-        return Ok(changes);
-    }
-    let (mode, owner) = match &existing {
+    let (mut mode, owner) = match &existing {
         Some(m) => (m.mode() & 0o7777, Some((m.uid(), m.gid()))),
         None => (0o600, None),
     };
+    let too_wide = secret && mode & 0o7177 != 0;
+    if secret {
+        mode &= 0o600;
+    }
+    if (changes.is_empty() && !too_wide) || dry_run {
+        return Ok(changes);
+    }
     files::write_atomic_owned(path, new.as_bytes(), mode, owner)?;
     Ok(changes)
 }
