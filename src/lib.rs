@@ -7,32 +7,42 @@
 //! unused code is reported.
 //!
 //! # Map
+//! Top to bottom: a module uses only those below it (`tests/layers.rs` checks the source).
 //! - [`cli`]: argument parsing, logging set-up, dispatch to the parts below, exit codes.
-//! - `journal`: native systemd journal entries (fields, priorities), never blocking.
-//! - `settings`: the configuration file and every `ECR_EDGE_*` variable, read once;
-//!   `config`: the file's schema and its pure parser.
+//! - `commands/`: `doctor` (with `elf`), `configure`, `provider_setup` (k3s/kubelet), `status`.
+//! - `daemon/`: the refresher: `mod` (`run(listener, start, shutdown)`, reload), `state` (each
+//!   registry's phase and its pure transitions, the shared state, the shutdown signal),
+//!   `refresher` (the schedule loop), `server` (one accept helper with cap, idle eviction and
+//!   drain; the socket's requests), `writers` (sinks and the metrics file), timing rules
+//!   (`schedule`, pure), `sink`, `endpoint` (local role credentials), `metrics`, `notify`
+//!   (systemd), `peer` (socket peer checks).
 //! - `frontend/`: the protocol front-ends, each turning outcomes into its client's output in
 //!   one place: `helper` (Docker credential helper), `kubelet` (image credential provider).
 //! - `resolve`: a usable token for a registry: the daemon, else the cache, else a fetch;
 //!   serve-stale; never an expired token.
+//! - `agent`: the daemon's socket protocol and the std-only client (shared vocabulary of the
+//!   daemon, resolution and `status`).
 //! - `aws/`: `ecr` (the token call, its error classes, the token-source trait), `iot` (the
 //!   certificate exchange), `credentials` (naming the source; the one region rule), `trust`
 //!   (the one TLS trust policy), `dns` (resolution bounded by the caller's deadline), `https`
 //!   (the SDK's HTTP client, and one GET for what the SDK does not do), `traffic` (the bytes
-//!   every call moves, per endpoint kind).
+//!   every call moves, per endpoint kind), `outcome` (retry classes and refresh outcomes).
 //! - `store/`: `files` (atomic, private, symlink-refusing; locks), `cache` (per-user tokens),
 //!   `authfile` (Docker/containers auth files edited in place, for `configure` and sinks).
-//! - `daemon/`: the refresher (`run(listener, start, shutdown)`), its socket protocol and
-//!   client (`agent`), timing rules (`schedule`, pure), sinks, the credentials endpoint,
-//!   systemd notification and peer checks.
-//! - `commands/`: `doctor` (with `elf`), `configure`, `provider_setup` (k3s/kubelet), `status`.
-//! - `registry` (host forms, pure), `token` (tokens, the `Secret` type), `input` (bounded reads,
-//!   errors that never repeat input).
+//! - `settings`: the configuration file and every `ECR_EDGE_*` variable, read once, and the
+//!   alias rule; `config`: the file's schema and its pure parser.
+//! - `oracles`: what tests and fuzz targets check errors against (never used by the binary).
+//! - `registry` (host and image-reference forms, pure), `token` (tokens, the `Secret` type),
+//!   `input` (bounded reads, errors that never repeat input), `journal` (native systemd journal
+//!   entries, never blocking).
+//!
+//! Protocol facts the code relies on are in `docs/reference.md`.
 
 #![forbid(unsafe_code)]
 // Input never panics the helper: library code handles every `Result` (tests may unwrap).
 #![warn(clippy::unwrap_used)]
 
+mod agent;
 mod aws;
 pub mod cli;
 mod commands;
@@ -41,6 +51,7 @@ mod daemon;
 mod frontend;
 mod input;
 mod journal;
+mod oracles;
 mod registry;
 mod resolve;
 mod settings;
@@ -53,7 +64,7 @@ mod token;
 pub mod internal {
     /// The daemon's socket protocol.
     pub mod agent {
-        pub use crate::daemon::agent::{Reply, Request};
+        pub use crate::agent::{Reply, Request};
     }
     /// Reading certificates (the fake IoT provider checks client chains with it).
     pub mod cert {
@@ -93,7 +104,7 @@ pub mod internal {
     }
     /// Checks that errors never repeat input.
     pub mod input {
-        pub use crate::input::{echoed_run, named_host, REFUSAL_WORDS};
+        pub use crate::oracles::{echoed_run, named_host, REFUSAL_WORDS};
     }
     /// The IoT provider's answer parser.
     pub mod iot {

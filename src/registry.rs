@@ -251,6 +251,17 @@ fn is_region(label: &str) -> bool {
         && last.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// The registry host of an image reference (`host[:port]/path[:tag][@digest]`), by the
+/// distribution reference rule: the part before the first `/` is a host only if it contains a
+/// `.` or `:` or is `localhost`; otherwise the image is on Docker Hub (`None`).
+pub fn image_registry(image: &str) -> Option<String> {
+    let (first, rest) = image.trim().split_once('/')?;
+    if rest.is_empty() || !(first.contains(['.', ':']) || first == "localhost") {
+        return None;
+    }
+    crate::registry::host_of(first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,5 +400,33 @@ mod tests {
             assert_eq!(Registry::parse(input), None, "{input:?}");
         }
         assert_eq!(Registry::parse(&"a".repeat(MAX_SERVER_URL_LEN + 1)), None);
+    }
+
+    #[test]
+    fn image_registry_follows_the_reference_grammar() {
+        const HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
+        for (image, host) in [
+            (
+                "123456789012.dkr.ecr.us-west-2.amazonaws.com/app:1.2",
+                Some(HOST),
+            ),
+            (
+                "123456789012.dkr.ecr.us-west-2.amazonaws.com/team/app@sha256:abcd",
+                Some(HOST),
+            ),
+            (
+                "123456789012.dkr.ecr.us-west-2.amazonaws.com:443/app",
+                Some(HOST),
+            ),
+            ("public.ecr.aws/nginx/nginx:latest", Some("public.ecr.aws")),
+            ("localhost/app", Some("localhost")),
+            ("nginx:latest", None),
+            ("library/nginx", None),
+            ("123456789012.dkr.ecr.us-west-2.amazonaws.com", None),
+            ("123456789012.dkr.ecr.us-west-2.amazonaws.com/", None),
+            ("", None),
+        ] {
+            assert_eq!(image_registry(image).as_deref(), host, "{image}");
+        }
     }
 }

@@ -11,9 +11,9 @@
 use std::fmt;
 use std::time::Instant;
 
+use crate::agent;
 use crate::aws::credentials::Source;
 use crate::aws::ecr::{self, FetchError};
-use crate::daemon::agent;
 use crate::registry::Registry;
 use crate::settings::Settings;
 use crate::store::cache::Cache;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{self, Config, ConfigError};
+use crate::registry::Registry;
 
 /// Default overall deadline for obtaining a token, retries included (`ECR_EDGE_TIMEOUT`).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
@@ -133,6 +134,41 @@ fn seconds(
                 _ => "a number of seconds from 0 to 60",
             },
         })
+}
+
+/// Why a name has no ECR registry to fetch for.
+#[derive(Debug)]
+pub enum NotServed {
+    /// Neither an ECR host nor a configured alias: another registry's business. Also when the
+    /// configuration is unusable, so a pull from another registry never fails because of
+    /// ecr-edge.
+    NotEcr,
+    /// An ECR host, but the settings cannot be loaded.
+    Settings(SettingsError),
+}
+
+/// The ECR registry `name` (a host, or a server URL as Docker hands it over) stands for,
+/// directly or as a `[[registry]] aliases` entry, with the settings to fetch it with: the one
+/// alias rule, for every front-end.
+///
+/// # Errors
+/// [`NotServed`]: not an ECR registry, or an ECR registry whose settings are unusable.
+pub fn registry_for(name: &str, config: Option<&Path>) -> Result<(Registry, Settings), NotServed> {
+    if let Some(registry) = Registry::parse(name) {
+        return Settings::load(config)
+            .map(|settings| (registry, settings))
+            .map_err(NotServed::Settings);
+    }
+    let host = crate::registry::host_of(name).ok_or(NotServed::NotEcr)?;
+    let settings = Settings::load(config).map_err(|_| NotServed::NotEcr)?;
+    match settings
+        .config
+        .alias_target(&host)
+        .and_then(Registry::parse)
+    {
+        Some(registry) => Ok((registry, settings)),
+        None => Err(NotServed::NotEcr),
+    }
 }
 
 /// Where the token cache lives, by precedence: `$ECR_EDGE_CACHE_DIR`;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::daemon::agent::{self, Reply, Request, StatusReport};
+use crate::agent::{self, Reply, Request, StatusReport};
 
 /// Runs `ecr-edge status`; returns the exit status.
 pub fn run(config: Option<&Path>, json: bool) -> u8 {
@@ -150,7 +150,7 @@ fn span(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::agent::RegistryStatus;
+    use crate::agent::RegistryStatus;
 
     #[test]
     fn renders_each_registry() {
@@ -186,7 +186,7 @@ mod tests {
             ],
             device_certificate_expires_at: None,
             iot_credentials_expire_at: None,
-            upstream: vec![crate::daemon::agent::Upstream {
+            upstream: vec![crate::agent::Upstream {
                 endpoint: "ecr".into(),
                 requests: 2,
                 connections: 2,

@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use super::agent::StatusReport;
+use crate::agent::StatusReport;
 
 /// The exposition text for `report`.
 pub fn render(report: &StatusReport) -> String {
@@ -124,7 +124,7 @@ pub fn render(report: &StatusReport) -> String {
         lines.push(format!("{n}{{answer=\"{answer}\"}} {count}"));
     }
     flush(&mut out, &mut lines);
-    type Count = fn(&super::agent::Upstream) -> u64;
+    type Count = fn(&crate::agent::Upstream) -> u64;
     let upstream: [(&str, &str, Count); 5] = [
         (
             "ecr_edge_upstream_requests_total",
@@ -167,7 +167,7 @@ pub fn render(report: &StatusReport) -> String {
 }
 
 /// One registry's value of a gauge family, if it has one.
-type Field = fn(&super::agent::RegistryStatus) -> Option<i64>;
+type Field = fn(&crate::agent::RegistryStatus) -> Option<i64>;
 
 /// Writes a family's HELP and TYPE lines; returns its name for the samples.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) -> String {
@@ -202,8 +202,8 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::{Outcomes, RegistryStatus, Requests};
     use crate::aws::Outcome;
-    use crate::daemon::agent::{Outcomes, RegistryStatus, Requests};
 
     #[test]
     fn renders_every_family_once_with_its_samples() {
@@ -236,7 +236,7 @@ mod tests {
             }],
             device_certificate_expires_at: Some(1_800_000_000),
             iot_credentials_expire_at: None,
-            upstream: vec![crate::daemon::agent::Upstream {
+            upstream: vec![crate::agent::Upstream {
                 endpoint: "iot".into(),
                 requests: 4,
                 bytes_received: 18_000,

@@ -22,7 +22,6 @@
 //! time from NTP after boot) neither expires nor prolongs a token. Tokens live in memory only;
 //! nothing the daemon serves is written to disk except by a configured sink.
 
-pub mod agent;
 mod endpoint;
 mod metrics;
 mod notify;

@@ -25,10 +25,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::agent::{self, Reply, Request};
 use super::peer;
 use super::state::{Entry, Shared};
 use super::{DaemonError, DRAIN, MAX_ON_DEMAND};
+use crate::agent::{self, Reply, Request};
 use crate::aws::credentials::Source;
 use crate::registry::Registry;
 

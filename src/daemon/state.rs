@@ -24,11 +24,11 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use super::agent::{self, RegistryStatus, StatusReport};
 use super::endpoint::HeldCredentials;
 use super::notify::Notifier;
 use super::peer::Policy;
 use super::schedule::{Backoff, Jitter};
+use crate::agent::{self, RegistryStatus, StatusReport};
 use crate::aws::credentials::Source;
 use crate::aws::ecr::{Bases, FetchError, TokenSource};
 use crate::config::{Config, DaemonConfig, RefreshMode, SinkConfig};

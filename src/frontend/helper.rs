@@ -21,7 +21,7 @@ use std::path::Path;
 use crate::aws::credentials::Source;
 use crate::registry::Registry;
 use crate::resolve::{self, ResolveError};
-use crate::settings::{Settings, SettingsError};
+use crate::settings::{self, NotServed, Settings, SettingsError};
 use crate::store::cache::Cache;
 use crate::token::{self, USERNAME};
 
@@ -191,33 +191,15 @@ fn get(input: &str, config: Option<&Path>) -> Result<Vec<u8>, HelperError> {
     Ok(get_response(server_url, &token.password))
 }
 
-/// The ECR registry `server_url` names, directly or as a `[[registry]] aliases` entry, and the
-/// settings. A host that is neither is Docker's "not found", even when the configuration is
-/// unusable: a pull from another registry never fails because of ecr-edge.
+/// The ECR registry `server_url` names, and the settings ([`settings::registry_for`]).
 fn registry_of(
     server_url: &str,
     config: Option<&Path>,
 ) -> Result<(Registry, Settings), HelperError> {
-    let direct = Registry::parse(server_url);
-    let host = match &direct {
-        Some(_) => None,
-        None => Some(crate::registry::host_of(server_url).ok_or(HelperError::NotEcr)?),
-    };
-    match (direct, Settings::load(config), host) {
-        (Some(registry), Ok(settings), _) => Ok((registry, settings)),
-        (Some(_), Err(e), _) => Err(HelperError::Settings(e)),
-        (None, Ok(settings), Some(host)) => {
-            match settings
-                .config
-                .alias_target(&host)
-                .and_then(Registry::parse)
-            {
-                Some(registry) => Ok((registry, settings)),
-                None => Err(HelperError::NotEcr),
-            }
-        }
-        (None, _, _) => Err(HelperError::NotEcr),
-    }
+    settings::registry_for(server_url, config).map_err(|e| match e {
+        NotServed::NotEcr => HelperError::NotEcr,
+        NotServed::Settings(e) => HelperError::Settings(e),
+    })
 }
 
 /// Docker's `get` answer, byte for byte as the Go helpers print it (`json.Encoder`, which escapes

@@ -19,9 +19,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::aws::credentials::Source;
-use crate::registry::Registry;
+use crate::registry::{self, Registry};
 use crate::resolve::{self, ResolveError};
-use crate::settings::{Settings, SettingsError};
+use crate::settings::{self, NotServed, Settings, SettingsError};
 use crate::token::Secret;
 
 /// The current API version (Kubernetes 1.26 and later).
@@ -257,8 +257,7 @@ struct Named {
     ecr: Registry,
 }
 
-/// The ECR registry `host` names, directly or as a `[[registry]] aliases` entry, with the
-/// settings. Neither: [`KubeletError::NotEcr`], even when the configuration is unusable.
+/// The ECR registry `host` names, with the settings ([`settings::registry_for`]).
 fn registry_of(
     host: Option<String>,
     config: Option<&Path>,
@@ -266,19 +265,10 @@ fn registry_of(
     let Some(host) = host else {
         return Err(KubeletError::NotEcr(None));
     };
-    let direct = Registry::parse(&host);
-    match (direct, Settings::load(config)) {
-        (Some(ecr), Ok(settings)) => Ok((Named { named: host, ecr }, settings)),
-        (Some(_), Err(e)) => Err(KubeletError::Settings(e)),
-        (None, Ok(settings)) => match settings
-            .config
-            .alias_target(&host)
-            .and_then(Registry::parse)
-        {
-            Some(ecr) => Ok((Named { named: host, ecr }, settings)),
-            None => Err(KubeletError::NotEcr(Some(host))),
-        },
-        (None, Err(_)) => Err(KubeletError::NotEcr(Some(host))),
+    match settings::registry_for(&host, config) {
+        Ok((ecr, settings)) => Ok((Named { named: host, ecr }, settings)),
+        Err(NotServed::NotEcr) => Err(KubeletError::NotEcr(Some(host))),
+        Err(NotServed::Settings(e)) => Err(KubeletError::Settings(e)),
     }
 }
 
@@ -323,20 +313,9 @@ fn parse(bytes: &[u8]) -> Result<Parsed, KubeletError> {
         });
     Ok(Parsed {
         api_version,
-        host: image_registry(&image),
+        host: registry::image_registry(&image),
         web_identity,
     })
-}
-
-/// The registry host of an image reference (`host[:port]/path[:tag][@digest]`), by the
-/// distribution reference rule: the part before the first `/` is a host only if it contains a
-/// `.` or `:` or is `localhost`; otherwise the image is on Docker Hub (`None`).
-pub fn image_registry(image: &str) -> Option<String> {
-    let (first, rest) = image.trim().split_once('/')?;
-    if rest.is_empty() || !(first.contains(['.', ':']) || first == "localhost") {
-        return None;
-    }
-    crate::registry::host_of(first)
 }
 
 /// The response JSON for a token, in `api_version`, cached for half the token's remaining life.
@@ -420,33 +399,6 @@ mod tests {
             i64::MAX as u64 / 2,
             "saturates"
         );
-    }
-
-    #[test]
-    fn image_registry_follows_the_reference_grammar() {
-        for (image, host) in [
-            (
-                "123456789012.dkr.ecr.us-west-2.amazonaws.com/app:1.2",
-                Some(HOST),
-            ),
-            (
-                "123456789012.dkr.ecr.us-west-2.amazonaws.com/team/app@sha256:abcd",
-                Some(HOST),
-            ),
-            (
-                "123456789012.dkr.ecr.us-west-2.amazonaws.com:443/app",
-                Some(HOST),
-            ),
-            ("public.ecr.aws/nginx/nginx:latest", Some("public.ecr.aws")),
-            ("localhost/app", Some("localhost")),
-            ("nginx:latest", None),
-            ("library/nginx", None),
-            ("123456789012.dkr.ecr.us-west-2.amazonaws.com", None),
-            ("123456789012.dkr.ecr.us-west-2.amazonaws.com/", None),
-            ("", None),
-        ] {
-            assert_eq!(image_registry(image).as_deref(), host, "{image}");
-        }
     }
 
     #[test]

@@ -189,6 +189,10 @@ if [ "$PHASE" = main ]; then
   check active systemctl is-active ecr-edge
   pid=$(daemon_pid)
   result rss_idle_kib "$(rss_kb "$pid")"
+  # The unit's bounds reach the running process (descriptors) and its cgroup (memory, tasks).
+  check limit_nofile grep -Eq '^Max open files +1024 +1024 ' "/proc/$pid/limits"
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  check limit_memory_tasks sh -c 'test "$(systemctl show -p MemoryMax --value ecr-edge)" = 134217728 && test "$(systemctl show -p TasksMax --value ecr-edge)" = 64'
   check status ecr-edge status
   step "   the watchdog over more than two periods"
   sleep $(( WATCHDOG_SEC * 2 + 5 ))
