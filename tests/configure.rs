@@ -217,3 +217,56 @@ fn concurrent_runs_lose_no_entry() {
         }
     }
 }
+
+/// Root editing a file in a user's home (`sudo -E`, `HOME` there) works as that user: a
+/// symlink the user planted for `~/.docker` cannot lead root's write into a folder only root
+/// may change, and what it creates belongs to the user. (Before, root followed the symlink and
+/// wrote `config.json` into the protected folder.)
+#[test]
+#[ignore = "needs root (acts for another user); scripts/test runs it as root"]
+fn as_root_in_a_users_home_it_writes_only_what_the_user_could() {
+    use std::os::unix::fs::{chown, lchown, symlink};
+    const ALICE: u32 = 4321;
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let protected = base.path().join("protected");
+    std::fs::create_dir(&protected).unwrap();
+    std::fs::set_permissions(&protected, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = base.path().join("alice");
+    std::fs::create_dir(&home).unwrap();
+    chown(&home, Some(ALICE), Some(ALICE)).unwrap();
+    let planted = home.join(".docker");
+    symlink(&protected, &planted).unwrap();
+    lchown(&planted, Some(ALICE), Some(ALICE)).unwrap();
+
+    let out = configure(&home, &["--registry", HOST]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("ermission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(&protected).unwrap().count(),
+        0,
+        "nothing written through the symlink"
+    );
+
+    // Without the symlink: the folder and file are created, and are the user's.
+    std::fs::remove_file(&planted).unwrap();
+    let out = configure(&home, &["--registry", HOST]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let path = planted.join("config.json");
+    let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["credHelpers"][HOST], "ecr-edge");
+    for made in [&planted, &path] {
+        let meta = std::fs::symlink_metadata(made).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (ALICE, ALICE),
+            "{}",
+            made.display()
+        );
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+}

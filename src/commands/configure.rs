@@ -282,6 +282,7 @@ impl Records {
     }
 
     fn load(&self) -> std::collections::BTreeMap<String, Replaced> {
+        let _as_owner = crate::store::files::act_as_owner_of(&self.path);
         crate::store::files::read_limited(&self.path, 1 << 20)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -327,6 +328,7 @@ impl Records {
         &self,
         all: &std::collections::BTreeMap<String, Replaced>,
     ) -> Result<(), crate::store::files::FilesError> {
+        let _as_owner = crate::store::files::act_as_owner_of(&self.path);
         let all: std::collections::BTreeMap<_, _> =
             all.iter().filter(|(_, r)| !r.is_empty()).collect();
         if all.is_empty() {

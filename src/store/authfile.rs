@@ -164,6 +164,9 @@ fn update_with<C>(
     secret: bool,
     edit: impl FnOnce(&str) -> Result<(String, Vec<C>), EditError>,
 ) -> Result<Vec<C>, AuthFileError> {
+    // A user's auth file edited by root is edited as its owner (a daemon's sink is the
+    // daemon's own).
+    let _as_owner = (!secret).then(|| files::act_as_owner_of(path));
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),

@@ -6,6 +6,10 @@
 //! symlinks, and directories and files must belong to the effective user: a cache in a shared
 //! place such as `/tmp/ecr-edge-<uid>` could otherwise be pre-created by another user to read or
 //! plant tokens.
+//!
+//! Root editing a file in another user's directory (`sudo -E ecr-edge configure`, `HOME` in
+//! their home) does it as that user ([`act_as_owner_of`]): a symlink the user planted on the
+//! path leads only where the user could write anyway, and what is created is theirs.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -15,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg, OFlag};
-use nix::unistd::geteuid;
+use nix::unistd::{geteuid, setfsgid, setfsuid, Gid, Uid};
 
 /// A failure to use a private file or directory.
 #[derive(Debug)]
@@ -64,7 +68,7 @@ impl std::fmt::Display for FilesError {
                 f,
                 "{} belongs to uid {owner}, not to this user (uid {}); refusing to use it",
                 path.display(),
-                geteuid()
+                fs_uid()
             ),
             FilesError::Unexpected { path, found } => {
                 write!(f, "{} is {found}; refusing to use it", path.display())
@@ -108,6 +112,67 @@ fn kind_of(meta: &fs::Metadata) -> &'static str {
     }
 }
 
+thread_local! {
+    /// The user this thread's file operations run as, while an [`ActingAs`] lives.
+    static ACTING_UID: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// The user files are created as and checked against: the effective user, or the one an
+/// [`ActingAs`] stands for.
+fn fs_uid() -> u32 {
+    ACTING_UID
+        .with(|a| a.get())
+        .unwrap_or_else(|| geteuid().as_raw())
+}
+
+/// While it lives, this thread's file operations run as another user (Linux's file-system
+/// user and group, `setfsuid`); dropping it returns to root's.
+#[derive(Debug)]
+pub struct ActingAs {
+    previous: Option<(Uid, Gid, Option<u32>)>,
+}
+
+impl Drop for ActingAs {
+    fn drop(&mut self) {
+        if let Some((uid, gid, acting)) = self.previous.take() {
+            setfsuid(uid);
+            setfsgid(gid);
+            ACTING_UID.with(|a| a.set(acting));
+        }
+    }
+}
+
+/// When root is about to write `path` and the nearest existing directory on its way (or a
+/// symlink there) belongs to another user, the file operations until the guard is dropped run
+/// as that user and group: a symlink planted in a parent cannot lead root's write into
+/// `/etc` or another home, and a directory or file created there belongs to the user. Does
+/// nothing for other callers, or under root's own directories. (Per thread: the commands that
+/// use it run on one.)
+pub fn act_as_owner_of(path: &Path) -> ActingAs {
+    let none = ActingAs { previous: None };
+    if !geteuid().is_root() {
+        return none;
+    }
+    let owner = path.ancestors().skip(1).find_map(|dir| {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        fs::symlink_metadata(dir).ok()
+    });
+    let Some(meta) = owner.filter(|m| m.uid() != 0) else {
+        return none;
+    };
+    // The group first, while the file-system user is still root.
+    let gid = setfsgid(Gid::from_raw(meta.gid()));
+    let uid = setfsuid(Uid::from_raw(meta.uid()));
+    let acting = ACTING_UID.with(|a| a.replace(Some(meta.uid())));
+    ActingAs {
+        previous: Some((uid, gid, acting)),
+    }
+}
+
 /// Creates `dir` (mode 0700) if missing, or checks an existing one: a real directory, not a
 /// symlink, owned by this user. An existing directory of ours that others can enter is tightened
 /// to 0700. Missing parents are created with the default mode (they are not ours to restrict).
@@ -142,7 +207,7 @@ fn check_dir(dir: &Path) -> Result<(), FilesError> {
             found: kind_of(&meta),
         });
     }
-    if meta.uid() != geteuid().as_raw() {
+    if meta.uid() != fs_uid() {
         return Err(FilesError::NotOwned {
             path: dir.to_owned(),
             owner: meta.uid(),
@@ -200,7 +265,7 @@ fn read_checked(path: &Path, limit: u64, must_own: bool) -> Result<Option<Vec<u8
             found: kind_of(&meta),
         });
     }
-    if must_own && meta.uid() != geteuid().as_raw() {
+    if must_own && meta.uid() != fs_uid() {
         return Err(FilesError::NotOwned {
             path: path.to_owned(),
             owner: meta.uid(),
@@ -271,7 +336,8 @@ pub fn write_atomic_owned(
         // The umask may have narrowed `mode`; never widened it, but make it exact.
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io_err(&tmp))?;
-        if let Some((uid, gid)) = owner {
+        let made = file.metadata().map_err(io_err(&tmp))?;
+        if let Some((uid, gid)) = owner.filter(|&o| o != (made.uid(), made.gid())) {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io_err(&tmp))?;
             // chown clears set-id bits; restore the exact mode.
             file.set_permissions(fs::Permissions::from_mode(mode))
