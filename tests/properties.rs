@@ -258,3 +258,85 @@ proptest! {
         prop_assert!(code == 0 && out.is_empty() || out.iter().filter(|&&b| b == b'\n').count() == 1);
     }
 }
+
+/// The fuzz targets' seed corpus (`fuzz/corpus/<target>/`), replayed through the same entry
+/// points on stable Rust: every seed is handled without a panic, and the accepted ones keep the
+/// targets' promises.
+#[test]
+fn the_fuzz_seed_corpus_replays_cleanly() {
+    use ecr_edge::internal::{config, configure, ecr, helper, iot, kubelet};
+    const NOW: i64 = 1_800_000_000;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let seeds = |target: &str| -> Vec<Vec<u8>> {
+        let dir = root.join(target);
+        let seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        assert!(!seeds.is_empty(), "{target} has no seeds");
+        seeds
+    };
+    let mut accepted = std::collections::BTreeMap::<&str, usize>::new();
+    for data in seeds("registry_host") {
+        let s = String::from_utf8(data).unwrap();
+        if let Some(r) = Registry::parse(&s) {
+            assert_eq!(Some(r.host()), host_of(&s).as_deref(), "{s}");
+            *accepted.entry("registry_host").or_default() += 1;
+        }
+    }
+    for data in seeds("config_file") {
+        if config::parse(std::str::from_utf8(&data).unwrap()).is_ok() {
+            *accepted.entry("config_file").or_default() += 1;
+        }
+    }
+    for data in seeds("kubelet_request") {
+        if kubelet::parse_request(&data).is_ok() {
+            *accepted.entry("kubelet_request").or_default() += 1;
+        }
+    }
+    for data in seeds("helper_stdin") {
+        let mut out = Vec::new();
+        let code = helper::run(helper::Action::Store, None, &mut &data[..], &mut out, None);
+        assert!(code == 0 || code == 1);
+    }
+    for data in seeds("ecr_response") {
+        let v: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+        let item = &v["authorizationData"][0];
+        let expires = item["expiresAt"].as_f64().map(|f| f as i64);
+        if let Ok(t) = ecr::token_from(item["authorizationToken"].as_str(), expires, NOW) {
+            assert!(t.is_usable(NOW));
+            *accepted.entry("ecr_response").or_default() += 1;
+        }
+    }
+    for data in seeds("iot_response") {
+        let (status, body) = data.split_first_chunk::<2>().unwrap();
+        if iot::parse_response(u16::from_be_bytes(*status), body).is_ok() {
+            *accepted.entry("iot_response").or_default() += 1;
+        }
+    }
+    for data in seeds("docker_config") {
+        let (&flags, rest) = data.split_first().unwrap();
+        let hosts = vec!["123456789012.dkr.ecr.us-west-2.amazonaws.com".to_owned()];
+        if let Ok((new, _)) =
+            configure::edit(std::str::from_utf8(rest).unwrap(), &hosts, flags & 1 == 1)
+        {
+            let (_, again) = configure::edit(&new, &hosts, flags & 1 == 1).unwrap();
+            assert!(again.is_empty(), "not idempotent");
+            *accepted.entry("docker_config").or_default() += 1;
+        }
+    }
+    // Each corpus holds inputs that get past the first check, not only refusals.
+    for target in [
+        "registry_host",
+        "config_file",
+        "kubelet_request",
+        "ecr_response",
+        "iot_response",
+        "docker_config",
+    ] {
+        assert!(
+            accepted.get(target).is_some_and(|&n| n > 0),
+            "{target}: {accepted:?}"
+        );
+    }
+}
