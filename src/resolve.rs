@@ -110,7 +110,7 @@ fn from_daemon(
     };
     let request = agent::Request::Get {
         registry: registry.host().to_owned(),
-        identity: source.identity(),
+        identity: source.identity().to_string(),
     };
     match agent::exchange(stream, &request, settings.daemon_wait, settings.deadline) {
         Ok(agent::Reply::Token {
@@ -162,7 +162,7 @@ pub fn cached_or_fetched(
             None
         }
     };
-    let cached = cache.as_ref().and_then(|c| c.get(host, &identity));
+    let cached = cache.as_ref().and_then(|c| c.get(host, identity.as_str()));
     if let Some(t) = &cached {
         if t.is_fresh(token::now()) {
             tracing::debug!(registry = host, expires_at = t.expires_at, "cache hit");
@@ -179,10 +179,10 @@ pub fn cached_or_fetched(
     let deadline = settings.deadline;
     let start = Instant::now();
     let _lock = match &cache {
-        Some(c) => match c.lock(host, &identity, start + deadline) {
+        Some(c) => match c.lock(host, identity.as_str(), start + deadline) {
             Ok(lock) => Some(lock),
             Err(cause) => {
-                return serve_stale(cache.as_ref(), host, &identity, cached)
+                return serve_stale(cache.as_ref(), host, identity.as_str(), cached)
                     .ok_or(ResolveError::Busy(cause))
             }
         },
@@ -191,7 +191,7 @@ pub fn cached_or_fetched(
     // Another helper may have refreshed while we waited for the lock.
     let cached = cache
         .as_ref()
-        .and_then(|c| c.get(host, &identity))
+        .and_then(|c| c.get(host, identity.as_str()))
         .or(cached);
     if let Some(t) = &cached {
         if t.is_fresh(token::now()) {
@@ -212,15 +212,14 @@ pub fn cached_or_fetched(
                 "token fetched"
             );
             if let Some(c) = &cache {
-                if let Err(e) = c.put(host, &identity, &token) {
+                if let Err(e) = c.put(host, identity.as_str(), &token) {
                     tracing::warn!("token not cached: {e}");
                 }
             }
             Ok(token)
         }
-        Err(cause) => {
-            serve_stale(cache.as_ref(), host, &identity, cached).ok_or(ResolveError::Fetch(cause))
-        }
+        Err(cause) => serve_stale(cache.as_ref(), host, identity.as_str(), cached)
+            .ok_or(ResolveError::Fetch(cause)),
     }
 }
 

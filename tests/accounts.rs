@@ -361,7 +361,7 @@ fn daemon_keeps_each_registry_on_its_own_source() {
         &sb.dir.path().join("agent.sock"),
         &ecr_edge::internal::agent::Request::Get {
             registry: APP.into(),
-            identity: default,
+            identity: default.to_string(),
         },
     );
     assert!(

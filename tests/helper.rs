@@ -26,6 +26,7 @@ fn sandbox_identity() -> String {
         container: None,
     }
     .identity()
+    .to_string()
 }
 
 fn plant(sb: &Sandbox, host: &str, password: &str, fetched_ago: i64, expires_in: i64) {

@@ -247,7 +247,7 @@ mod daemon_time {
         ));
         let get = Request::Get {
             registry: REG.into(),
-            identity,
+            identity: identity.to_string(),
         };
         (source, get, stop, task)
     }

@@ -515,7 +515,7 @@ fn sigterm_answers_every_client_in_words_and_stops_cleanly() {
     let socket = dir.join("agent.sock");
     let request = format!(
         "{}\n",
-        serde_json::json!({"get": {"registry": OTHER, "identity": identity}})
+        serde_json::json!({"get": {"registry": OTHER, "identity": identity.as_str()}})
     );
     let waiting = Arc::new(AtomicUsize::new(0));
     let socket_clients: Vec<_> = (0..200)

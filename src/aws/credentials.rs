@@ -160,7 +160,11 @@ impl Source {
     }
 
     /// The cache-key identity: a stable, non-secret string naming this source.
-    pub fn identity(&self) -> String {
+    pub fn identity(&self) -> SourceIdentity {
+        SourceIdentity(self.identity_text())
+    }
+
+    fn identity_text(&self) -> String {
         match self {
             Source::DefaultChain {
                 profile,
@@ -194,7 +198,7 @@ impl Source {
             ),
             Source::Profile(name) => format!("profile={name}"),
             Source::Assume { base, role } => {
-                let mut id = format!("{};assume={}", base.identity(), role.arn);
+                let mut id = format!("{};assume={}", base.identity_text(), role.arn);
                 if let Some(ext) = &role.external_id {
                     // A digest: the ID is not meant to be secret, but it is not ours to show.
                     id.push_str(";ext=");
@@ -277,6 +281,42 @@ pub fn home_region(source: &Source, fallback: Option<&str>) -> String {
         .unwrap_or_else(|| "us-east-1".into())
 }
 
+/// A credential source's identity: a stable, non-secret string naming it. It keys the token
+/// cache and the daemon's sources, and the daemon serves a client only a token fetched with the
+/// identity the client names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceIdentity(String);
+
+impl SourceIdentity {
+    /// The identity as text (the cache key, the socket protocol's field).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this names the device identity's own exchange (`[iot]`, no role hop on top).
+    pub fn is_device(&self) -> bool {
+        self.0.starts_with("iot;")
+    }
+}
+
+impl std::fmt::Display for SourceIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for SourceIdentity {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for SourceIdentity {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,7 +359,7 @@ mod tests {
         let b = chain(Some("ASIAROLEB"), None).identity();
         assert_ne!(a, b);
         assert_eq!(a, chain(Some("ASIAROLEA"), None).identity());
-        assert!(!a.contains("ASIAROLEA"), "{a}");
+        assert!(!a.as_str().contains("ASIAROLEA"), "{a}");
         assert_ne!(a, chain(None, None).identity());
         assert_ne!(
             chain(None, Some(&digest("http://127.0.0.1:1/a"))).identity(),

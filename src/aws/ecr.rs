@@ -23,7 +23,7 @@ use aws_sdk_ecr::config::Region;
 use aws_sdk_ecr::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
-use crate::aws::credentials::Source;
+use crate::aws::credentials::{Source, SourceIdentity};
 use crate::aws::iot::{Device, IotError, IotProvider};
 use crate::aws::{Failure, Outcome};
 use crate::registry::Registry;
@@ -647,12 +647,12 @@ fn causes(e: &(dyn StdError + 'static)) -> String {
 pub struct Bases(std::sync::Arc<std::sync::Mutex<Vec<BaseEntry>>>);
 
 /// A base source's identity and its provider.
-type BaseEntry = (String, std::sync::Arc<Reuse>);
+type BaseEntry = (SourceIdentity, std::sync::Arc<Reuse>);
 
 impl Bases {
     fn get_or(
         &self,
-        identity: String,
+        identity: SourceIdentity,
         make: impl FnOnce() -> SharedCredentialsProvider,
     ) -> SharedCredentialsProvider {
         // A handful at most (one per base source), so a list.
@@ -670,7 +670,7 @@ impl Bases {
     pub fn iot_expiry(&self) -> Option<i64> {
         let list = self.0.lock().unwrap_or_else(|p| p.into_inner());
         list.iter()
-            .filter(|(id, _)| id.starts_with("iot;"))
+            .filter(|(id, _)| id.is_device())
             .find_map(|(_, r)| r.expiry())
     }
 }

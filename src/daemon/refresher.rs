@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::schedule::SystemJitter;
 use super::state::{Finished, Phase, Shared};
-use crate::aws::credentials::Source;
+use crate::aws::credentials::{Source, SourceIdentity};
 use crate::aws::ecr::{FetchError, TokenSource};
 use crate::config::{DaemonConfig, RefreshMode};
 use crate::registry::Registry;
@@ -70,7 +70,10 @@ pub(super) async fn schedule_loop(shared: Arc<Shared>) {
 fn start_due(
     shared: &Shared,
     now: Instant,
-) -> (Vec<(String, Registry, String, u64)>, Option<Instant>) {
+) -> (
+    Vec<(String, Registry, SourceIdentity, u64)>,
+    Option<Instant>,
+) {
     let mut st = shared.lock();
     let before = st.entries.len();
     st.entries.retain(|host, e| {
@@ -143,7 +146,7 @@ fn home_region(source: &Source, daemon: &DaemonConfig) -> String {
 async fn client_for_identity(
     shared: &Shared,
     registry: &Registry,
-    identity: &str,
+    identity: &SourceIdentity,
 ) -> Result<Option<Arc<dyn TokenSource>>, FetchError> {
     let (source, bases) = {
         let st = shared.lock();
@@ -151,7 +154,7 @@ async fn client_for_identity(
             return Ok(Some(c.clone()));
         }
         let source = Source::for_registry(&st.settings.config, registry.host());
-        if source.identity() != identity {
+        if source.identity() != *identity {
             return Ok(None);
         }
         (source, st.bases.clone())
@@ -170,7 +173,7 @@ async fn refresh(
     shared: &Shared,
     host: String,
     registry: Registry,
-    identity: String,
+    identity: SourceIdentity,
     generation: u64,
 ) {
     tracing::debug!(registry = %host, "refreshing");

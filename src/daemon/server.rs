@@ -453,7 +453,7 @@ async fn get(
         {
             let mut st = shared.lock();
             let expected = Source::for_registry(&st.settings.config, host).identity();
-            if expected != identity {
+            if expected.as_str() != identity {
                 return Reply::Refused {
                     reason: "the daemon serves another credential source".into(),
                 };

@@ -29,7 +29,7 @@ use super::notify::Notifier;
 use super::peer::Policy;
 use super::schedule::{Backoff, Jitter};
 use crate::agent::{self, RegistryStatus, StatusReport};
-use crate::aws::credentials::Source;
+use crate::aws::credentials::{Source, SourceIdentity};
 use crate::aws::ecr::{Bases, FetchError, TokenSource};
 use crate::config::{Config, DaemonConfig, RefreshMode, SinkConfig};
 use crate::registry::Registry;
@@ -82,7 +82,7 @@ pub(super) struct Entry {
     pub(super) registry: Registry,
     /// The credential source this registry is fetched with (its `[[registry]]` table, else
     /// the daemon's default): a request naming another identity is refused.
-    pub(super) identity: String,
+    pub(super) identity: SourceIdentity,
     /// Added because a client asked (not configured); counted against the on-demand cap.
     pub(super) on_demand: bool,
     /// When a client last asked for it (on-demand entries unused for a day are dropped).
@@ -115,7 +115,7 @@ impl Entry {
     /// A registry to serve from `now`: under `ahead`, its first attempt is due at once.
     pub(super) fn new(
         registry: Registry,
-        identity: String,
+        identity: SourceIdentity,
         on_demand: bool,
         cap: Duration,
         mode: RefreshMode,
@@ -255,7 +255,7 @@ fn park(mode: RefreshMode, due: Instant) -> Phase {
 /// The daemon's part of the configuration, as [`State`] keeps it (rebuilt on reload).
 pub(super) struct DaemonSettings {
     /// The default source's identity (registries without a `[[registry]]` table).
-    pub(super) identity: String,
+    pub(super) identity: SourceIdentity,
     /// The configuration, for each registry's own source.
     pub(super) config: Config,
     pub(super) policy: Policy,
@@ -318,23 +318,23 @@ pub(super) fn daemon_config(config: &Config) -> DaemonConfig {
 
 /// A client per source identity (a handful at most, so a list).
 #[derive(Default)]
-pub(super) struct Clients(Vec<(String, Arc<dyn TokenSource>)>);
+pub(super) struct Clients(Vec<(SourceIdentity, Arc<dyn TokenSource>)>);
 
 impl Clients {
-    pub(super) fn get(&self, identity: &str) -> Option<&Arc<dyn TokenSource>> {
+    pub(super) fn get(&self, identity: &SourceIdentity) -> Option<&Arc<dyn TokenSource>> {
         self.0.iter().find(|(id, _)| id == identity).map(|(_, c)| c)
     }
 
     /// The client kept for `identity`: `client` unless one is already there.
     pub(super) fn keep(
         &mut self,
-        identity: &str,
+        identity: &SourceIdentity,
         client: Arc<dyn TokenSource>,
     ) -> Arc<dyn TokenSource> {
         if let Some(c) = self.get(identity) {
             return c.clone();
         }
-        self.0.push((identity.to_owned(), client.clone()));
+        self.0.push((identity.clone(), client.clone()));
         client
     }
 }
@@ -536,7 +536,7 @@ impl Shared {
             requests: st.requests,
             upstream: agent::Upstream::now(),
             version: crate::version_line(),
-            identity: st.settings.identity.clone(),
+            identity: st.settings.identity.to_string(),
             started_at: self.started_at,
             credentials_expire_at: st.credentials.as_ref().map(|c| at(c.expires)),
             registries: st
@@ -576,7 +576,14 @@ mod tests {
 
     fn entry(mode: RefreshMode, now: Instant) -> Entry {
         let registry = Registry::parse("123456789012.dkr.ecr.us-east-1.amazonaws.com").unwrap();
-        Entry::new(registry, "id".into(), false, HOUR, mode, now)
+        Entry::new(
+            registry,
+            Source::Profile("p".into()).identity(),
+            false,
+            HOUR,
+            mode,
+            now,
+        )
     }
 
     fn token(life: i64) -> Token {

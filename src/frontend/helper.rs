@@ -295,7 +295,9 @@ fn erase(input: &str, config: Option<&Path>) -> Result<(), HelperError> {
     if let Ok(cache) = Cache::open(settings.cache_dir) {
         cache.remove(
             registry.host(),
-            &Source::for_registry(&settings.config, registry.host()).identity(),
+            Source::for_registry(&settings.config, registry.host())
+                .identity()
+                .as_str(),
         );
     }
     Ok(())
