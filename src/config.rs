@@ -62,6 +62,32 @@ impl Config {
     }
 }
 
+/// A loopback address and port (`[daemon] credentials_endpoint`): checked when the file is read
+/// (the error names the line), used as parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LoopbackAddr(pub std::net::SocketAddr);
+
+impl TryFrom<String> for LoopbackAddr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<LoopbackAddr, String> {
+        match text.parse::<std::net::SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => Ok(LoopbackAddr(addr)),
+            _ => Err(format!(
+                "credentials_endpoint must be a loopback address and port such as \
+                 127.0.0.1:9911, got {text:?}"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for LoopbackAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// `[[registry]]`: one registry's credential source and other names.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,7 +133,7 @@ pub struct DaemonConfig {
     pub sinks: Vec<SinkConfig>,
     /// `127.0.0.1:PORT`: serve the `[iot]` role credentials to local AWS SDK programs in the
     /// container-credentials format. Off when unset.
-    pub credentials_endpoint: Option<String>,
+    pub credentials_endpoint: Option<LoopbackAddr>,
     /// The endpoint's authorization token, written 0600 at start-up.
     #[serde(default = "default_token_file")]
     pub credentials_token_file: PathBuf,
@@ -499,17 +525,6 @@ fn validate_daemon(d: &DaemonConfig) -> Result<(), String> {
             "[daemon] backoff_max is in seconds, 1 to 86400, got {}",
             d.backoff_max
         ));
-    }
-    if let Some(addr) = &d.credentials_endpoint {
-        match addr.parse::<std::net::SocketAddr>() {
-            Ok(a) if a.ip().is_loopback() => {}
-            _ => {
-                return Err(format!(
-                    "[daemon] credentials_endpoint must be a loopback address and port such as \
-                     127.0.0.1:9911, got {addr:?}"
-                ))
-            }
-        }
     }
     if !d.credentials_token_file.is_absolute() {
         return Err("[daemon] credentials_token_file must be an absolute path".into());

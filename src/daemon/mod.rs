@@ -215,10 +215,7 @@ pub async fn run(
         config_path,
         socket_gid,
         deadline,
-        (
-            Some(socket_path.clone()),
-            daemon.credentials_endpoint.clone(),
-        ),
+        (Some(socket_path.clone()), daemon.credentials_endpoint),
     ));
     tracing::info!(
         socket = %socket_path.display(),
@@ -232,10 +229,10 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     if let Some(addr) = &daemon.credentials_endpoint {
         let fail = |detail: String| DaemonError::Socket {
-            path: PathBuf::from(addr),
+            path: PathBuf::from(addr.to_string()),
             detail,
         };
-        let listener = tokio::net::TcpListener::bind(addr)
+        let listener = tokio::net::TcpListener::bind(addr.0)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let token = endpoint::write_token(&daemon.credentials_token_file).map_err(fail)?;
@@ -335,7 +332,7 @@ async fn reload(shared: &Arc<Shared>) {
         let source = Source::select(&config);
         let new = DaemonSettings::new(&config, shared.socket_gid);
         let socket = loaded.socket.unwrap_or_else(|| config.socket_path());
-        if (Some(socket), daemon.credentials_endpoint.clone()) != shared.fixed {
+        if (Some(socket), daemon.credentials_endpoint) != shared.fixed {
             tracing::warn!(
                 "socket and credentials_endpoint changes take effect at the next restart"
             );

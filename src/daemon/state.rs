@@ -31,7 +31,7 @@ use super::schedule::{Backoff, Jitter};
 use crate::agent::{self, RegistryStatus, StatusReport};
 use crate::aws::credentials::{Source, SourceIdentity};
 use crate::aws::ecr::{Bases, FetchError, TokenSource};
-use crate::config::{Config, DaemonConfig, RefreshMode, SinkConfig};
+use crate::config::{Config, DaemonConfig, LoopbackAddr, RefreshMode, SinkConfig};
 use crate::registry::Registry;
 use crate::token::{self, Token, MIN_REMAINING_SECS};
 
@@ -412,7 +412,7 @@ pub(super) struct Shared {
     /// The deadline of one refresh attempt (`ECR_EDGE_TIMEOUT`, default 10 s).
     pub(super) deadline: Duration,
     /// What only a restart changes: the socket and the credentials endpoint.
-    pub(super) fixed: (Option<PathBuf>, Option<String>),
+    pub(super) fixed: (Option<PathBuf>, Option<LoopbackAddr>),
 }
 
 impl Shared {
@@ -421,7 +421,7 @@ impl Shared {
         config_path: Option<PathBuf>,
         socket_gid: u32,
         deadline: Duration,
-        fixed: (Option<PathBuf>, Option<String>),
+        fixed: (Option<PathBuf>, Option<LoopbackAddr>),
     ) -> Shared {
         Shared {
             state: Mutex::new(state),
