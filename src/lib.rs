@@ -8,8 +8,10 @@
 //!
 //! # Map
 //! Top to bottom: a module uses only those below it (`tests/layers.rs` checks the source).
-//! - [`cli`]: argument parsing, logging set-up, dispatch to the parts below, exit codes.
-//! - `commands/`: `doctor` (with `elf`), `configure`, `provider_setup` (k3s/kubelet), `status`.
+//! - [`cli`]: argument parsing, logging set-up, dispatch to the parts below; each part returns
+//!   an `Exit`, which `cli::main` alone turns into the process status.
+//! - `commands/`: `doctor` (with `elf`), `configure` (the command, and `entries`: the auth-file
+//!   edit), `provider_setup` (k3s/kubelet), `status`, `credentials` (`credential_process`).
 //! - `daemon/`: the refresher: `mod` (`run(listener, start, shutdown)`, reload), `state` (each
 //!   registry's phase and its pure transitions, the shared state, the shutdown signal),
 //!   `refresher` (the schedule loop), `server` (one accept helper with cap, idle eviction and
@@ -34,7 +36,7 @@
 //! - `oracles`: what tests and fuzz targets check errors against (never used by the binary).
 //! - `registry` (host and image-reference forms, pure), `token` (tokens, the `Secret` type),
 //!   `input` (bounded reads, errors that never repeat input), `journal` (native systemd journal
-//!   entries, never blocking).
+//!   entries, never blocking), `exit` (how a command ended; the one mapping to a status).
 //!
 //! Protocol facts the code relies on are in `docs/reference.md`.
 
@@ -48,6 +50,7 @@ pub mod cli;
 mod commands;
 mod config;
 mod daemon;
+mod exit;
 mod frontend;
 mod input;
 mod journal;

@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["settings"],
     &["config"],
     &["oracles"],
-    &["registry", "token", "input", "journal"],
+    &["registry", "token", "input", "journal", "exit"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -236,11 +236,11 @@ proptest! {
         let (code, out) = if kubelet {
             let mut out = Vec::new();
             let mut err = Vec::new();
-            let code = ecr_edge::internal::kubelet::run(None, &mut input.as_bytes(), &mut out, &mut err);
+            let code = ecr_edge::internal::kubelet::run(None, &mut input.as_bytes(), &mut out, &mut err).code();
             (code, String::from_utf8_lossy(&err).into_owned() + &String::from_utf8_lossy(&out))
         } else {
             let mut out = Vec::new();
-            let code = ecr_edge::internal::helper::run(ecr_edge::internal::helper::Action::Store, None, &mut input.as_bytes(), &mut out, None);
+            let code = ecr_edge::internal::helper::run(ecr_edge::internal::helper::Action::Store, None, &mut input.as_bytes(), &mut out, None).code();
             (code, String::from_utf8_lossy(&out).into_owned())
         };
         let host = host_in(&input);
@@ -253,7 +253,7 @@ proptest! {
     #[test]
     fn helper_store_input_is_one_line_whatever_comes_in(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut out = Vec::new();
-        let code = ecr_edge::internal::helper::run(ecr_edge::internal::helper::Action::Store, None, &mut &bytes[..], &mut out, None);
+        let code = ecr_edge::internal::helper::run(ecr_edge::internal::helper::Action::Store, None, &mut &bytes[..], &mut out, None).code();
         prop_assert!(code == 0 || code == 1);
         prop_assert!(code == 0 && out.is_empty() || out.iter().filter(|&&b| b == b'\n').count() == 1);
     }
@@ -296,7 +296,7 @@ fn the_fuzz_seed_corpus_replays_cleanly() {
     }
     for data in seeds("helper_stdin") {
         let mut out = Vec::new();
-        let code = helper::run(helper::Action::Store, None, &mut &data[..], &mut out, None);
+        let code = helper::run(helper::Action::Store, None, &mut &data[..], &mut out, None).code();
         assert!(code == 0 || code == 1);
     }
     for data in seeds("ecr_response") {

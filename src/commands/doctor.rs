@@ -816,6 +816,31 @@ pub fn ok(checks: &[Check]) -> bool {
     checks.iter().all(|c| c.status != Status::Fail)
 }
 
+/// Runs `ecr-edge doctor`: each check on `out` (one JSON object with `json`);
+/// [`Exit::Success`] only when none failed.
+pub fn report(
+    config: Option<&Path>,
+    json: bool,
+    out: &mut dyn std::io::Write,
+) -> crate::exit::Exit {
+    let checks = run(config);
+    let ok = ok(&checks);
+    if json {
+        let _ = writeln!(out, "{}", serde_json::json!({ "ok": ok, "checks": checks }));
+    } else {
+        for c in &checks {
+            let _ = writeln!(out, "{c}");
+        }
+        let verdict = if ok {
+            "all checks passed"
+        } else {
+            "some checks failed"
+        };
+        let _ = writeln!(out, "{verdict}");
+    }
+    crate::exit::Exit::from_ok(ok)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,9 @@
 //! The operator's commands: `doctor` (and the ELF reader it uses to check helpers), `configure`
-//! (credHelpers entries), installing the kubelet provider, and `status`.
+//! (credHelpers entries), installing the kubelet provider, `status` and `credentials`. Each
+//! exposes `run(…, out, err) -> Exit`; the command line only parses and dispatches.
 
 pub mod configure;
+pub mod credentials;
 pub mod doctor;
 pub mod elf;
 pub mod provider_setup;

@@ -3,8 +3,10 @@
 //! naming it for every ECR host form. Files ecr-edge did not write are never replaced.
 
 use std::fmt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::exit::Exit;
 use crate::frontend::kubelet::{match_images, API_V1, PROVIDER_NAME};
 use crate::store::files::{self, FilesError};
 
@@ -297,6 +299,96 @@ fn parent(path: &Path) -> PathBuf {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
+    }
+}
+
+/// `configure --k3s` / `--kubelet-config`: links the provider name to this binary and writes
+/// the provider configuration, saying what changed on `out` (what would, with `dry_run`).
+pub fn install_reporting(
+    layout: &Layout,
+    root: &Path,
+    aliases: &[String],
+    dry_run: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Exit {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(err, "ecr-edge configure: cannot find this binary: {e}");
+            return Exit::Failure;
+        }
+    };
+    // The link must name the binary as the target system sees it.
+    let binary = match exe.strip_prefix(root) {
+        Ok(rest) if root != Path::new("/") => Path::new("/").join(rest),
+        _ => exe,
+    };
+    if dry_run {
+        let _ = writeln!(
+            out,
+            "would link {} -> {} and write {}:\n{}",
+            layout.bin_dir.join(PROVIDER_NAME).display(),
+            binary.display(),
+            layout.config.display(),
+            provider_config_for(aliases)
+        );
+        return Exit::Success;
+    }
+    match install(layout, &binary, aliases) {
+        Ok(changes) if changes.is_empty() => {
+            let _ = writeln!(out, "{}: already up to date", layout.config.display());
+            Exit::Success
+        }
+        Ok(changes) => {
+            for c in changes {
+                let _ = writeln!(out, "{c}");
+            }
+            Exit::Success
+        }
+        Err(e) => {
+            let _ = writeln!(err, "ecr-edge configure: {e}");
+            Exit::Failure
+        }
+    }
+}
+
+/// `configure --k3s --remove` / `--kubelet-config PATH --remove`: takes out the link and the
+/// configuration file `configure` made, saying what went on `out`.
+pub fn remove_reporting(
+    layout: &Layout,
+    dry_run: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Exit {
+    if dry_run {
+        let _ = writeln!(
+            out,
+            "would remove {} (if it points to ecr-edge) and {} (if ecr-edge wrote it)",
+            layout.bin_dir.join(PROVIDER_NAME).display(),
+            layout.config.display()
+        );
+        return Exit::Success;
+    }
+    match uninstall(layout) {
+        Ok(removed) if removed.is_empty() => {
+            let _ = writeln!(
+                out,
+                "{}: nothing of ecr-edge to remove",
+                layout.config.display()
+            );
+            Exit::Success
+        }
+        Ok(removed) => {
+            for r in removed {
+                let _ = writeln!(out, "{r}");
+            }
+            Exit::Success
+        }
+        Err(e) => {
+            let _ = writeln!(err, "ecr-edge configure: {e}");
+            Exit::Failure
+        }
     }
 }
 

@@ -7,54 +7,68 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::agent::{self, Reply, Request, StatusReport};
+use crate::exit::Exit;
 
-/// Runs `ecr-edge status`; returns the exit status.
-pub fn run(config: Option<&Path>, json: bool) -> u8 {
+/// Runs `ecr-edge status`: the report on `out`, problems on `err`. [`Exit::Usage`] when no
+/// daemon answers.
+pub fn run(
+    config: Option<&Path>,
+    json: bool,
+    out: &mut dyn std::io::Write,
+    err: &mut dyn std::io::Write,
+) -> Exit {
     let socket = match crate::settings::Settings::load(config) {
         Ok(s) => s.socket,
         Err(e) => {
-            eprintln!("ecr-edge status: {e}");
-            return 2;
+            let _ = writeln!(err, "ecr-edge status: {e}");
+            return Exit::Usage;
         }
     };
     let Some(socket) = socket else {
-        eprintln!("ecr-edge status: ECR_EDGE_SOCKET is empty: no daemon to ask");
-        return 2;
+        let _ = writeln!(
+            err,
+            "ecr-edge status: ECR_EDGE_SOCKET is empty: no daemon to ask"
+        );
+        return Exit::Usage;
     };
     let wait = Duration::from_secs(2);
     let report = match agent::ask(&socket, &Request::Status, wait, wait) {
         Ok(Reply::Status(r)) => r,
         Ok(Reply::Error { message } | Reply::Refused { reason: message }) => {
-            eprintln!(
+            let _ = writeln!(
+                err,
                 "ecr-edge status: the daemon at {} answered: {message}",
                 socket.display()
             );
-            return 2;
+            return Exit::Usage;
         }
         Ok(_) => {
-            eprintln!(
+            let _ = writeln!(
+                err,
                 "ecr-edge status: the daemon at {} gave no status (a different version?)",
                 socket.display()
             );
-            return 2;
+            return Exit::Usage;
         }
         Err(e) => {
-            eprintln!("ecr-edge status: {} : {e}", socket.display());
-            return 2;
+            let _ = writeln!(err, "ecr-edge status: {} : {e}", socket.display());
+            return Exit::Usage;
         }
     };
     if json {
         match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => {
+                let _ = writeln!(out, "{s}");
+            }
             Err(e) => {
-                eprintln!("ecr-edge status: {e}");
-                return 2;
+                let _ = writeln!(err, "ecr-edge status: {e}");
+                return Exit::Usage;
             }
         }
     } else {
-        print!("{}", render(&report, crate::token::now()));
+        let _ = write!(out, "{}", render(&report, crate::token::now()));
     }
-    u8::from(report.registries.iter().any(|r| r.expires_at.is_none()))
+    Exit::from_ok(report.registries.iter().all(|r| r.expires_at.is_some()))
 }
 
 /// The report as text, times relative to `now`.

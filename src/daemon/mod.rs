@@ -47,6 +47,7 @@ use self::state::{daemon_config, DaemonSettings, Shared, State};
 use crate::aws::credentials::Source;
 use crate::aws::ecr::{FetchError, TokenSource};
 use crate::config::Config;
+use crate::exit::Exit;
 use crate::settings::SettingsError;
 use crate::token;
 
@@ -99,6 +100,42 @@ impl std::error::Error for DaemonError {
             DaemonError::Credentials(e) => Some(e),
             DaemonError::Runtime(e) => Some(e),
             DaemonError::Socket { .. } => None,
+        }
+    }
+}
+
+/// `ecr-edge daemon --check`, for systemd's `ExecCondition=`: whether the service should
+/// start. [`Exit::Success`] with a `[daemon]` section; [`Exit::Failure`] without one (the
+/// packaged file sets nothing, so a fresh install stays stopped, not failed, until it is
+/// configured); [`Exit::StartFails`] when the file is invalid. The reason goes to `err`.
+pub fn check(config: Option<&Path>, err: &mut dyn std::io::Write) -> Exit {
+    match crate::config::load(config) {
+        Ok(c) if c.daemon.is_some() => Exit::Success,
+        Ok(_) => {
+            let (path, _) = crate::config::locate(config);
+            let _ = writeln!(
+                err,
+                "ecr-edge daemon: not configured: {} has no [daemon] section; the service \
+                 starts once it has one",
+                path.display()
+            );
+            Exit::Failure
+        }
+        Err(e) => {
+            let _ = writeln!(err, "ecr-edge daemon: {e}");
+            Exit::StartFails
+        }
+    }
+}
+
+/// `ecr-edge daemon`: runs until stopped; a failure to start is one line on `err` (the
+/// journal) and [`Exit::Failure`].
+pub fn run_until_stopped(config: Option<&Path>, err: &mut dyn std::io::Write) -> Exit {
+    match main(config) {
+        Ok(()) => Exit::Success,
+        Err(e) => {
+            let _ = writeln!(err, "ecr-edge daemon: {e}");
+            Exit::Failure
         }
     }
 }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use std::path::Path;
 
 use crate::aws::credentials::Source;
+use crate::exit::Exit;
 use crate::registry::Registry;
 use crate::resolve::{self, ResolveError};
 use crate::settings::{self, NotServed, Settings, SettingsError};
@@ -122,7 +123,8 @@ impl std::error::Error for HelperError {
     }
 }
 
-/// Runs `action` with the given stdin and stdout; returns the process exit status (0 or 1).
+/// Runs `action` with the given stdin and stdout: [`Exit::Success`], or [`Exit::Failure`]
+/// with the error line on `stdout`.
 /// `config` is the `--config` path, if any (else `$ECR_EDGE_CONFIG` or the default path).
 ///
 /// This is the protocol boundary: every error becomes exactly one line on `stdout` here. A
@@ -136,7 +138,7 @@ pub fn run(
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
     echo: Option<&mut dyn Write>,
-) -> u8 {
+) -> Exit {
     let result = (|| -> Result<Vec<u8>, HelperError> {
         match action {
             Action::Version => Ok(format!("{}\n", crate::version_line()).into_bytes()),
@@ -149,8 +151,8 @@ pub fn run(
             Action::Erase => erase(&read_input(stdin)?, config).map(|()| Vec::new()),
         }
     })();
-    let (bytes, code) = match result {
-        Ok(bytes) => (bytes, 0),
+    let (bytes, exit) = match result {
+        Ok(bytes) => (bytes, Exit::Success),
         Err(e) => {
             let line = format!("{e}\n");
             match echo {
@@ -160,13 +162,72 @@ pub fn run(
                 _ if !matches!(e, HelperError::NotEcr) => tracing::debug!("{e}"),
                 _ => {}
             }
-            (line.into_bytes(), 1)
+            (line.into_bytes(), Exit::Failure)
         }
     };
     match stdout.write_all(&bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => code,
-        Err(_) => 1,
+        Ok(()) => exit,
+        Err(_) => Exit::Failure,
     }
+}
+
+/// The helper as a process, as Docker runs it: `action` is the command line's only argument
+/// (`argc` counts the program name too), the request comes on this process's stdin and the
+/// answer goes to stdout; a failed `get`'s cause also goes to stderr unless someone already
+/// shows it ([`CauseOnStderr`]). `logging_off`: `ECR_EDGE_LOG=off`.
+pub fn main(
+    program: &str,
+    action: Option<&str>,
+    argc: usize,
+    config: Option<&Path>,
+    logging_off: bool,
+) -> Exit {
+    let mut echo = CauseOnStderr { off: logging_off };
+    match action.and_then(Action::parse) {
+        Some(action) if argc == 2 => run(
+            action,
+            config,
+            &mut std::io::stdin().lock(),
+            &mut std::io::stdout().lock(),
+            Some(&mut echo),
+        ),
+        _ => {
+            // Same place and shape as docker-credential-helpers' usage message.
+            println!("Usage: {program} <store|get|erase|list|version>");
+            Exit::Failure
+        }
+    }
+}
+
+/// Where a failed `get`'s cause goes besides stdout ([`run`] says why): stderr, unless
+/// someone already sees it there: a person reading stdout on a terminal, a client that shows
+/// the stdout text itself, or nobody wants it (`ECR_EDGE_LOG=off`). Decided on the first write,
+/// so a `get` that succeeds never looks.
+struct CauseOnStderr {
+    off: bool,
+}
+
+impl Write for CauseOnStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::io::IsTerminal;
+        if self.off || std::io::stdout().is_terminal() || parent_shows_helper_errors() {
+            self.off = true;
+            return Ok(buf.len());
+        }
+        std::io::stderr().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Whether the program that started this helper puts a failed `get`'s stdout text in its own
+/// error: the containers/image clients (podman, skopeo, buildah) do; the Docker CLI does not.
+fn parent_shows_helper_errors() -> bool {
+    let parent = std::os::unix::process::parent_id();
+    std::fs::read_to_string(format!("/proc/{parent}/comm"))
+        .is_ok_and(|comm| matches!(comm.trim_end(), "podman" | "skopeo" | "buildah"))
 }
 
 /// Reads all of stdin up to [`MAX_INPUT_BYTES`] as UTF-8.

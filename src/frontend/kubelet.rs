@@ -19,6 +19,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::aws::credentials::Source;
+use crate::exit::Exit;
 use crate::registry::{self, Registry};
 use crate::resolve::{self, ResolveError};
 use crate::settings::{self, NotServed, Settings, SettingsError};
@@ -186,13 +187,13 @@ impl std::error::Error for KubeletError {
 }
 
 /// Runs the provider: request on `stdin`, response on `stdout`, the error line on `stderr`.
-/// Returns the exit status (0, or 1 on any failure).
+/// [`Exit::Failure`] on any failure.
 pub fn run(
     config: Option<&Path>,
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
-) -> u8 {
+) -> Exit {
     let result = read_request(stdin).and_then(|req| {
         let (registry, settings) = registry_of(req.host, config)?;
         // The pod's own role when the kubelet sent its service-account token and a role is
@@ -236,12 +237,23 @@ pub fn run(
             .map_err(KubeletError::Io)
     });
     match written {
-        Ok(()) => 0,
+        Ok(()) => Exit::Success,
         Err(e) => {
             let _ = writeln!(stderr, "{e}");
-            1
+            Exit::Failure
         }
     }
+}
+
+/// The provider as a process: the request on this process's stdin, the response on stdout,
+/// the error line on stderr.
+pub fn main(config: Option<&Path>) -> Exit {
+    run(
+        config,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    )
 }
 
 fn read_request(stdin: &mut dyn Read) -> Result<Parsed, KubeletError> {

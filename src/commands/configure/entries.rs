@@ -1,4 +1,4 @@
-//! `ecr-edge configure`: write exact `credHelpers` entries into Docker and containers auth files.
+//! The `credHelpers` entries `ecr-edge configure` writes into Docker and containers auth files.
 //!
 //! A `credHelpers` key that is not exactly the registry host silently means anonymous pulls, so
 //! keys are always written as the bare host [`Registry::host`] derives. The user's file is
