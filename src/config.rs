@@ -245,12 +245,13 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
     },
-    /// The file is not valid TOML for this schema (unknown key, wrong type, …).
+    /// The file is not valid TOML for this schema (unknown key, wrong type, …), or a value
+    /// is not usable.
     Invalid {
         /// The file.
         path: PathBuf,
-        /// What is wrong and where (line and column).
-        message: String,
+        /// What is wrong and where.
+        invalid: Invalid,
     },
 }
 
@@ -265,8 +266,8 @@ impl fmt::Display for ConfigError {
                 "config {} is larger than {MAX_CONFIG_BYTES} bytes",
                 path.display()
             ),
-            ConfigError::Invalid { path, message } => {
-                write!(f, "invalid config {}: {message}", path.display())
+            ConfigError::Invalid { path, invalid } => {
+                write!(f, "invalid config {}: {invalid}", path.display())
             }
         }
     }
@@ -312,34 +313,69 @@ pub fn load(flag: Option<&Path>) -> Result<Config, ConfigError> {
     if text.len() as u64 > MAX_CONFIG_BYTES {
         return Err(ConfigError::TooLarge { path });
     }
-    parse(&text).map_err(|message| ConfigError::Invalid { path, message })
+    parse(&text).map_err(|invalid| ConfigError::Invalid { path, invalid })
 }
+
+/// What is wrong with configuration text, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not TOML, or not this schema (an unknown key, a value of the wrong type or form): the
+    /// parser's words, which name the line and column.
+    Toml(String),
+    /// A `[[registry]]` table's value, at `line` (the key's line, else the table's; 1-based).
+    Registry {
+        /// Where.
+        line: usize,
+        /// What is wrong, starting with the key.
+        problem: String,
+    },
+    /// A `[daemon]` value.
+    Daemon(String),
+    /// An `[iot]` value.
+    Iot(String),
+    /// Sections that do not go together.
+    Combination(&'static str),
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Invalid::Toml(m) => f.write_str(m),
+            Invalid::Registry { line, problem } => write!(f, "[[registry]] line {line}: {problem}"),
+            Invalid::Daemon(m) | Invalid::Iot(m) => f.write_str(m),
+            Invalid::Combination(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Invalid {}
 
 /// Parses and validates configuration text.
 ///
 /// # Errors
-/// A message naming the problem and, for TOML and schema errors, its line and column.
-pub fn parse(text: &str) -> Result<Config, String> {
-    let config: Config = toml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+/// [`Invalid`]: the problem and, for TOML and schema errors and `[[registry]]` tables, its line.
+pub fn parse(text: &str) -> Result<Config, Invalid> {
+    let config: Config =
+        toml::from_str(text).map_err(|e| Invalid::Toml(one_line(&e.to_string())))?;
     if let Some(iot) = &config.iot {
-        validate_iot(iot)?;
+        validate_iot(iot).map_err(Invalid::Iot)?;
     }
     validate_registries(text, &config)?;
     if let Some(daemon) = &config.daemon {
-        validate_daemon(daemon)?;
+        validate_daemon(daemon).map_err(Invalid::Daemon)?;
         if daemon.credentials_endpoint.is_some() && config.iot.is_none() {
-            return Err(
-                "[daemon] credentials_endpoint serves the [iot] role credentials: add [iot]".into(),
-            );
+            return Err(Invalid::Combination(
+                "[daemon] credentials_endpoint serves the [iot] role credentials: add [iot]",
+            ));
         }
     }
     Ok(config)
 }
 
-/// Where the `index`-th `[[registry]]` table sets `key`, as "[[registry]] line N" (the
-/// key's line, else the table's). Found by reading the lines as written: the parser keeps no
-/// positions (they cost a device 20 KB), and tables are written one key per line.
-fn registry_at(text: &str, index: usize, key: &str) -> String {
+/// The line (1-based) where the `index`-th `[[registry]]` table sets `key`, else the table's
+/// own line. Found by reading the lines as written: the parser keeps no positions (they cost a
+/// device 20 KB), and tables are written one key per line.
+fn registry_at(text: &str, index: usize, key: &str) -> usize {
     let header = |l: &str| {
         let inner = l
             .trim()
@@ -349,7 +385,7 @@ fn registry_at(text: &str, index: usize, key: &str) -> String {
     };
     let mut lines = text.lines().enumerate();
     let Some((table_line, _)) = lines.by_ref().filter(|(_, l)| header(l)).nth(index) else {
-        return format!("[[registry]] number {}", index + 1);
+        return 0;
     };
     let key_line = lines
         .take_while(|(_, l)| !l.trim_start().starts_with('['))
@@ -359,7 +395,7 @@ fn registry_at(text: &str, index: usize, key: &str) -> String {
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map(|(n, _)| n);
-    format!("[[registry]] line {}", key_line.unwrap_or(table_line) + 1)
+    key_line.unwrap_or(table_line) + 1
 }
 
 /// Whether `arn` is an IAM role ARN: `arn:<partition>:iam::<12 digits>:role/<path/name>`.
@@ -394,25 +430,28 @@ fn is_session_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b))
 }
 
-fn validate_registries(text: &str, config: &Config) -> Result<(), String> {
+fn validate_registries(text: &str, config: &Config) -> Result<(), Invalid> {
     // Each host and alias with where it was named first.
-    let mut names: Vec<(&str, String)> = Vec::new();
+    let mut names: Vec<(&str, usize)> = Vec::new();
     for (i, r) in config.registries.iter().enumerate() {
         let at = |key: &str| registry_at(text, i, key);
+        let bad = |key: &str, problem: String| Invalid::Registry {
+            line: at(key),
+            problem,
+        };
         let host = &r.host;
         match crate::registry::Registry::parse(host) {
             Some(reg) if reg.host() == host => {}
             Some(reg) => {
-                return Err(format!(
-                    "{}: host: write the bare host {:?}, not {host:?}",
-                    at("host"),
-                    reg.host()
+                return Err(bad(
+                    "host",
+                    format!("host: write the bare host {:?}, not {host:?}", reg.host()),
                 ))
             }
             None => {
-                return Err(format!(
-                    "{}: host {host:?} is not an Amazon ECR registry host",
-                    at("host")
+                return Err(bad(
+                    "host",
+                    format!("host {host:?} is not an Amazon ECR registry host"),
                 ))
             }
         }
@@ -420,28 +459,29 @@ fn validate_registries(text: &str, config: &Config) -> Result<(), String> {
             if crate::registry::host_of(alias).as_deref() != Some(alias.as_str())
                 || !alias.contains('.')
             {
-                return Err(format!(
-                    "{}: alias {alias:?} must be a bare lower-case host name such as \
-                     registry.corp.example (no scheme, port or path)",
-                    at("aliases")
+                return Err(bad(
+                    "aliases",
+                    format!(
+                        "alias {alias:?} must be a bare lower-case host name such as \
+                     registry.corp.example (no scheme, port or path)"
+                    ),
                 ));
             }
             if crate::registry::Registry::parse(alias).is_some() {
-                return Err(format!(
-                    "{}: alias {alias:?} is itself an Amazon ECR host; give it its own \
-                     [[registry]] table instead",
-                    at("aliases")
+                return Err(bad(
+                    "aliases",
+                    format!(
+                        "alias {alias:?} is itself an Amazon ECR host; give it its own \
+                     [[registry]] table instead"
+                    ),
                 ));
             }
         }
         let named = std::iter::once((host, "host")).chain(r.aliases.iter().map(|a| (a, "aliases")));
         for (name, key) in named {
             if let Some((_, first)) = names.iter().find(|(n, _)| n == name) {
-                return Err(format!(
-                    "{}: {name:?} is already named ({first}); each host and alias may appear \
-                     once",
-                    at(key)
-                ));
+                return Err(bad(key, format!("{name:?} is already named ([[registry]] line {first}); each host and alias may appear \
+                     once")));
             }
             names.push((name, at(key)));
         }
@@ -451,17 +491,19 @@ fn validate_registries(text: &str, config: &Config) -> Result<(), String> {
                 && p.bytes()
                     .all(|b| b.is_ascii_graphic() && b != b'[' && b != b']');
             if !ok {
-                return Err(format!(
-                    "{}: profile {p:?} is not a profile name",
-                    at("profile")
+                return Err(bad(
+                    "profile",
+                    format!("profile {p:?} is not a profile name"),
                 ));
             }
         }
         if let Some(arn) = &r.role_arn {
             if !is_role_arn(arn) {
-                return Err(format!(
-                    "{}: role_arn must look like arn:aws:iam::210987654321:role/name, got {arn:?}",
-                    at("role_arn")
+                return Err(bad(
+                    "role_arn",
+                    format!(
+                        "role_arn must look like arn:aws:iam::210987654321:role/name, got {arn:?}"
+                    ),
                 ));
             }
         }
@@ -471,17 +513,19 @@ fn validate_registries(text: &str, config: &Config) -> Result<(), String> {
                     .all(|b| b.is_ascii_alphanumeric() || b"+=,.@:/_-".contains(&b));
             if !ok {
                 // Never repeat it: some treat it as a secret.
-                return Err(format!(
-                    "{}: external_id must be 2 to 1224 letters, digits or +=,.@:/_-",
-                    at("external_id")
+                return Err(bad(
+                    "external_id",
+                    "external_id must be 2 to 1224 letters, digits or +=,.@:/_-".into(),
                 ));
             }
         }
         if let Some(name) = &r.session_name {
             if !is_session_name(name) {
-                return Err(format!(
-                    "{}: session_name must be 2 to 64 letters, digits or _+=,.@-, got {name:?}",
-                    at("session_name")
+                return Err(bad(
+                    "session_name",
+                    format!(
+                        "session_name must be 2 to 64 letters, digits or _+=,.@-, got {name:?}"
+                    ),
                 ));
             }
         }
@@ -490,7 +534,7 @@ fn validate_registries(text: &str, config: &Config) -> Result<(), String> {
             ("session_name", &r.session_name),
         ] {
             if value.is_some() && r.role_arn.is_none() {
-                return Err(format!("{}: {key} needs role_arn", at(key)));
+                return Err(bad(key, format!("{key} needs role_arn")));
             }
         }
     }
@@ -628,18 +672,22 @@ key  = "/etc/ecr-edge/private.pem.key"
     #[test]
     fn unknown_key_names_key_and_line() {
         let text = GOOD.replace("thing_name", "thing_nme");
-        let err = parse(&text).unwrap_err();
+        let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("thing_nme"), "{err}");
         assert!(err.contains("line 5"), "{err}");
-        let err = parse("[iott]\n").unwrap_err();
+        let err = parse("[iott]\n").unwrap_err().to_string();
         assert!(err.contains("iott") && err.contains("line 1"), "{err}");
     }
 
     #[test]
     fn bad_values_are_explained() {
-        let err = parse(&GOOD.replace("\"c1a2b3example", "\"https://c1a2b3example")).unwrap_err();
+        let err = parse(&GOOD.replace("\"c1a2b3example", "\"https://c1a2b3example"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no https://"), "{err}");
-        let err = parse(&format!("{GOOD}role_arn = \"role/x\"\n")).unwrap_err();
+        let err = parse(&format!("{GOOD}role_arn = \"role/x\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("role_arn"), "{err}");
         assert!(parse(&GOOD.replace("edge-role-alias", "")).is_err());
         assert!(parse("[iot]\nendpoint = 3\n").is_err());
@@ -689,7 +737,9 @@ path = "/run/containers/0/auth.json"
             ("credentials_endpoint = \"0.0.0.0:9911\"", "loopback"),
             ("credentials_endpoint = \"127.0.0.1:9911\"", "add [iot]"),
         ] {
-            let err = parse(&format!("[daemon]\n{bad}\n")).unwrap_err();
+            let err = parse(&format!("[daemon]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
     }
@@ -717,6 +767,12 @@ profile = "vendor"
             Some(host)
         );
         assert!(c.registry("other.example").is_none());
+        // The line is part of the error, not only of its words.
+        let bad = parse(&TWO.replace("role/edge-pull", "user/edge-pull")).unwrap_err();
+        assert!(
+            matches!(&bad, Invalid::Registry { line: 5, problem } if problem.starts_with("role_arn")),
+            "{bad:?}"
+        );
         for (from, to, says) in [
             (
                 "\"mirror.corp.example\"]",
@@ -764,11 +820,13 @@ profile = "vendor"
             ),
         ] {
             assert!(TWO.contains(from), "{from}");
-            let err = parse(&TWO.replacen(from, to, 1)).unwrap_err();
+            let err = parse(&TWO.replacen(from, to, 1)).unwrap_err().to_string();
             assert!(err.contains(says), "{from} -> {to}: {err}");
         }
         // An external ID is never repeated in an error.
-        let err = parse(&TWO.replace("edge-fleet-7", "s3cret id")).unwrap_err();
+        let err = parse(&TWO.replace("edge-fleet-7", "s3cret id"))
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("s3cret"), "{err}");
     }
 
