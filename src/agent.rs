@@ -60,7 +60,7 @@ pub enum Reply {
         reason: String,
     },
     /// The daemon's state.
-    Status(StatusReport),
+    Status(Box<StatusReport>),
 }
 
 impl fmt::Debug for Reply {
@@ -113,6 +113,45 @@ pub struct StatusReport {
     /// listed, zeros included).
     #[serde(default)]
     pub upstream: Vec<Upstream>,
+    /// Signatures the TPM made for the daemon since the start (a device key in the TPM: one
+    /// per IoT handshake that did not resume a session). Schema 3.
+    #[serde(default)]
+    pub tpm_signatures: u64,
+    /// The daemon's time: the system clock, trusted time, the floor, AWS's offset. Schema 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockStatus>,
+}
+
+/// What the daemon believes the time is, and why (src/clock.rs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockStatus {
+    /// The system clock, seconds since the epoch.
+    pub system: i64,
+    /// The time the daemon uses (TLS, signing, expiry), seconds since the epoch.
+    pub now: i64,
+    /// `system` (the system clock), `aws` (corrected by AWS's time) or `floor` (the clock is
+    /// behind the floor and AWS has not answered yet).
+    pub source: String,
+    /// The floor: before it the clock is known wrong (the build time, or the last time AWS
+    /// gave), seconds since the epoch.
+    pub floor: i64,
+    /// AWS's time minus the system clock, seconds, when the clock is off by more than the
+    /// `Date` header can tell (2 s); 0 otherwise.
+    pub offset_seconds: i64,
+}
+
+impl ClockStatus {
+    /// This process's clock now.
+    pub fn now() -> ClockStatus {
+        let r = crate::clock::read();
+        ClockStatus {
+            system: r.system_ms.div_euclid(1000),
+            now: r.now(),
+            source: r.source.name().to_owned(),
+            floor: r.floor,
+            offset_seconds: r.offset_ms.map_or(0, |ms| ms / 1000),
+        }
+    }
 }
 
 /// One endpoint kind's traffic (see [`crate::aws::traffic`]).
@@ -150,8 +189,9 @@ impl Upstream {
 }
 
 /// The schema number [`StatusReport`] carries (2: counters, certificate and credential
-/// expiries, per-registry refresh outcomes and source, upstream traffic).
-pub const STATUS_SCHEMA: u32 = 2;
+/// expiries, per-registry refresh outcomes and source, upstream traffic; 3: TPM signatures;
+/// 4: the clock).
+pub const STATUS_SCHEMA: u32 = 4;
 
 /// Requests on the socket since the daemon started, by answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
+use crate::config::KeyRef;
 use crate::exit::Exit;
 use crate::frontend::helper;
+use crate::tpm::TpmName;
 
 /// Amazon ECR credentials for edge devices.
 #[derive(Debug, Parser)]
@@ -53,6 +55,12 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// The device's AWS IoT key: make it where it lives (TPM or a new 0600 file) and print a
+    /// certificate signing request for it, so the private key is never copied anywhere.
+    Iot {
+        #[command(subcommand)]
+        command: IotCommand,
     },
     /// The kubelet image credential provider: a CredentialProviderRequest on stdin, the
     /// response on stdout (what ecr-edge-credential-provider runs; see configure --k3s).
@@ -187,12 +195,75 @@ fn dispatch(args: Vec<OsString>) -> Exit {
         Some(Command::Daemon { check: false }) => crate::daemon::run_until_stopped(config, err),
         Some(Command::Status { json }) => crate::commands::status::run(config, json, out, err),
         Some(Command::Credentials) => crate::commands::credentials::run(config, out, err),
+        Some(Command::Iot { command }) => match command {
+            IotCommand::Keygen {
+                tpm,
+                handle,
+                out: file,
+            } => {
+                use crate::commands::iot::KeygenOptions;
+                let options = match (tpm, file) {
+                    (Some(tpm), _) => KeygenOptions::Tpm { tpm, handle },
+                    (None, Some(path)) => KeygenOptions::File(path),
+                    (None, None) => return Exit::Usage,
+                };
+                crate::commands::iot::keygen(&options, out, err)
+            }
+            IotCommand::Csr { key, subject, tpm } => crate::commands::iot::csr(
+                &crate::commands::iot::CsrOptions { key, tpm, subject },
+                out,
+                err,
+            ),
+        },
         None => {
             println!("{}", crate::version_line());
             println!("Run `ecr-edge --help` for commands.");
             Exit::Success
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum IotCommand {
+    /// Make an EC P-256 device key: in the TPM, kept at a persistent handle (--tpm), or in a new
+    /// file only its owner can read (--out). An existing key is never replaced.
+    Keygen {
+        /// Make the key in the TPM; optionally which one, in the tpm2-tss form
+        /// (swtpm:host=127.0.0.1,port=2321).
+        #[arg(long, value_name = "TPM", num_args = 0..=1, default_missing_value = "device:/dev/tpmrm0",
+              value_parser = TpmName::parse, conflicts_with = "out", required_unless_present = "out")]
+        tpm: Option<TpmName>,
+        /// The persistent handle for the TPM key.
+        #[arg(long, value_name = "HANDLE", default_value = "0x81000001", value_parser = persistent_handle)]
+        handle: u32,
+        /// Make a key file instead (PKCS#8 PEM, mode 0600), for devices without a TPM.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print a PEM certificate signing request signed by the device key, for `aws iot
+    /// create-certificate-from-csr` or the fleet's CA.
+    Csr {
+        /// The key, as [iot] key names it: a file, handle:0x81000001 or credential:NAME.
+        #[arg(long, value_name = "KEY", value_parser = key_ref)]
+        key: KeyRef,
+        /// The subject, such as CN=edge-thing-0001 (CN, O, OU, C, ST, L).
+        #[arg(long, value_name = "NAME")]
+        subject: String,
+        /// The TPM that holds a handle: key (tpm2-tss form; default device:/dev/tpmrm0).
+        #[arg(long, value_name = "TPM", value_parser = TpmName::parse)]
+        tpm: Option<TpmName>,
+    },
+}
+
+fn persistent_handle(text: &str) -> Result<u32, String> {
+    match KeyRef::try_from(format!("handle:{text}"))? {
+        KeyRef::TpmHandle(h) => Ok(h),
+        _ => Err(format!("{text:?} is not a persistent handle")),
+    }
+}
+
+fn key_ref(text: &str) -> Result<KeyRef, String> {
+    KeyRef::try_from(text.to_owned())
 }
 
 impl ConfigureArgs {

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::registry::Registry;
+
 /// Where the configuration lives when nothing says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/ecr-edge/config.toml";
 
@@ -50,15 +52,15 @@ impl Config {
     pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
         self.registries
             .iter()
-            .find(|r| r.host == host || r.aliases.iter().any(|a| a == host))
+            .find(|r| r.host.host() == host || r.aliases.iter().any(|a| a == host))
     }
 
-    /// The registry host an alias stands for; `None` when `host` is no configured alias.
-    pub fn alias_target(&self, host: &str) -> Option<&str> {
+    /// The registry an alias stands for; `None` when `host` is no configured alias.
+    pub fn alias_target(&self, host: &str) -> Option<&Registry> {
         self.registries
             .iter()
             .find(|r| r.aliases.iter().any(|a| a == host))
-            .map(|r| r.host.as_str())
+            .map(|r| &r.host)
     }
 }
 
@@ -88,12 +90,50 @@ impl fmt::Display for LoopbackAddr {
     }
 }
 
+/// An IAM role ARN, `arn:<partition>:iam::<12 digits>:role/<path/name>`: checked when the file
+/// (or the kubelet's environment) is read, used as parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RoleArn(String);
+
+impl RoleArn {
+    /// The ARN when `arn` is an IAM role ARN.
+    pub fn parse(arn: &str) -> Option<RoleArn> {
+        is_role_arn(arn).then(|| RoleArn(arn.to_owned()))
+    }
+
+    /// The ARN as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RoleArn {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<RoleArn, String> {
+        if is_role_arn(&text) {
+            Ok(RoleArn(text))
+        } else {
+            Err(format!(
+                "must be an IAM role ARN such as arn:aws:iam::210987654321:role/name, got {text:?}"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for RoleArn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// `[[registry]]`: one registry's credential source and other names.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
-    /// The registry host, any ECR form (written bare, as `docker pull` names it).
-    pub host: String,
+    /// The registry, any ECR form (written as its bare host, as `docker pull` names it).
+    pub host: Registry,
     /// Other host names that mean this registry (a company DNS name, a proxy name).
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -101,7 +141,7 @@ pub struct RegistryConfig {
     /// instead of `[iot]` or the default chain.
     pub profile: Option<String>,
     /// A role to assume with the base credentials.
-    pub role_arn: Option<String>,
+    pub role_arn: Option<RoleArn>,
     /// The `sts:ExternalId` the role's trust policy asks for.
     pub external_id: Option<String>,
     /// The role session name (default `ecr-edge`), seen in CloudTrail.
@@ -117,7 +157,7 @@ pub const DEFAULT_SOCKET: &str = "/run/ecr-edge/agent.sock";
 pub struct DaemonConfig {
     /// Registry hosts refreshed from start-up (others are added when first asked for).
     #[serde(default)]
-    pub registries: Vec<String>,
+    pub registries: Vec<Registry>,
     /// The Unix socket the helper asks (mode 0660).
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
@@ -143,6 +183,22 @@ pub struct DaemonConfig {
     /// When tokens are refreshed: ahead of need (the default) or only when asked for.
     #[serde(default)]
     pub refresh: RefreshMode,
+    /// Whether the daemon sets the system clock to AWS's time (src/clock.rs).
+    #[serde(default)]
+    pub set_clock: SetClock,
+}
+
+/// `[daemon] set_clock`: whether the daemon sets the system clock from AWS's time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SetClock {
+    /// Never (the default): ecr-edge uses AWS's time itself and leaves the clock alone.
+    #[default]
+    Never,
+    /// When the clock is off from AWS's time by more than a minute and no NTP client has
+    /// synchronized it: the container engine's own TLS then works too. Needs CAP_SYS_TIME
+    /// (the README's drop-in).
+    WhenUnsynchronized,
 }
 
 /// `[daemon] refresh`: when the daemon talks to AWS.
@@ -170,6 +226,7 @@ impl Default for DaemonConfig {
             credentials_token_file: default_token_file(),
             metrics_file: None,
             refresh: RefreshMode::Ahead,
+            set_clock: SetClock::Never,
         }
     }
 }
@@ -219,15 +276,80 @@ pub struct IotConfig {
     pub thing_name: String,
     /// The device certificate chain (PEM).
     pub cert: PathBuf,
-    /// The device private key (PEM: PKCS#8, SEC1 or PKCS#1); must not be readable by others.
-    pub key: PathBuf,
+    /// Where the device private key lives: a PEM file (PKCS#8, SEC1 or PKCS#1, not readable by
+    /// others), a TPM key (`handle:0x81000001`), or a systemd credential (`credential:NAME`).
+    pub key: KeyRef,
+    /// The TPM holding a `handle:` key, in the tpm2-tss form (default `device:/dev/tpmrm0`).
+    pub tpm: Option<crate::tpm::TpmName>,
     /// CA certificates (PEM) to trust for the endpoint instead of the system store.
     pub ca: Option<PathBuf>,
     /// A role to assume with the exchanged credentials (cross-account registries).
-    pub role_arn: Option<String>,
+    pub role_arn: Option<RoleArn>,
     /// Accept a private key that group or others can read. Off: such a key is refused.
     #[serde(default)]
     pub allow_insecure_key_permissions: bool,
+}
+
+/// Where the device's private key lives (`[iot] key`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum KeyRef {
+    /// A PEM file.
+    File(PathBuf),
+    /// A persistent key in the TPM (`handle:0x81000001`): it never leaves the TPM.
+    TpmHandle(u32),
+    /// A systemd credential (`credential:NAME`): the service's `LoadCredentialEncrypted=`
+    /// decrypts it into `$CREDENTIALS_DIRECTORY/NAME`, readable only by the service.
+    Credential(String),
+}
+
+impl TryFrom<String> for KeyRef {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<KeyRef, String> {
+        if let Some(h) = text.strip_prefix("handle:") {
+            let handle = h
+                .strip_prefix("0x")
+                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                .filter(|&n| crate::tpm::is_persistent(n));
+            return handle.map(KeyRef::TpmHandle).ok_or_else(|| {
+                format!(
+                    "a TPM key is a persistent handle from handle:0x81000000 to                      handle:0x81ffffff, got {text:?}"
+                )
+            });
+        }
+        if let Some(name) = text.strip_prefix("credential:") {
+            let ok = !name.is_empty()
+                && name.len() <= 255
+                && name != "."
+                && name != ".."
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-@:".contains(&b));
+            return if ok {
+                Ok(KeyRef::Credential(name.to_owned()))
+            } else {
+                Err(format!(
+                    "a systemd credential name is letters, digits and _.-@: (the name in \
+                     LoadCredentialEncrypted=NAME:...), got {text:?}"
+                ))
+            };
+        }
+        if text.is_empty() {
+            return Err("key is empty: name the private key file".into());
+        }
+        Ok(KeyRef::File(PathBuf::from(text)))
+    }
+}
+
+impl fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRef::File(p) => p.display().fmt(f),
+            KeyRef::TpmHandle(h) => write!(f, "handle:{h:#010x}"),
+            KeyRef::Credential(name) => write!(f, "credential:{name}"),
+        }
+    }
 }
 
 /// Why the configuration could not be used.
@@ -319,9 +441,14 @@ pub fn load(flag: Option<&Path>) -> Result<Config, ConfigError> {
 /// What is wrong with configuration text, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalid {
-    /// Not TOML, or not this schema (an unknown key, a value of the wrong type or form): the
-    /// parser's words, which name the line and column.
-    Toml(String),
+    /// Not TOML, or not this schema (an unknown key, a value of the wrong type or form, a
+    /// registry host or role ARN that is not one).
+    Toml {
+        /// Where (1-based; 0 when the parser names no place).
+        line: usize,
+        /// The parser's words, which also name the line and column.
+        message: String,
+    },
     /// A `[[registry]]` table's value, at `line` (the key's line, else the table's; 1-based).
     Registry {
         /// Where.
@@ -340,7 +467,7 @@ pub enum Invalid {
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Invalid::Toml(m) => f.write_str(m),
+            Invalid::Toml { message, .. } => f.write_str(message),
             Invalid::Registry { line, problem } => write!(f, "[[registry]] line {line}: {problem}"),
             Invalid::Daemon(m) | Invalid::Iot(m) => f.write_str(m),
             Invalid::Combination(m) => f.write_str(m),
@@ -355,8 +482,10 @@ impl std::error::Error for Invalid {}
 /// # Errors
 /// [`Invalid`]: the problem and, for TOML and schema errors and `[[registry]]` tables, its line.
 pub fn parse(text: &str) -> Result<Config, Invalid> {
-    let config: Config =
-        toml::from_str(text).map_err(|e| Invalid::Toml(one_line(&e.to_string())))?;
+    let config: Config = toml::from_str(text).map_err(|e: toml::de::Error| Invalid::Toml {
+        line: e.span().map_or(0, |at| line_of(text, at.start)),
+        message: one_line(&e.to_string()),
+    })?;
     if let Some(iot) = &config.iot {
         validate_iot(iot).map_err(Invalid::Iot)?;
     }
@@ -370,6 +499,16 @@ pub fn parse(text: &str) -> Result<Config, Invalid> {
         }
     }
     Ok(config)
+}
+
+/// The line (1-based) of byte `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(at)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The line (1-based) where the `index`-th `[[registry]]` table sets `key`, else the table's
@@ -399,7 +538,7 @@ fn registry_at(text: &str, index: usize, key: &str) -> usize {
 }
 
 /// Whether `arn` is an IAM role ARN: `arn:<partition>:iam::<12 digits>:role/<path/name>`.
-pub fn is_role_arn(arn: &str) -> bool {
+fn is_role_arn(arn: &str) -> bool {
     let mut parts = arn.splitn(6, ':');
     let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
         parts.next(),
@@ -439,22 +578,7 @@ fn validate_registries(text: &str, config: &Config) -> Result<(), Invalid> {
             line: at(key),
             problem,
         };
-        let host = &r.host;
-        match crate::registry::Registry::parse(host) {
-            Some(reg) if reg.host() == host => {}
-            Some(reg) => {
-                return Err(bad(
-                    "host",
-                    format!("host: write the bare host {:?}, not {host:?}", reg.host()),
-                ))
-            }
-            None => {
-                return Err(bad(
-                    "host",
-                    format!("host {host:?} is not an Amazon ECR registry host"),
-                ))
-            }
-        }
+        let host = r.host.host();
         for alias in &r.aliases {
             if crate::registry::host_of(alias).as_deref() != Some(alias.as_str())
                 || !alias.contains('.')
@@ -477,9 +601,10 @@ fn validate_registries(text: &str, config: &Config) -> Result<(), Invalid> {
                 ));
             }
         }
-        let named = std::iter::once((host, "host")).chain(r.aliases.iter().map(|a| (a, "aliases")));
+        let named = std::iter::once((host, "host"))
+            .chain(r.aliases.iter().map(|a| (a.as_str(), "aliases")));
         for (name, key) in named {
-            if let Some((_, first)) = names.iter().find(|(n, _)| n == name) {
+            if let Some((_, first)) = names.iter().find(|(n, _)| *n == name) {
                 return Err(bad(key, format!("{name:?} is already named ([[registry]] line {first}); each host and alias may appear \
                      once")));
             }
@@ -494,16 +619,6 @@ fn validate_registries(text: &str, config: &Config) -> Result<(), Invalid> {
                 return Err(bad(
                     "profile",
                     format!("profile {p:?} is not a profile name"),
-                ));
-            }
-        }
-        if let Some(arn) = &r.role_arn {
-            if !is_role_arn(arn) {
-                return Err(bad(
-                    "role_arn",
-                    format!(
-                        "role_arn must look like arn:aws:iam::210987654321:role/name, got {arn:?}"
-                    ),
                 ));
             }
         }
@@ -542,22 +657,6 @@ fn validate_registries(text: &str, config: &Config) -> Result<(), Invalid> {
 }
 
 fn validate_daemon(d: &DaemonConfig) -> Result<(), String> {
-    for r in &d.registries {
-        match crate::registry::Registry::parse(r) {
-            Some(reg) if reg.host() == r => {}
-            Some(reg) => {
-                return Err(format!(
-                    "[daemon] registries: write the bare host {:?}, not {r:?}",
-                    reg.host()
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "[daemon] registries: {r:?} is not an Amazon ECR registry host"
-                ))
-            }
-        }
-    }
     if !d.socket.is_absolute() {
         return Err(format!(
             "[daemon] socket must be an absolute path, got {:?}",
@@ -627,13 +726,6 @@ fn validate_iot(iot: &IotConfig) -> Result<(), String> {
             "[iot] thing_name is not a valid thing name: {:?}",
             iot.thing_name
         ));
-    }
-    if let Some(arn) = &iot.role_arn {
-        if !is_role_arn(arn) {
-            return Err(format!(
-                "[iot] role_arn must look like arn:aws:iam::210987654321:role/name, got {arn:?}"
-            ));
-        }
     }
     Ok(())
 }
@@ -745,6 +837,33 @@ path = "/run/containers/0/auth.json"
     }
 
     #[test]
+    fn device_keys_are_files_tpm_handles_or_systemd_credentials() {
+        let key = |k: &str| KeyRef::try_from(k.to_owned());
+        assert_eq!(key("handle:0x81000001"), Ok(KeyRef::TpmHandle(0x8100_0001)));
+        assert_eq!(
+            key("credential:device-key"),
+            Ok(KeyRef::Credential("device-key".into()))
+        );
+        assert_eq!(key("/etc/k.pem"), Ok(KeyRef::File("/etc/k.pem".into())));
+        for bad in [
+            "handle:0x80000001",
+            "handle:81000001",
+            "handle:0x1ffffffff",
+            "credential:../k",
+            "credential:",
+            "",
+        ] {
+            assert!(key(bad).is_err(), "{bad}");
+        }
+        for form in ["handle:0x81000001", "credential:device-key", "/etc/k.pem"] {
+            assert_eq!(key(form).unwrap().to_string(), form);
+        }
+        let err = parse("[iot]\nendpoint = \"e.example\"\nrole_alias = \"a\"\nthing_name = \"t\"\ncert = \"/c\"\nkey = \"handle:0x1\"\n")
+            .unwrap_err();
+        assert!(matches!(&err, Invalid::Toml { line: 6, .. }), "{err:?}");
+    }
+
+    #[test]
     fn registry_tables_are_checked_with_their_line() {
         const TWO: &str = r#"
 [[registry]]
@@ -760,17 +879,27 @@ profile = "vendor"
         let c = parse(TWO).unwrap();
         assert_eq!(c.registries.len(), 2);
         let host = "210987654321.dkr.ecr.eu-west-1.amazonaws.com";
-        assert_eq!(c.alias_target("mirror.corp.example"), Some(host));
+        assert_eq!(
+            c.alias_target("mirror.corp.example").map(Registry::host),
+            Some(host)
+        );
         assert_eq!(c.alias_target(host), None, "a host is no alias");
         assert_eq!(
-            c.registry("registry.corp.example").map(|r| r.host.as_str()),
+            c.registry("registry.corp.example").map(|r| r.host.host()),
             Some(host)
         );
         assert!(c.registry("other.example").is_none());
         // The line is part of the error, not only of its words.
         let bad = parse(&TWO.replace("role/edge-pull", "user/edge-pull")).unwrap_err();
         assert!(
-            matches!(&bad, Invalid::Registry { line: 5, problem } if problem.starts_with("role_arn")),
+            matches!(&bad, Invalid::Toml { line: 5, message } if message.contains("role_arn = ")
+                && message.contains("must be an IAM role ARN")),
+            "{bad:?}"
+        );
+        let bad = parse(&TWO.replace("eu-west-1.amazonaws.com\"", "eu-west-1.amazonaws.com/x\""))
+            .unwrap_err();
+        assert!(
+            matches!(&bad, Invalid::Toml { line: 3, message } if message.contains("write the bare host")),
             "{bad:?}"
         );
         for (from, to, says) in [
@@ -793,7 +922,7 @@ profile = "vendor"
             (
                 ":210987654321:role",
                 ":2109876543:role",
-                "role_arn must look like",
+                "must be an IAM role ARN",
             ),
             (
                 "\"registry.corp.example\"",
@@ -899,7 +1028,7 @@ profile = "vendor"
             external_id,
             session_name,
         } = &registries[0];
-        assert!(crate::registry::Registry::parse(host).is_some());
+        assert!(!host.host().is_empty());
         assert!(!aliases.is_empty());
         assert!(profile.is_some() && role_arn.is_some());
         assert!(external_id.is_some() && session_name.is_some());
@@ -909,6 +1038,7 @@ profile = "vendor"
             thing_name,
             cert,
             key,
+            tpm,
             ca,
             role_arn,
             allow_insecure_key_permissions,
@@ -916,7 +1046,8 @@ profile = "vendor"
         for s in [&endpoint, &role_alias, &thing_name] {
             assert!(!s.is_empty());
         }
-        assert!(cert.is_absolute() && key.is_absolute());
+        assert!(cert.is_absolute() && matches!(key, KeyRef::File(k) if k.is_absolute()));
+        assert_eq!(tpm, Some(crate::tpm::TpmName::default()));
         assert!(ca.is_some() && role_arn.is_some());
         assert!(!allow_insecure_key_permissions, "the safe default is shown");
         let DaemonConfig {
@@ -930,8 +1061,14 @@ profile = "vendor"
             credentials_token_file,
             metrics_file,
             refresh,
+            set_clock,
         } = daemon.unwrap();
         assert_eq!(refresh, RefreshMode::OnDemand, "the non-default shown");
+        assert_eq!(
+            set_clock,
+            SetClock::WhenUnsynchronized,
+            "the non-default shown"
+        );
         assert!(metrics_file.is_some_and(|m| m.is_absolute()));
         let defaults = DaemonConfig::default();
         assert!(!registries.is_empty());

@@ -30,13 +30,17 @@
 //!   (the SDK's HTTP client, and one GET for what the SDK does not do), `traffic` (the bytes
 //!   every call moves, per endpoint kind), `outcome` (retry classes and refresh outcomes).
 //! - `store/`: `files` (atomic, private, symlink-refusing; locks), `cache` (per-user tokens),
-//!   `authfile` (Docker/containers auth files edited in place, for `configure` and sinks).
+//!   `authfile` (Docker/containers auth files edited in place, for `configure` and sinks),
+//!   `floor` (the time floor kept across reboots).
 //! - `settings`: the configuration file and every `ECR_EDGE_*` variable, read once, and the
 //!   alias rule; `config`: the file's schema and its pure parser.
 //! - `oracles`: what tests and fuzz targets check errors against (never used by the binary).
 //! - `registry` (host and image-reference forms, pure), `token` (tokens, the `Secret` type),
+//!   `tpm` (a TPM 2.0 spoken to directly: a device key's public half and signatures),
 //!   `input` (bounded reads, errors that never repeat input), `journal` (native systemd journal
 //!   entries, never blocking), `exit` (how a command ended; the one mapping to a status).
+//! - `clock`: trusted time for a device whose clock may be wrong: the floor, AWS's time from
+//!   verified responses, what TLS, signing and expiry read; `set_clock`.
 //!
 //! Protocol facts the code relies on are in `docs/reference.md`.
 
@@ -47,6 +51,7 @@
 mod agent;
 mod aws;
 pub mod cli;
+mod clock;
 mod commands;
 mod config;
 mod daemon;
@@ -60,6 +65,7 @@ mod resolve;
 mod settings;
 mod store;
 mod token;
+mod tpm;
 
 /// What the integration tests, fuzz targets, benchmarks and examples reach, by the module
 /// names they have always used. Not an API: hidden from the documentation.

@@ -34,8 +34,10 @@ pub enum Service {
     Public,
 }
 
-/// An Amazon ECR registry, recognised from a Docker server URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An Amazon ECR registry, recognised from a Docker server URL. In the configuration file it is
+/// written as its bare host ([`Registry::bare`]) and read as this type, so nothing re-parses it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Registry {
     host: String,
     service: Service,
@@ -113,6 +115,19 @@ impl Registry {
         })
     }
 
+    /// A registry written as the configuration file writes one: exactly its bare, lower-case
+    /// host.
+    ///
+    /// # Errors
+    /// Words for the person who wrote `host`: not an ECR host, or not bare (then the bare form).
+    pub fn bare(host: &str) -> Result<Registry, String> {
+        match Registry::parse(host) {
+            Some(reg) if reg.host == host => Ok(reg),
+            Some(reg) => Err(format!("write the bare host {:?}, not {host:?}", reg.host)),
+            None => Err(format!("{host:?} is not an Amazon ECR registry host")),
+        }
+    }
+
     /// The bare registry host, lower-cased (`123456789012.dkr.ecr.us-west-2.amazonaws.com`).
     pub fn host(&self) -> &str {
         &self.host
@@ -139,6 +154,14 @@ impl Registry {
     /// Whether this is ECR Public.
     pub fn is_public(&self) -> bool {
         matches!(self.service, Service::Public)
+    }
+}
+
+impl TryFrom<String> for Registry {
+    type Error = String;
+
+    fn try_from(host: String) -> Result<Registry, String> {
+        Registry::bare(&host)
     }
 }
 

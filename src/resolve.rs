@@ -164,7 +164,7 @@ pub fn cached_or_fetched(
     };
     let cached = cache.as_ref().and_then(|c| c.get(host, identity.as_str()));
     if let Some(t) = &cached {
-        if t.is_fresh(token::now()) {
+        if fresh_by_a_known_clock(t) {
             tracing::debug!(registry = host, expires_at = t.expires_at, "cache hit");
             return Ok(t.clone());
         }
@@ -194,9 +194,17 @@ pub fn cached_or_fetched(
         .and_then(|c| c.get(host, identity.as_str()))
         .or(cached);
     if let Some(t) = &cached {
-        if t.is_fresh(token::now()) {
+        if fresh_by_a_known_clock(t) {
             return Ok(t.clone());
         }
+    }
+    // Before talking to AWS: the latest floor this device kept (src/clock.rs), so that a clock
+    // without a battery judges certificates no earlier than the last time AWS gave.
+    let floor = crate::store::floor::FloorFile::open(&settings.cache_dir, 0o600);
+    if let Some(kept) =
+        crate::store::floor::read_floor(std::path::Path::new(crate::store::floor::DAEMON_FLOOR))
+    {
+        crate::clock::raise_floor(kept);
     }
     let remaining = deadline.saturating_sub(start.elapsed());
     tracing::debug!(
@@ -215,12 +223,23 @@ pub fn cached_or_fetched(
                 if let Err(e) = c.put(host, identity.as_str(), &token) {
                     tracing::warn!("token not cached: {e}");
                 }
+                if let Err(e) = floor.save() {
+                    tracing::debug!("time floor not kept: {e}");
+                }
             }
             Ok(token)
         }
         Err(cause) => serve_stale(cache.as_ref(), host, identity.as_str(), cached)
             .ok_or(ResolveError::Fetch(cause)),
     }
+}
+
+/// Whether a cached token may be served as it is: before half-life by a clock not known to be
+/// wrong. A clock behind the floor, or behind the moment the token was fetched, is wrong, and
+/// then how old the token really is cannot be told without asking AWS.
+fn fresh_by_a_known_clock(t: &Token) -> bool {
+    let clock = crate::clock::read();
+    clock.known() && clock.now() >= t.fetched_at && t.is_fresh(clock.now())
 }
 
 /// The cached token when it is still usable after a failed refresh, with a warning.
@@ -231,8 +250,10 @@ fn serve_stale(
     cached: Option<Token>,
 ) -> Option<Token> {
     let latest = cache.and_then(|c| c.get(host, identity)).or(cached)?;
-    let now = token::now();
-    if latest.is_usable(now) {
+    let clock = crate::clock::read();
+    let now = clock.now();
+    // A clock known to be wrong cannot tell whether the token has expired: never served then.
+    if clock.known() && now >= latest.fetched_at && latest.is_usable(now) {
         tracing::warn!(
             "refresh failed; serving cached token for {host} valid for {} more seconds",
             latest.expires_at.saturating_sub(now)

@@ -161,11 +161,7 @@ pub fn registry_for(name: &str, config: Option<&Path>) -> Result<(Registry, Sett
     }
     let host = crate::registry::host_of(name).ok_or(NotServed::NotEcr)?;
     let settings = Settings::load(config).map_err(|_| NotServed::NotEcr)?;
-    match settings
-        .config
-        .alias_target(&host)
-        .and_then(Registry::parse)
-    {
+    match settings.config.alias_target(&host).cloned() {
         Some(registry) => Ok((registry, settings)),
         None => Err(NotServed::NotEcr),
     }

@@ -4,7 +4,6 @@
 //! except the protocol writers that must hand it to a client.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Tokens with less than this much life left are treated as expired and never handed out: a
 /// client may take minutes to pull a large image with the password it was given.
@@ -74,12 +73,10 @@ pub fn usable(expires_at: i64, now: i64) -> bool {
     expires_at.saturating_sub(now) >= MIN_REMAINING_SECS
 }
 
-/// Seconds since the Unix epoch by the system clock (0 if the clock is before 1970).
+/// Trusted now, seconds since the Unix epoch: the system clock unless it is known wrong
+/// (src/clock.rs).
 pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::clock::now()
 }
 
 #[cfg(test)]

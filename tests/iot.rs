@@ -681,3 +681,35 @@ fn idle_connections_cannot_starve_the_credentials_endpoint() {
     );
     drop(idle);
 }
+
+/// `key = "credential:NAME"`: the key systemd decrypted into `$CREDENTIALS_DIRECTORY` for the
+/// service (what `LoadCredentialEncrypted=` does; the device lab runs it under real systemd).
+#[test]
+fn a_systemd_credential_key_is_read_from_the_credentials_directory() {
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let creds = s.sb.dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::rename(&s.key, creds.join("device-key")).unwrap();
+    let config = s.config("").replace(
+        &format!("\"{}\"", s.key.display()),
+        "\"credential:device-key\"",
+    );
+    std::fs::write(s.sb.dir.path().join("config.toml"), config).unwrap();
+    // Outside the service: no credentials directory, said in words.
+    let msg = text(&s.get().stdout);
+    assert!(
+        msg.contains("$CREDENTIALS_DIRECTORY is unset") && msg.contains("LoadCredentialEncrypted"),
+        "{msg}"
+    );
+    assert!(s.iot.calls().is_empty());
+    s.sb.set("CREDENTIALS_DIRECTORY", Some(creds.to_str().unwrap()));
+    let out = s.get();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(s.iot.calls().len(), 1);
+    assert!(s.sb.fake.calls()[0].authentic);
+}

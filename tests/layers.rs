@@ -18,7 +18,8 @@ const LAYERS: &[&[&str]] = &[
     &["settings"],
     &["config"],
     &["oracles"],
-    &["registry", "token", "input", "journal", "exit"],
+    &["registry", "token", "tpm", "input", "journal", "exit"],
+    &["clock"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -208,7 +208,21 @@ fn promtool_accepts_the_metrics_of_a_running_daemon() {
             .unwrap()
             .clone()
     };
-    assert_eq!(status["schema"], 2);
+    assert_eq!(status["schema"], 4);
+    // The clock: this machine's is right, so the daemon uses it; the floor is the same in both.
+    assert_eq!(status["clock"]["source"], "system");
+    assert_eq!(
+        sample(
+            &metrics,
+            "ecr_edge_clock_offset_seconds",
+            "source=\"system\""
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "ecr_edge_clock_floor_timestamp_seconds", ""),
+        status["clock"]["floor"].as_f64()
+    );
     assert_eq!(
         sample(&metrics, "ecr_edge_token_expiry_timestamp_seconds", &reg),
         entry(REG)["expires_at"].as_f64()

@@ -559,9 +559,12 @@ fn docker_pulls_and_pushes_through_the_helper() {
         return;
     }
     let mut w = World::new();
-    // The token is usable for 4 s (a token needs 300 s left to be handed out), so the password
-    // rotation below meets an expired token.
-    w.sb.fake.set_lifetime(304.0);
+    // The token is usable for 60 s (a token needs 300 s left to be handed out): long enough for
+    // dockerd to start and every CLI to pull and push on a loaded machine (4 s was not, in CI),
+    // and the password rotation below still meets an expired token.
+    const USABLE: Duration = Duration::from_secs(60);
+    w.sb.fake.set_lifetime(300.0 + USABLE.as_secs_f64());
+    let issued = Instant::now();
     w.push_and_inspect();
     let docker = Dockerd::start(&w);
     let clis = docker_clis();
@@ -576,10 +579,15 @@ fn docker_pulls_and_pushes_through_the_helper() {
         let out = docker.cli(cli, &w, &["rmi", IMAGE, &pushed]);
         assert!(out.status.success(), "{cli} rmi: {}", text(&out.stderr));
     }
+    assert!(
+        issued.elapsed() < USABLE,
+        "the pulls and pushes took {:?}, longer than the token's usable window",
+        issued.elapsed()
+    );
     assert_eq!(w.ecr_calls(), 1, "one token served every pull and push");
 
     // The token expires and ECR's password rotates: the next pull fetches a fresh token.
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep((USABLE + Duration::from_secs(1)).saturating_sub(issued.elapsed()));
     w.sb.fake.set_lifetime(43_200.0);
     w.sb.fake.set_password("fresh-ecr-password-0002");
     w.start_registry();

@@ -3,6 +3,7 @@
 //! run them against a cross-built binary under qemu-user.
 
 mod accounts;
+mod clock;
 mod configure;
 mod daemon;
 mod dns;
@@ -15,3 +16,4 @@ mod kubelet;
 mod metrics;
 mod realclients;
 mod support;
+mod tpm;

@@ -26,7 +26,9 @@ if [ "$1" -eq 0 ]; then
 	# cargo-generate-rpm 0.21 cannot mark directories as owned (its `dir` assets fail with the
 	# rpm crate it uses), so rpm leaves them; remove ours when empty, as rpm would. An
 	# administrator's files keep /etc/ecr-edge.
-	for d in /usr/libexec/ecr-edge /usr/share/doc/ecr-edge/examples /usr/share/doc/ecr-edge /etc/ecr-edge; do
+	# The daemon's state directory (StateDirectory=): only the time floor.
+	rm -f /var/lib/ecr-edge/time-floor
+	for d in /var/lib/ecr-edge /usr/libexec/ecr-edge /usr/share/doc/ecr-edge/examples /usr/share/doc/ecr-edge /etc/ecr-edge; do
 		rmdir "$d" 2>/dev/null || :
 	done
 	# The shared directories %pre found missing, deepest first, if nothing else put files

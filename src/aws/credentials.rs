@@ -18,7 +18,7 @@
 //! source has its own identity, so a token obtained with one role is never handed to a request
 //! that resolves to another.
 
-use crate::config::{Config, IotConfig};
+use crate::config::{Config, IotConfig, RoleArn};
 use crate::token::Secret;
 
 /// Role session name when none is configured (shown in CloudTrail).
@@ -59,7 +59,7 @@ pub enum Source {
     /// handed over (never cached, never sent to the daemon).
     WebIdentity {
         /// The role.
-        role_arn: String,
+        role_arn: RoleArn,
         /// The service-account token.
         token: Secret,
     },
@@ -69,7 +69,7 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Role {
     /// The role's ARN.
-    pub arn: String,
+    pub arn: RoleArn,
     /// The `sts:ExternalId` its trust policy asks for.
     pub external_id: Option<Secret>,
     /// The session name ([`DEFAULT_SESSION_NAME`] when unset).
@@ -194,7 +194,7 @@ impl Source {
                 iot.endpoint,
                 iot.role_alias,
                 iot.thing_name,
-                iot.role_arn.as_deref().unwrap_or("")
+                iot.role_arn.as_ref().map_or("", RoleArn::as_str)
             ),
             Source::Profile(name) => format!("profile={name}"),
             Source::Assume { base, role } => {
@@ -226,9 +226,9 @@ impl Source {
     /// The role this source ends in, when it assumes one (for messages).
     pub fn role_arn(&self) -> Option<&str> {
         match self {
-            Source::Assume { role, .. } => Some(&role.arn),
-            Source::WebIdentity { role_arn, .. } => Some(role_arn),
-            Source::Iot(iot) => iot.role_arn.as_deref(),
+            Source::Assume { role, .. } => Some(role.arn.as_str()),
+            Source::WebIdentity { role_arn, .. } => Some(role_arn.as_str()),
+            Source::Iot(iot) => iot.role_arn.as_ref().map(RoleArn::as_str),
             _ => None,
         }
     }

@@ -38,14 +38,18 @@ pub enum HttpsError {
     Handshake(String),
     /// The request could not be built (bad host name).
     Invalid(String),
+    /// This side's client key did not sign the handshake (a TPM's refusal, in words):
+    /// retrying cannot help.
+    Signer(String),
 }
 
 impl std::fmt::Display for HttpsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            HttpsError::Unreachable(d) | HttpsError::Handshake(d) | HttpsError::Invalid(d) => {
-                f.write_str(d)
-            }
+            HttpsError::Unreachable(d)
+            | HttpsError::Handshake(d)
+            | HttpsError::Invalid(d)
+            | HttpsError::Signer(d) => f.write_str(d),
         }
     }
 }
@@ -247,6 +251,7 @@ pub async fn get(
         .send_request(request)
         .await
         .map_err(|e| classify(&e))?;
+    learn_time(&response);
     let status = response.status().as_u16();
     let date = response
         .headers()
@@ -261,8 +266,21 @@ pub async fn get(
     Ok(Response { status, date, body })
 }
 
-/// A TLS alert or certificate error anywhere in the chain is [`HttpsError::Handshake`];
-/// anything else [`HttpsError::Unreachable`].
+/// AWS's time from the `Date` of a response whose server certificate verified (src/clock.rs).
+fn learn_time<B>(response: &hyper::Response<B>) {
+    let received = crate::clock::system_ms();
+    if let Some(date) = response
+        .headers()
+        .get(hyper::header::DATE)
+        .and_then(|d| d.to_str().ok())
+    {
+        crate::clock::observe_date(date, received);
+    }
+}
+
+/// A TLS alert or certificate error anywhere in the chain is [`HttpsError::Handshake`]; a
+/// client key's own error (`rustls::Error::Other`, what a remote signer returns) is
+/// [`HttpsError::Signer`]; anything else [`HttpsError::Unreachable`].
 fn classify(err: &(dyn std::error::Error + 'static)) -> HttpsError {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
@@ -278,6 +296,9 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> HttpsError {
         ) = tls
         {
             return HttpsError::Handshake(t.to_string());
+        }
+        if let Some(rustls::Error::Other(signer)) = tls {
+            return HttpsError::Signer(signer.0.to_string());
         }
         cur = e.source();
     }
@@ -328,7 +349,7 @@ const DRIVER_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// How long a closed connection waits for the peer's close_notify and FIN: they cross the
 /// uplink whether or not anyone reads them, so they are read (and counted) when they come.
-const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs `conn` (hyper's side of one connection) until its response is done, then closes it
 /// the TLS way: our close_notify, then the peer's read until it closes too, within
@@ -466,7 +487,9 @@ impl SdkConnector {
                 .await
                 .map_err(|e| match classify(&e) {
                     // A refused handshake is not retried: the next one would be refused too.
-                    HttpsError::Handshake(_) => ConnectorError::other(e.into(), None),
+                    HttpsError::Handshake(_) | HttpsError::Signer(_) => {
+                        ConnectorError::other(e.into(), None)
+                    }
                     _ => ConnectorError::io(e.into()),
                 })?;
             traffic::handshake(endpoint, tls.get_ref().1.handshake_kind() == Some(Resumed));
@@ -491,6 +514,9 @@ impl SdkConnector {
                 ConnectorError::io(e.into())
             }
         })?;
+        if secure {
+            learn_time(&response);
+        }
         aws_smithy_runtime_api::client::orchestrator::HttpResponse::try_from(
             response.map(SdkBody::from_body_1_x),
         )

@@ -25,8 +25,11 @@ use serde::Deserialize;
 
 use crate::aws::cert;
 use crate::aws::https::{self, HttpsError};
-use crate::config::IotConfig;
+use crate::config::{IotConfig, KeyRef};
 use crate::token;
+use crate::tpm::{tss2, KeyIn, PublicKey, Scheme, Tpm};
+use rustls::sign::{Signer, SigningKey};
+use rustls::SignatureScheme;
 
 /// Largest response body accepted: a success is about 1 KB.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -65,8 +68,8 @@ pub enum IotError {
     KeyMismatch {
         /// The certificate file.
         cert: PathBuf,
-        /// The key file.
-        key: PathBuf,
+        /// Where the key lives (`[iot] key`).
+        key: String,
         /// SHA-256 of the certificate's public key (SubjectPublicKeyInfo DER).
         cert_key: String,
         /// SHA-256 of the private key's public half.
@@ -91,6 +94,25 @@ pub enum IotError {
         path: PathBuf,
         /// What it is (`EC P-521`, `RSA 1024`, …).
         kind: String,
+    },
+    /// `[iot] key = "credential:NAME"`, but the service was given no credentials.
+    NoCredentialsDirectory {
+        /// The credential's name.
+        name: String,
+    },
+    /// The TPM holding the key could not be used.
+    Tpm {
+        /// Where the key lives (`handle:0x81000001`).
+        key: String,
+        /// What the TPM (or the way to it) said.
+        error: crate::tpm::TpmError,
+    },
+    /// The TPM holds a key that cannot be the device key.
+    TpmKey {
+        /// Where the key lives.
+        key: String,
+        /// Why not, in words.
+        problem: String,
     },
     /// The certificate is not valid yet (or the clock is wrong).
     NotYetValid {
@@ -165,11 +187,11 @@ impl fmt::Display for IotError {
                 key_key,
             } => write!(
                 f,
-                "private key {} does not belong to certificate {}: the certificate's public key \
-                 has SHA-256 {cert_key}, the private key's {key_key} (compare with `openssl \
+                "private key {key} does not belong to certificate {}: the certificate's public \
+                 key has SHA-256 {cert_key}, the private key's {key_key} (compare with `openssl \
                  x509 -in CERT -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum` \
-                 and `openssl pkey -in KEY -pubout -outform DER | sha256sum`)",
-                key.display(),
+                 and, for a key file, `openssl pkey -in KEY -pubout -outform DER | sha256sum`; \
+                 for a TPM key, `ecr-edge doctor` shows its fingerprint)",
                 cert.display()
             ),
             IotError::ChainOrder { cert, position } => write!(
@@ -192,6 +214,14 @@ impl fmt::Display for IotError {
                  8192 bits) or EC P-256 or P-384, as AWS IoT accepts",
                 path.display()
             ),
+            IotError::NoCredentialsDirectory { name } => write!(
+                f,
+                "[iot] key is the systemd credential {name:?}, but $CREDENTIALS_DIRECTORY is \
+                 unset: run ecr-edge as the service whose unit has \
+                 LoadCredentialEncrypted={name}:... (see the README's device key section)"
+            ),
+            IotError::Tpm { key, error } => write!(f, "device key {key}: {error}"),
+            IotError::TpmKey { key, problem } => write!(f, "device key {key}: {problem}"),
             IotError::NotYetValid { not_before } => {
                 let now = token::now();
                 write!(
@@ -407,6 +437,7 @@ fn curve_name(der: &[u8]) -> String {
 }
 
 /// The device identity, loaded and checked: certificate chain, private key, TLS configuration.
+#[derive(Clone)]
 pub struct Device {
     tls: Arc<rustls::ClientConfig>,
     /// notAfter of the leaf certificate.
@@ -473,15 +504,20 @@ impl Device {
     /// # Errors
     /// The [`IotError`] naming the first problem found; no network is touched.
     pub fn load(cfg: &IotConfig, now: i64) -> Result<Device, IotError> {
-        let meta = std::fs::metadata(&cfg.key).map_err(|e| IotError::Read {
-            path: cfg.key.clone(),
-            detail: e.to_string(),
-        })?;
-        if meta.mode() & 0o077 != 0 && !cfg.allow_insecure_key_permissions {
-            return Err(IotError::KeyPermissions {
-                path: cfg.key.clone(),
-                mode: meta.mode() & 0o777,
-            });
+        if let KeyRef::File(path) = &cfg.key {
+            let meta = std::fs::metadata(path).map_err(|e| IotError::Read {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            if meta.mode() & 0o077 != 0
+                && !cfg.allow_insecure_key_permissions
+                && tpm_wrapped(path).is_none()
+            {
+                return Err(IotError::KeyPermissions {
+                    path: path.clone(),
+                    mode: meta.mode() & 0o777,
+                });
+            }
         }
         let cert_pem = read_file(&cfg.cert)?;
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
@@ -499,7 +535,10 @@ impl Device {
             path: cfg.cert.clone(),
             detail: "the first CERTIFICATE block is not an X.509 certificate".into(),
         })?;
-        if now < parsed.not_before {
+        // A clock known to be wrong (behind the floor, AWS not heard yet) cannot tell that a
+        // certificate is not valid yet: the endpoint judges it by its own time, and its answer
+        // gives AWS's time (src/clock.rs). One that expired before the floor is refused.
+        if now < parsed.not_before && crate::clock::read().known() {
             return Err(IotError::NotYetValid {
                 not_before: parsed.not_before,
             });
@@ -509,39 +548,13 @@ impl Device {
                 not_after: parsed.not_after,
             });
         }
-        let key_pem = read_file(&cfg.key)?;
-        if is_encrypted(&key_pem) {
-            return Err(IotError::EncryptedKey {
-                path: cfg.key.clone(),
-            });
-        }
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| IotError::BadPem {
-            path: cfg.key.clone(),
-            detail: "no private key in the file (expected a PKCS#8 -----BEGIN PRIVATE KEY-----, \
-                     EC or RSA PRIVATE KEY block)"
-                .into(),
-        })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let signing_key = provider
-            .key_provider
-            .load_private_key(key.clone_key())
-            .map_err(|_| IotError::UnusableKey {
-                path: cfg.key.clone(),
-                kind: private_key_kind(&key),
-            })?;
-        // The public keys themselves, whatever the certificate's version or extensions (v1
-        // certificates from `openssl x509 -req` included, which webpki would not parse).
-        let key_spki = signing_key
-            .public_key()
-            .ok_or_else(|| IotError::UnusableKey {
-                path: cfg.key.clone(),
-                kind: private_key_kind(&key),
-            })?;
-        if key_spki.as_ref() != parsed.spki {
+        let (signing_key, key_spki) = device_key(&cfg.key, cfg.tpm.as_ref(), &provider)?;
+        if key_spki.as_slice() != parsed.spki {
             let position = chain
                 .iter()
                 .skip(1)
-                .position(|c| cert::parse(c).is_some_and(|c| c.spki == key_spki.as_ref()));
+                .position(|c| cert::parse(c).is_some_and(|c| c.spki == key_spki.as_slice()));
             return Err(match position {
                 Some(i) => IotError::ChainOrder {
                     cert: cfg.cert.clone(),
@@ -549,7 +562,7 @@ impl Device {
                 },
                 None => IotError::KeyMismatch {
                     cert: cfg.cert.clone(),
-                    key: cfg.key.clone(),
+                    key: cfg.key.to_string(),
                     cert_key: cert::sha256_hex(parsed.spki),
                     key_key: cert::sha256_hex(key_spki.as_ref()),
                 },
@@ -567,20 +580,237 @@ impl Device {
             public_key_sha256: cert::sha256_hex(parsed.spki),
         };
         let roots = crate::aws::trust::root_store(cfg.ca.as_deref()).map_err(IotError::Trust)?;
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| IotError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            // Not with_client_auth_cert: it re-checks the pair with webpki, which refuses v1
-            // certificates; the pair was matched above, by the public keys themselves.
-            .with_client_cert_resolver(Arc::new(ClientIdentity(Arc::new(
-                rustls::sign::CertifiedKey::new(chain.clone(), signing_key),
-            ))));
+        // The endpoint's certificate is judged at trusted time (src/clock.rs).
+        let tls =
+            rustls::ClientConfig::builder_with_details(provider, Arc::new(crate::clock::TlsTime))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| IotError::Tls(e.to_string()))?
+                .with_root_certificates(roots)
+                // Not with_client_auth_cert: it re-checks the pair with webpki, which refuses v1
+                // certificates; the pair was matched above, by the public keys themselves.
+                .with_client_cert_resolver(Arc::new(ClientIdentity(Arc::new(
+                    rustls::sign::CertifiedKey::new(chain.clone(), signing_key),
+                ))));
         Ok(Device {
             tls: Arc::new(tls),
             not_after,
             identity,
         })
+    }
+}
+
+/// The device key named by `key` (`[iot] key`; a `handle:` key in `tpm`, by default the
+/// kernel's), ready to sign TLS handshakes (and certificate requests), and its public half
+/// (SubjectPublicKeyInfo DER).
+///
+/// # Errors
+/// [`IotError`] naming why the key cannot be used.
+pub fn device_key(
+    key: &KeyRef,
+    tpm: Option<&crate::tpm::TpmName>,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<(Arc<dyn SigningKey>, Vec<u8>), IotError> {
+    match key {
+        KeyRef::File(path) => pem_key(path, tpm, provider),
+        KeyRef::Credential(name) => {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+                .filter(|d| !d.is_empty())
+                .ok_or_else(|| IotError::NoCredentialsDirectory { name: name.clone() })?;
+            // systemd made the folder and file readable by this service alone.
+            pem_key(&Path::new(&dir).join(name), tpm, provider)
+        }
+        KeyRef::TpmHandle(handle) => tpm_key(key, tpm, KeyIn::Persistent(*handle)),
+    }
+}
+
+fn tpm_key(
+    key: &KeyRef,
+    tpm: Option<&crate::tpm::TpmName>,
+    place: KeyIn,
+) -> Result<(Arc<dyn SigningKey>, Vec<u8>), IotError> {
+    let key = TpmKey::open(key, tpm, place)?;
+    let spki = key.spki.clone();
+    Ok((Arc::new(key), spki))
+}
+
+/// The TPM-wrapped key (`-----BEGIN TSS2 PRIVATE KEY-----`) a key file holds, if it is one:
+/// useless without its TPM, so its file mode is not the key's protection.
+pub fn tpm_wrapped(path: &Path) -> Option<tss2::WrappedKey> {
+    let pem = read_file(path).ok()?;
+    tss2::pem_der(&pem)?
+        .ok()
+        .and_then(|der| tss2::parse(&der).ok())
+}
+
+/// A PEM private key file: refused when encrypted or of a kind TLS cannot sign with. A
+/// TPM-wrapped key (`TSS2 PRIVATE KEY`) is loaded in `tpm`.
+fn pem_key(
+    path: &Path,
+    tpm: Option<&crate::tpm::TpmName>,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<(Arc<dyn SigningKey>, Vec<u8>), IotError> {
+    let key_pem = read_file(path)?;
+    if let Some(der) = tss2::pem_der(&key_pem) {
+        let wrapped = der
+            .and_then(|d| tss2::parse(&d))
+            .map_err(|e| IotError::BadPem {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })?;
+        return tpm_key(&KeyRef::File(path.to_owned()), tpm, KeyIn::Wrapped(wrapped));
+    }
+    if is_encrypted(&key_pem) {
+        return Err(IotError::EncryptedKey {
+            path: path.to_owned(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| IotError::BadPem {
+        path: path.to_owned(),
+        detail: "no private key in the file (expected a PKCS#8 -----BEGIN PRIVATE KEY-----, EC \
+                 or RSA PRIVATE KEY block)"
+            .into(),
+    })?;
+    let unusable = || IotError::UnusableKey {
+        path: path.to_owned(),
+        kind: private_key_kind(&key),
+    };
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|_| unusable())?;
+    // The public keys themselves, whatever the certificate's version or extensions (v1
+    // certificates from `openssl x509 -req` included, which webpki would not parse).
+    let spki = signing_key.public_key().ok_or_else(unusable)?.to_vec();
+    Ok((signing_key, spki))
+}
+
+/// An EC P-256 or RSA key in a TPM (persistent, or wrapped in a file): every TLS handshake
+/// that is not resumed is signed there.
+#[derive(Debug)]
+struct TpmKey {
+    tpm: Tpm,
+    place: Arc<KeyIn>,
+    spki: Vec<u8>,
+    /// An RSA key (else EC P-256).
+    rsa: bool,
+}
+
+impl TpmKey {
+    /// Reads the key's public half and checks that it can sign TLS handshakes.
+    fn open(
+        key: &KeyRef,
+        tpm: Option<&crate::tpm::TpmName>,
+        place: KeyIn,
+    ) -> Result<TpmKey, IotError> {
+        let tpm = Tpm::new(tpm.cloned().unwrap_or_default());
+        let key = key.to_string();
+        let public = tpm.public_of(&place).map_err(|error| IotError::Tpm {
+            key: key.clone(),
+            error,
+        })?;
+        let problem = |problem: String| IotError::TpmKey {
+            key: key.clone(),
+            problem,
+        };
+        if public.restricted {
+            return Err(problem(
+                "the key is a restricted key, which signs only what the TPM made itself \
+                 (an attestation or storage key); make a signing key with `ecr-edge iot keygen \
+                 --tpm` or `tpm2_create -G ecc256`"
+                    .into(),
+            ));
+        }
+        if !public.sign {
+            return Err(problem(
+                "the key cannot sign (a decryption or storage key); make a \
+                 signing key with `ecr-edge iot keygen --tpm` or `tpm2_create -G ecc256`"
+                    .into(),
+            ));
+        }
+        let rsa = match &public.key {
+            PublicKey::EcP256 { .. } => false,
+            // What webpki and AWS accept: 2048 bits or more.
+            PublicKey::Rsa { modulus, .. }
+                if modulus.iter().skip_while(|&&b| b == 0).count() >= 256 =>
+            {
+                true
+            }
+            other => {
+                return Err(problem(format!(
+                    "the key is {}; ecr-edge signs with EC P-256 and RSA (2048 bits or more) \
+                     keys in a TPM (make one with `ecr-edge iot keygen --tpm`, or \
+                     `tpm2_create -G ecc256` or `-G rsa2048`)",
+                    other.kind()
+                )))
+            }
+        };
+        let spki = public
+            .key
+            .spki()
+            .ok_or_else(|| problem("the key cannot be read".into()))?;
+        Ok(TpmKey {
+            tpm,
+            place: Arc::new(place),
+            spki,
+            rsa,
+        })
+    }
+}
+
+impl SigningKey for TpmKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        // RSA: PSS where offered (TLS 1.3 offers nothing else), PKCS#1 v1.5 otherwise.
+        let choices: &[(SignatureScheme, Scheme)] = if self.rsa {
+            &[
+                (SignatureScheme::RSA_PSS_SHA256, Scheme::RsaPss),
+                (SignatureScheme::RSA_PKCS1_SHA256, Scheme::RsaPkcs1),
+            ]
+        } else {
+            &[(SignatureScheme::ECDSA_NISTP256_SHA256, Scheme::Ecdsa)]
+        };
+        let &(tls, scheme) = choices.iter().find(|(tls, _)| offered.contains(tls))?;
+        Some(Box::new(TpmSigner {
+            tpm: self.tpm.clone(),
+            place: self.place.clone(),
+            tls,
+            scheme,
+        }))
+    }
+
+    fn public_key(&self) -> Option<rustls::pki_types::SubjectPublicKeyInfoDer<'_>> {
+        Some(self.spki.as_slice().into())
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        if self.rsa {
+            rustls::SignatureAlgorithm::RSA
+        } else {
+            rustls::SignatureAlgorithm::ECDSA
+        }
+    }
+}
+
+/// One handshake's signature, made in the TPM.
+#[derive(Debug)]
+struct TpmSigner {
+    tpm: Tpm,
+    place: Arc<KeyIn>,
+    tls: SignatureScheme,
+    scheme: Scheme,
+}
+
+impl Signer for TpmSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, message);
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(digest.as_ref());
+        self.tpm
+            .sign(&self.place, self.scheme, &sha256)
+            .map_err(|e| rustls::Error::Other(rustls::OtherError(Arc::new(e))))
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        self.tls
     }
 }
 
@@ -621,9 +851,60 @@ async fn attempt(cfg: &IotConfig, device: &Device) -> Result<(u16, Bytes), IotEr
             detail,
         }),
         Err(HttpsError::Invalid(detail)) => Err(IotError::Tls(detail)),
+        Err(HttpsError::Signer(problem)) => Err(IotError::TpmKey {
+            key: cfg.key.to_string(),
+            problem,
+        }),
         Err(HttpsError::Unreachable(detail)) => Err(IotError::Unreachable {
             endpoint: cfg.endpoint.clone(),
             detail,
+        }),
+    }
+}
+
+/// [`attempt`] on a thread and runtime of its own, bounded by `left` there too: a TPM signs the
+/// handshake synchronously (as long as its driver lets it take), and the caller's runtime (the
+/// daemon's, serving tokens) must not stop meanwhile. An exchange is rare (a few a day), so
+/// the thread and runtime cost nothing that matters. The answer is handed over at once; the
+/// thread then lets the connection close the TLS way (its task, bounded by
+/// [`crate::aws::https::CLOSE_WAIT`]), as it would on the caller's runtime.
+async fn attempt_on_own_thread(
+    cfg: &IotConfig,
+    device: &Device,
+    left: Duration,
+) -> Result<(u16, Bytes), IotError> {
+    let (cfg, device) = (cfg.clone(), device.clone());
+    let unstarted = |detail: String| IotError::Unreachable {
+        endpoint: cfg.endpoint.clone(),
+        detail,
+    };
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unstarted(format!("the exchange's runtime could not start: {e}")))?;
+    let endpoint = cfg.endpoint.clone();
+    tokio::task::spawn_blocking(move || {
+        runtime.block_on(async {
+            let _ = answer.send(tokio::time::timeout(left, attempt(&cfg, &device)).await);
+            let until = tokio::time::Instant::now() + crate::aws::https::CLOSE_WAIT;
+            while tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+                > 0
+                && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    });
+    match answered.await {
+        Ok(Ok(result)) => result,
+        // The caller's own timeout says what ran out.
+        Ok(Err(_elapsed)) => std::future::pending().await,
+        Err(_) => Err(IotError::Unreachable {
+            endpoint,
+            detail: "the exchange's thread stopped".into(),
         }),
     }
 }
@@ -641,21 +922,22 @@ pub async fn exchange(
     let mut backoff = Duration::from_millis(200);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let result = match tokio::time::timeout(left, attempt(cfg, device)).await {
-            Ok(Ok((status, body))) => parse_response(status, &body),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(
-                match crate::aws::https::timed_out(host_port(&cfg.endpoint).0) {
-                    Some(dns) => IotError::Unreachable {
-                        endpoint: cfg.endpoint.clone(),
-                        detail: dns,
+        let result =
+            match tokio::time::timeout(left, attempt_on_own_thread(cfg, device, left)).await {
+                Ok(Ok((status, body))) => parse_response(status, &body),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(
+                    match crate::aws::https::timed_out(host_port(&cfg.endpoint).0) {
+                        Some(dns) => IotError::Unreachable {
+                            endpoint: cfg.endpoint.clone(),
+                            detail: dns,
+                        },
+                        None => IotError::Timeout {
+                            endpoint: cfg.endpoint.clone(),
+                        },
                     },
-                    None => IotError::Timeout {
-                        endpoint: cfg.endpoint.clone(),
-                    },
-                },
-            ),
-        };
+                ),
+            };
         let err = match result {
             Ok(creds) => return Ok(creds),
             Err(e @ (IotError::Unavailable { .. } | IotError::Unreachable { .. })) => e,
@@ -698,7 +980,7 @@ pub struct IotProvider {
 /// device, inode, size and modification time of each (a rotation renames new files into
 /// place, which changes the inode).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamps([(u64, u64, u64, i64, i64); 2]);
+struct FileStamps(Vec<(u64, u64, u64, i64, i64)>);
 
 impl FileStamps {
     fn of(cfg: &IotConfig) -> Option<FileStamps> {
@@ -707,7 +989,11 @@ impl FileStamps {
                 .ok()
                 .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
         };
-        Some(FileStamps([stamp(&cfg.cert)?, stamp(&cfg.key)?]))
+        let mut stamps = vec![stamp(&cfg.cert)?];
+        if let KeyRef::File(key) = &cfg.key {
+            stamps.push(stamp(key)?);
+        }
+        Some(FileStamps(stamps))
     }
 }
 

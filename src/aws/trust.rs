@@ -154,9 +154,11 @@ pub fn shared_client_config() -> Result<Arc<rustls::ClientConfig>, TrustError> {
 }
 
 fn config_with(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, TrustError> {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
+    // Certificates are judged at trusted time (src/clock.rs): never before the floor.
+    let tls = rustls::ClientConfig::builder_with_details(
+        Arc::new(rustls::crypto::ring::default_provider()),
+        Arc::new(crate::clock::TlsTime),
+    )
     .with_safe_default_protocol_versions()
     .map_err(|e| TrustError::Tls(e.to_string()))?
     .with_root_certificates(roots)

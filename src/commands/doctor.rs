@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::aws::credentials::Source;
 use crate::commands::elf::{self, Arch};
-use crate::config::{self, Config};
+use crate::config::{self, Config, KeyRef};
 use crate::registry::Registry;
 use crate::settings::Settings;
 
@@ -360,10 +360,11 @@ pub fn run(config_flag: Option<&Path>) -> Vec<Check> {
 
 /// Every registry host the configuration names: `[[registry]]` tables and `[daemon] registries`.
 fn configured_hosts(config: &Config) -> Vec<String> {
-    let mut hosts: Vec<String> = config.registries.iter().map(|r| r.host.clone()).collect();
-    for h in config.daemon.iter().flat_map(|d| d.registries.iter()) {
-        if !hosts.contains(h) {
-            hosts.push(h.clone());
+    let mut hosts: Vec<String> = Vec::new();
+    let tables = config.registries.iter().map(|r| &r.host);
+    for r in tables.chain(config.daemon.iter().flat_map(|d| d.registries.iter())) {
+        if !hosts.iter().any(|h| h == r.host()) {
+            hosts.push(r.host().to_owned());
         }
     }
     hosts
@@ -490,7 +491,7 @@ fn auth_files_and_helpers(
                     if ours {
                         keys.push(key.clone());
                     }
-                    match configured.alias_target(key).and_then(Registry::parse) {
+                    match configured.alias_target(key).cloned() {
                         Some(r) if ours => {
                             checks.push(check(
                                 "credHelpers",
@@ -579,22 +580,50 @@ fn iot_identity(checks: &mut Vec<Check>, config: &Config) {
     };
     let id = &d.identity;
     let days_left = d.not_after.saturating_sub(crate::token::now()) / 86_400;
-    let key_file = std::fs::metadata(&iot.key).map_or_else(
-        |e| format!("unreadable: {e}"),
-        |m| {
-            use std::os::unix::fs::MetadataExt;
-            format!(
-                "mode {:04o}, owner uid {} gid {}",
-                m.mode() & 0o7777,
-                m.uid(),
-                m.gid()
-            )
-        },
-    );
+    let key_place = match &iot.key {
+        KeyRef::File(path) => {
+            let meta = std::fs::metadata(path).map_or_else(
+                |e| format!("unreadable: {e}"),
+                |m| {
+                    use std::os::unix::fs::MetadataExt;
+                    format!(
+                        "mode {:04o}, owner uid {} gid {}",
+                        m.mode() & 0o7777,
+                        m.uid(),
+                        m.gid()
+                    )
+                },
+            );
+            match crate::aws::iot::tpm_wrapped(path) {
+                Some(wrapped) => format!(
+                    "wrapped by the TPM {} under parent {:#010x}{}, in file {} ({meta}); the \
+                     file is useless without that TPM",
+                    iot.tpm.clone().unwrap_or_default(),
+                    wrapped.parent,
+                    if wrapped.parent == crate::tpm::RH_OWNER {
+                        " (the owner hierarchy's storage key)"
+                    } else {
+                        ""
+                    },
+                    path.display()
+                ),
+                None => format!("file {} ({meta})", path.display()),
+            }
+        }
+        KeyRef::TpmHandle(_) => format!(
+            "in the TPM {} at {}; it never leaves the TPM",
+            iot.tpm.clone().unwrap_or_default(),
+            iot.key
+        ),
+        KeyRef::Credential(name) => format!(
+            "systemd credential {name} (decrypted by systemd into $CREDENTIALS_DIRECTORY, \
+             readable by this service only)"
+        ),
+    };
     let detail = format!(
         "certificate and key match\n      subject       {}\n      issuer        {}{}\n      \
          version       X.509 v{}\n      key           {}\n      valid         {} to {} \
-         ({days_left} days left)\n      key file      {} ({key_file})\n      chain         \
+         ({days_left} days left)\n      key lives     {key_place}\n      chain         \
          {} intermediate certificate(s) after the device certificate\n      certificate ID \
          {}\n      public key    SHA-256 {}",
         id.subject,
@@ -608,7 +637,6 @@ fn iot_identity(checks: &mut Vec<Check>, config: &Config) {
         id.key,
         rfc3339(id.not_before),
         rfc3339(d.not_after),
-        iot.key.display(),
         id.intermediates,
         id.certificate_id,
         id.public_key_sha256,
@@ -667,7 +695,11 @@ fn network_and_clock(checks: &mut Vec<Check>, registries: &[Registry], settings:
                         format!("{endpoint} reachable {via} (HTTP {status})"),
                     ));
                     if let Some(server) = date {
-                        skews.push((endpoint.clone(), crate::token::now().saturating_sub(server)));
+                        // The system clock itself: trusted time has taken this Date in already.
+                        skews.push((
+                            endpoint.clone(),
+                            crate::clock::system().saturating_sub(server),
+                        ));
                     }
                 }
                 Err(e) => checks.push(check(
@@ -761,35 +793,38 @@ async fn probe(
             .unwrap_or_else(|| format!("no answer within {:.1}s", deadline.as_secs_f64()))),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(r)) => {
-            let date = r.date.and_then(|d| {
-                aws_smithy_types::DateTime::from_str(
-                    &d,
-                    aws_smithy_types::date_time::Format::HttpDate,
-                )
-                .ok()
-                .map(|t| t.secs())
-            });
+            let date = r.date.as_deref().and_then(crate::clock::parse_http_date);
             Ok((r.status, date))
         }
     }
 }
 
-/// Judges the clock from the servers' `Date` headers (seconds the local clock is ahead).
+/// Judges the system clock from the servers' `Date` headers (seconds the clock is ahead) and
+/// the floor, and says what ecr-edge does about a wrong one (src/clock.rs).
 fn clock_check(skews: &[(String, i64)]) -> Check {
-    let now = crate::token::now();
-    if now < crate::BUILD_EPOCH {
-        return check(
-            "clock",
-            Status::Fail,
-            format!(
-                "the clock ({}) is before this binary was built ({}): no RTC and no NTP yet? \
-                 SigV4 and TLS will fail until it is set",
-                rfc3339(now),
-                rfc3339(crate::BUILD_EPOCH)
-            ),
-        );
-    }
+    let system = crate::clock::system();
+    let floor = crate::clock::floor();
+    let floor_is = if floor > crate::BUILD_EPOCH {
+        "the last time AWS gave this device"
+    } else {
+        "when this binary was built"
+    };
+    let engine = "the container engine's own TLS to the registry uses the system clock: set it \
+                  (NTP, or [daemon] set_clock = \"when-unsynchronized\")";
     let Some((endpoint, skew)) = skews.iter().max_by_key(|(_, s)| s.abs()) else {
+        if system < floor {
+            return check(
+                "clock",
+                Status::Fail,
+                format!(
+                    "the clock ({}) is before {} ({floor_is}), and no AWS endpoint answered to \
+                     give the time: ecr-edge judges certificates at that floor and takes AWS's \
+                     time from the first verified answer; {engine}",
+                    rfc3339(system),
+                    rfc3339(floor)
+                ),
+            );
+        }
         return check(
             "clock",
             Status::Warn,
@@ -798,9 +833,21 @@ fn clock_check(skews: &[(String, i64)]) -> Check {
     };
     let ahead = if *skew >= 0 { "ahead of" } else { "behind" };
     let detail = format!("{}s {ahead} {endpoint}", skew.abs());
+    let behind_floor = if system < floor {
+        format!("; it is before {} ({floor_is})", rfc3339(floor))
+    } else {
+        String::new()
+    };
     match skew.abs() {
-        s if s > 300 => check("clock", Status::Fail, format!("{detail}: SigV4 rejects requests beyond 15 min and ecr-edge needs better than 5; fix NTP")),
-        s if s > 60 => check("clock", Status::Warn, format!("{detail}: more than a minute off")),
+        s if s > 60 || system < floor => check(
+            "clock",
+            Status::Warn,
+            format!(
+                "{detail}{behind_floor}: ecr-edge uses AWS's time (from that server, whose \
+                 certificate verified) for TLS, request signing and token expiry until the clock \
+                 is set; {engine}"
+            ),
+        ),
         _ => check("clock", Status::Pass, detail),
     }
 }
@@ -892,7 +939,10 @@ mod tests {
         let e = |s| vec![("api".to_string(), s)];
         assert_eq!(clock_check(&e(3)).status, Status::Pass);
         assert_eq!(clock_check(&e(-90)).status, Status::Warn);
-        assert_eq!(clock_check(&e(400)).status, Status::Fail);
+        // Far off: ecr-edge takes AWS's time and says so, and what the engine still needs.
+        let far = clock_check(&e(400));
+        assert_eq!(far.status, Status::Warn);
+        assert!(far.detail.contains("uses AWS's time"), "{}", far.detail);
         assert_eq!(clock_check(&[]).status, Status::Warn);
     }
 

@@ -1,10 +1,12 @@
 //! The operator's commands: `doctor` (and the ELF reader it uses to check helpers), `configure`
-//! (credHelpers entries), installing the kubelet provider, `status` and `credentials`. Each
+//! (credHelpers entries), installing the kubelet provider, `status`, `credentials`, and `iot`
+//! (`keygen` and `csr`: the device key made where it lives, and its certificate request). Each
 //! exposes `run(…, out, err) -> Exit`; the command line only parses and dispatches.
 
 pub mod configure;
 pub mod credentials;
 pub mod doctor;
 pub mod elf;
+pub mod iot;
 pub mod provider_setup;
 pub mod status;

@@ -33,7 +33,7 @@ pub fn run(
     };
     let wait = Duration::from_secs(2);
     let report = match agent::ask(&socket, &Request::Status, wait, wait) {
-        Ok(Reply::Status(r)) => r,
+        Ok(Reply::Status(r)) => *r,
         Ok(Reply::Error { message } | Reply::Refused { reason: message }) => {
             let _ = writeln!(
                 err,
@@ -94,6 +94,30 @@ pub fn render(r: &StatusReport, now: i64) -> String {
             "device certificate expires in {}",
             span(t.saturating_sub(now))
         );
+    }
+    if let Some(c) = &r.clock {
+        match c.source.as_str() {
+            "aws" => {
+                let _ = writeln!(
+                    out,
+                    "clock: the system clock is {} {} AWS's time; the daemon uses AWS's time",
+                    span(c.offset_seconds.abs()),
+                    if c.offset_seconds > 0 {
+                        "behind"
+                    } else {
+                        "ahead of"
+                    }
+                );
+            }
+            "floor" => {
+                let _ = writeln!(
+                    out,
+                    "clock: the system clock is behind the floor (the build time, or the last \
+                     time AWS gave); waiting for AWS's time"
+                );
+            }
+            _ => {}
+        }
     }
     let traffic: Vec<String> = r
         .upstream
@@ -209,6 +233,8 @@ mod tests {
                 bytes_received: 900,
             }],
             requests: Default::default(),
+            tpm_signatures: 0,
+            clock: None,
         };
         let text = render(&r, 1130);
         assert_eq!(

@@ -163,6 +163,36 @@ pub fn render(report: &StatusReport) -> String {
         }
         flush(&mut out, &mut lines);
     }
+    let n = family(
+        &mut out,
+        "ecr_edge_tpm_signatures_total",
+        "counter",
+        "Signatures the TPM made for the daemon (a device key in the TPM: IoT handshakes that did not resume a session).",
+    );
+    lines.push(format!("{n} {}", report.tpm_signatures));
+    flush(&mut out, &mut lines);
+    if let Some(clock) = &report.clock {
+        let n = family(
+            &mut out,
+            "ecr_edge_clock_offset_seconds",
+            "gauge",
+            "AWS's time minus the system clock, from verified responses (0 when within 2 s); source is where the daemon's time comes from: system, aws or floor.",
+        );
+        lines.push(format!(
+            "{n}{{source=\"{}\"}} {}",
+            escape(&clock.source),
+            clock.offset_seconds
+        ));
+        flush(&mut out, &mut lines);
+        let n = family(
+            &mut out,
+            "ecr_edge_clock_floor_timestamp_seconds",
+            "gauge",
+            "The time floor: before it the system clock is known wrong (the build time, or the last time AWS gave).",
+        );
+        lines.push(format!("{n} {}", clock.floor));
+        flush(&mut out, &mut lines);
+    }
     out
 }
 
@@ -246,6 +276,14 @@ mod tests {
                 served: 7,
                 ..Requests::default()
             },
+            tpm_signatures: 3,
+            clock: Some(crate::agent::ClockStatus {
+                system: 0,
+                now: 1_700_000_000,
+                source: "aws".into(),
+                floor: 1_699_990_000,
+                offset_seconds: 1_700_000_000,
+            }),
         };
         let text = render(&report);
         assert!(text.contains(
@@ -258,6 +296,9 @@ mod tests {
         assert!(text.contains("ecr_edge_socket_requests_total{answer=\"served\"} 7\n"));
         assert!(text.contains("ecr_edge_upstream_received_bytes_total{endpoint=\"iot\"} 18000\n"));
         assert!(text.contains("ecr_edge_upstream_requests_total{endpoint=\"iot\"} 4\n"));
+        assert!(text.contains("ecr_edge_tpm_signatures_total 3\n"));
+        assert!(text.contains("ecr_edge_clock_offset_seconds{source=\"aws\"} 1700000000\n"));
+        assert!(text.contains("ecr_edge_clock_floor_timestamp_seconds 1699990000\n"));
         // Each family's TYPE line comes once, before its samples.
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split(' ').nth(2).unwrap();

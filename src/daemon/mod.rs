@@ -239,6 +239,15 @@ pub async fn run(
         deadline,
         reload: reload_requests,
     } = start;
+    // The floor kept from the last run, before any certificate is judged (src/clock.rs).
+    let floor = std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| {
+            std::env::split_paths(&dirs)
+                .next()
+                .filter(|d| !d.as_os_str().is_empty())
+        })
+        // Helpers read it too: it is not secret.
+        .map(|dir| crate::store::floor::FloorFile::open(&dir, 0o644));
     let daemon = daemon_config(&config);
     let socket_gid = std::fs::metadata(&socket_path)
         .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
@@ -253,6 +262,7 @@ pub async fn run(
         socket_gid,
         deadline,
         (Some(socket_path.clone()), daemon.credentials_endpoint),
+        floor,
     ));
     tracing::info!(
         socket = %socket_path.display(),
@@ -390,7 +400,7 @@ async fn reload(shared: &Arc<Shared>) {
         st.client = client;
         // A registry whose source changed starts over with the new one.
         st.entries.retain(|host, e| {
-            (e.on_demand || new.configured.contains(host))
+            (e.on_demand || new.configured.iter().any(|r| r.host() == host))
                 && Source::for_registry(&config, host).identity() == e.identity
         });
         let mut fresh = new.configured_entries(now);

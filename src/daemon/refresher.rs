@@ -136,8 +136,8 @@ pub(super) async fn client_for(
 /// The region the daemon's client calls STS in ([`crate::aws::credentials::home_region`], with
 /// the first configured registry's region as the fallback).
 fn home_region(source: &Source, daemon: &DaemonConfig) -> String {
-    let first = daemon.registries.iter().find_map(|r| Registry::parse(r));
-    crate::aws::credentials::home_region(source, first.as_ref().map(Registry::region))
+    let first = daemon.registries.first();
+    crate::aws::credentials::home_region(source, first.map(Registry::region))
 }
 
 /// The client for `identity`, built (and kept) the first time a registry needs it. `Ok(None)`
@@ -207,12 +207,26 @@ async fn refresh(
             return;
         };
         match &result {
-            Ok(token) => tracing::info!(
-                registry = %host,
-                expires_at = token.expires_at,
-                next_refresh_in_s = delay.as_secs(),
-                "token refreshed"
-            ),
+            Ok(token) => {
+                tracing::info!(
+                    registry = %host,
+                    expires_at = token.expires_at,
+                    next_refresh_in_s = delay.as_secs(),
+                    "token refreshed"
+                );
+                if let Some(floor) = &shared.floor {
+                    if let Err(e) = floor.save() {
+                        tracing::warn!("the time floor could not be kept: {e}");
+                    }
+                }
+                if st.settings.set_clock == crate::config::SetClock::WhenUnsynchronized {
+                    if let Err(crate::clock::NotSet::Refused(why)) =
+                        crate::clock::set_system_clock()
+                    {
+                        tracing::warn!("set_clock: the system clock was not set: {why}");
+                    }
+                }
+            }
             Err(err) => tracing::warn!(
                 registry = %host,
                 outcome = err.outcome().name(),

@@ -404,7 +404,7 @@ pub(super) async fn connection(stream: UnixStream, shared: Arc<Shared>, slot: Ar
         Err(e) => Reply::Error {
             message: format!("bad request: {}", crate::input::describe_json_error(&e)),
         },
-        Ok(Request::Status) => Reply::Status(shared.report()),
+        Ok(Request::Status) => Reply::Status(Box::new(shared.report())),
         Ok(Request::Get { registry, identity }) => {
             let reply = get(&shared, &registry, &identity, &mut write).await;
             {

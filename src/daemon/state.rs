@@ -261,9 +261,10 @@ pub(super) struct DaemonSettings {
     pub(super) policy: Policy,
     pub(super) sinks: Vec<SinkConfig>,
     pub(super) backoff_cap: Duration,
-    pub(super) configured: Vec<String>,
+    pub(super) configured: Vec<Registry>,
     pub(super) metrics_file: Option<PathBuf>,
     pub(super) refresh: RefreshMode,
+    pub(super) set_clock: crate::config::SetClock,
 }
 
 impl DaemonSettings {
@@ -292,20 +293,26 @@ impl DaemonSettings {
             configured: daemon.registries.clone(),
             metrics_file: daemon.metrics_file.clone(),
             refresh: daemon.refresh,
+            set_clock: daemon.set_clock,
         }
     }
 
     /// A fresh entry for each configured registry.
     pub(super) fn configured_entries(&self, now: Instant) -> BTreeMap<String, Entry> {
         let mut entries = BTreeMap::new();
-        for host in &self.configured {
-            if let Some(r) = Registry::parse(host) {
-                let identity = Source::for_registry(&self.config, host).identity();
-                entries.insert(
-                    host.clone(),
-                    Entry::new(r, identity, false, self.backoff_cap, self.refresh, now),
-                );
-            }
+        for r in &self.configured {
+            let identity = Source::for_registry(&self.config, r.host()).identity();
+            entries.insert(
+                r.host().to_owned(),
+                Entry::new(
+                    r.clone(),
+                    identity,
+                    false,
+                    self.backoff_cap,
+                    self.refresh,
+                    now,
+                ),
+            );
         }
         entries
     }
@@ -413,6 +420,9 @@ pub(super) struct Shared {
     pub(super) deadline: Duration,
     /// What only a restart changes: the socket and the credentials endpoint.
     pub(super) fixed: (Option<PathBuf>, Option<LoopbackAddr>),
+    /// Where the time floor is kept across reboots (`$STATE_DIRECTORY/time-floor`), if
+    /// anywhere.
+    pub(super) floor: Option<crate::store::floor::FloorFile>,
 }
 
 impl Shared {
@@ -422,6 +432,7 @@ impl Shared {
         socket_gid: u32,
         deadline: Duration,
         fixed: (Option<PathBuf>, Option<LoopbackAddr>),
+        floor: Option<crate::store::floor::FloorFile>,
     ) -> Shared {
         Shared {
             state: Mutex::new(state),
@@ -436,6 +447,7 @@ impl Shared {
             socket_gid,
             deadline,
             fixed,
+            floor,
         }
     }
 
@@ -535,6 +547,8 @@ impl Shared {
             iot_credentials_expire_at: st.bases.iot_expiry(),
             requests: st.requests,
             upstream: agent::Upstream::now(),
+            tpm_signatures: crate::tpm::signatures(),
+            clock: Some(agent::ClockStatus::now()),
             version: crate::version_line(),
             identity: st.settings.identity.to_string(),
             started_at: self.started_at,

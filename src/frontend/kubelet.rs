@@ -203,12 +203,9 @@ pub fn run(
                 let role_arn = role
                     .or_else(|| std::env::var("AWS_ECR_ROLE_ARN").ok())
                     .filter(|r| !r.is_empty());
-                match role_arn {
-                    Some(arn) if crate::config::is_role_arn(&arn) => Some(Source::WebIdentity {
-                        role_arn: arn,
-                        token,
-                    }),
-                    Some(_) => return Err(KubeletError::BadRole),
+                match role_arn.map(|arn| crate::config::RoleArn::parse(&arn)) {
+                    Some(Some(role_arn)) => Some(Source::WebIdentity { role_arn, token }),
+                    Some(None) => return Err(KubeletError::BadRole),
                     None => None,
                 }
             }

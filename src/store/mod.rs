@@ -4,3 +4,4 @@
 pub mod authfile;
 pub mod cache;
 pub mod files;
+pub mod floor;

@@ -18,6 +18,9 @@ pub struct TestCa {
     /// Whether new server configurations offer session resumption (tickets and a session
     /// cache), as AWS endpoints can; off, for a before/after comparison.
     pub(crate) resumption: AtomicBool,
+    /// The validity (not before, not after; seconds since the epoch) of server certificates
+    /// issued from now on; rcgen's default (1975 to 4096) when unset.
+    pub(crate) server_validity: Mutex<Option<(i64, i64)>>,
 }
 
 /// What a fake endpoint moved on the wire, counted under TLS (handshakes included), as the
@@ -92,7 +95,15 @@ impl TestCa {
             pem,
             servers: Mutex::new(HashMap::new()),
             resumption: AtomicBool::new(true),
+            server_validity: Mutex::new(None),
         }
+    }
+
+    /// Server certificates issued from now on are valid from `not_before` to `not_after`
+    /// (seconds since the epoch); endpoints already configured get new ones.
+    pub fn set_server_validity(&self, not_before: i64, not_after: i64) {
+        *self.server_validity.lock().unwrap() = Some((not_before, not_after));
+        self.servers.lock().unwrap().clear();
     }
 
     /// A certificate for `name` signed by this CA and its private key, both PEM (for servers

@@ -503,10 +503,24 @@ impl TestCa {
         params.signed_by(key, &self.issuer).unwrap().der().to_vec()
     }
 
+    /// Signs a certificate with `params` for a public key whose private half rcgen never
+    /// sees (a TPM's); returns DER.
+    pub fn sign_public(
+        &self,
+        params: &rcgen::CertificateParams,
+        key: &impl rcgen::PublicKeyData,
+    ) -> Vec<u8> {
+        params.signed_by(key, &self.issuer).unwrap().der().to_vec()
+    }
+
     /// A server certificate chain and key for `name`.
     pub fn issue(&self, name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        if let Some((from, until)) = *self.server_validity.lock().unwrap() {
+            params.not_before = time::OffsetDateTime::from_unix_timestamp(from).unwrap();
+            params.not_after = time::OffsetDateTime::from_unix_timestamp(until).unwrap();
+        }
         let cert = self.sign(&params, &key);
         (
             vec![CertificateDer::from(cert)],

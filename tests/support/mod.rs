@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod iot;
+pub mod tpm;
 
 mod ca;
 mod ecr;
@@ -34,3 +35,8 @@ pub const ROLE_ACCESS_KEY_ID: &str = "ASIAASSUMEDROLE00001";
 pub const ROLE_SECRET_ACCESS_KEY: &str = "r0leSeCrEt/abcdefghijklmnopqrstuvwxyz0123";
 /// Session token of the assumed-role credentials.
 pub const ROLE_SESSION_TOKEN: &str = "FwoGZXIvYXdzROLESESSIONTOKEN/abc==";
+
+/// Whether the tests run as root (which ignores file modes unless its capabilities are cut).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}

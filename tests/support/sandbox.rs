@@ -270,15 +270,15 @@ impl Drop for RunningDaemon {
     }
 }
 
-/// The lines of the first fenced shell block in `file` (under the clone, e.g. `README.md`) that
-/// contains `marker`, without the block's indentation: the commands a user copies, to run as
-/// written.
+/// The lines of the first fenced shell (or ini: a unit drop-in) block in `file` (under the clone,
+/// e.g. `README.md`) that contains `marker`, without the block's indentation: what a user copies,
+/// to run or install as written.
 pub fn doc_block(file: &str, marker: &str) -> String {
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
     let mut lines = doc.lines();
     while let Some(fence) = lines.next() {
         let indent = fence.len() - fence.trim_start().len();
-        if fence.trim_start() != "```sh" {
+        if !matches!(fence.trim_start().strip_prefix("```"), Some("sh" | "ini")) {
             continue;
         }
         let block: Vec<&str> = lines
@@ -290,5 +290,5 @@ pub fn doc_block(file: &str, marker: &str) -> String {
             return block.join("\n") + "\n";
         }
     }
-    panic!("{file}: no ```sh block with {marker:?}");
+    panic!("{file}: no ```sh or ```ini block with {marker:?}");
 }

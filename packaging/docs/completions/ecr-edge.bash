@@ -31,11 +31,20 @@ _ecr__edge() {
             ecr__edge,helper)
                 cmd="ecr__edge__subcmd__helper"
                 ;;
+            ecr__edge,iot)
+                cmd="ecr__edge__subcmd__iot"
+                ;;
             ecr__edge,kubelet-credential-provider)
                 cmd="ecr__edge__subcmd__kubelet__subcmd__credential__subcmd__provider"
                 ;;
             ecr__edge,status)
                 cmd="ecr__edge__subcmd__status"
+                ;;
+            ecr__edge__subcmd__iot,csr)
+                cmd="ecr__edge__subcmd__iot__subcmd__csr"
+                ;;
+            ecr__edge__subcmd__iot,keygen)
+                cmd="ecr__edge__subcmd__iot__subcmd__keygen"
                 ;;
             *)
                 ;;
@@ -44,7 +53,7 @@ _ecr__edge() {
 
     case "${cmd}" in
         ecr__edge)
-            opts="-V -h --version --config --help helper credentials daemon status kubelet-credential-provider doctor configure"
+            opts="-V -h --version --config --help helper credentials daemon status iot kubelet-credential-provider doctor configure"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -168,6 +177,84 @@ _ecr__edge() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ecr__subcmd__edge__subcmd__iot)
+            opts="-h --config --help keygen csr"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ecr__subcmd__edge__subcmd__iot__subcmd__csr)
+            opts="-h --key --subject --tpm --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --subject)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tpm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ecr__subcmd__edge__subcmd__iot__subcmd__keygen)
+            opts="-h --tpm --handle --out --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --tpm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --handle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -31,6 +31,7 @@ complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "helper" -d 'Docke
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "credentials" -d 'Print the device\'s exchanged IoT role credentials as credential_process JSON (for `credential_process = ecr-edge credentials` in ~/.aws/config)'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "daemon" -d 'Run the refresher daemon: keep tokens warm, serve them on the local socket, write sinks ([daemon] in the configuration). For systemd (Type=notify)'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "status" -d 'Ask the daemon for each registry\'s expiry, last refresh, last error and next attempt. Exits 0 when every registry has a usable token, 1 when one has not, 2 without a daemon'
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "iot" -d 'The device\'s AWS IoT key: make it where it lives (TPM or a new 0600 file) and print a certificate signing request for it, so the private key is never copied anywhere'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "kubelet-credential-provider" -d 'The kubelet image credential provider: a CredentialProviderRequest on stdin, the response on stdout (what ecr-edge-credential-provider runs; see configure --k3s)'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "doctor" -d 'Check this device: CPU and helpers, credHelpers keys, config, network, clock, credentials. Exits 0 only when nothing failed'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "configure" -d 'Add exact credHelpers entries naming ecr-edge to the Docker config (and, with --containers, the containers auth file), keeping everything else in the file'
@@ -44,6 +45,20 @@ complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand daemon" -s h -l help -
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand status" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand status" -l json -d 'Machine-readable output'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand status" -s h -l help -d 'Print help'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and not __fish_seen_subcommand_from keygen csr" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and not __fish_seen_subcommand_from keygen csr" -s h -l help -d 'Print help'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and not __fish_seen_subcommand_from keygen csr" -f -a "keygen" -d 'Make an EC P-256 device key: in the TPM, kept at a persistent handle (--tpm), or in a new file only its owner can read (--out). An existing key is never replaced'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and not __fish_seen_subcommand_from keygen csr" -f -a "csr" -d 'Print a PEM certificate signing request signed by the device key, for `aws iot create-certificate-from-csr` or the fleet\'s CA'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and __fish_seen_subcommand_from keygen" -l tpm -d 'Make the key in the TPM; optionally which one, in the tpm2-tss form (swtpm:host=127.0.0.1,port=2321)' -r
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and __fish_seen_subcommand_from keygen" -l handle -d 'The persistent handle for the TPM key' -r
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and __fish_seen_subcommand_from keygen" -l out -d 'Make a key file instead (PKCS#8 PEM, mode 0600), for devices without a TPM' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and __fish_seen_subcommand_from keygen" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and __fish_seen_subcommand_from keygen" -s h -l help -d 'Print help'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and __fish_seen_subcommand_from csr" -l key -d 'The key, as [iot] key names it: a file, handle:0x81000001 or credential:NAME' -r
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and __fish_seen_subcommand_from csr" -l subject -d 'The subject, such as CN=edge-thing-0001 (CN, O, OU, C, ST, L)' -r
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and __fish_seen_subcommand_from csr" -l tpm -d 'The TPM that holds a handle: key (tpm2-tss form; default device:/dev/tpmrm0)' -r
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and __fish_seen_subcommand_from csr" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and __fish_seen_subcommand_from csr" -s h -l help -d 'Print help'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand kubelet-credential-provider" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand kubelet-credential-provider" -s h -l help -d 'Print help'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand doctor" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F

@@ -277,7 +277,21 @@ pub(super) fn http_client(
 }
 
 impl Client {
+    /// One GetAuthorizationToken; once more when it was refused for clock skew and the refusal
+    /// itself taught AWS's time (its `Date`, on a verified connection: src/clock.rs), so the
+    /// second is signed at AWS's time.
     async fn fetch_async(&self, registry: &Registry) -> Result<Token, FetchError> {
+        let before = crate::clock::read().offset_ms;
+        match self.fetch_once(registry).await {
+            Err(FetchError::ClockSkew { message }) if crate::clock::read().offset_ms != before => {
+                tracing::info!("refused for clock skew ({message}); signing again at AWS's time");
+                self.fetch_once(registry).await
+            }
+            other => other,
+        }
+    }
+
+    async fn fetch_once(&self, registry: &Registry) -> Result<Token, FetchError> {
         let deadline = self.deadline;
         let sdk = &self.sdk;
         let region = Region::new(registry.region().to_owned());

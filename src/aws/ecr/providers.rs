@@ -121,7 +121,7 @@ impl ProvideCredentials for Reuse {
 #[derive(Debug)]
 pub(super) struct WebIdentity {
     sts: aws_sdk_sts::Client,
-    role_arn: String,
+    role_arn: crate::config::RoleArn,
     token: crate::token::Secret,
 }
 
@@ -134,7 +134,7 @@ impl ProvideCredentials for WebIdentity {
             let out = self
                 .sts
                 .assume_role_with_web_identity()
-                .role_arn(&self.role_arn)
+                .role_arn(self.role_arn.as_str())
                 .role_session_name(crate::aws::credentials::DEFAULT_SESSION_NAME)
                 .web_identity_token(self.token.expose())
                 .send()
@@ -164,11 +164,14 @@ pub(super) async fn sdk_config(
     let http = http_client()?;
     let provider_config = ProviderConfig::without_region()
         .with_http_client(http.clone())
+        .with_time_source(crate::clock::SdkTime)
         .with_region(Some(region.clone()));
     let attempt = (deadline / 3).max(Duration::from_secs(1)).min(deadline);
     let loader = || {
         aws_config::defaults(BehaviorVersion::latest())
             .http_client(http.clone())
+            // SigV4 and credential expiry at trusted time (src/clock.rs).
+            .time_source(crate::clock::SdkTime)
             .region(region.clone())
             .identity_cache(
                 aws_config::identity::IdentityCache::lazy()
@@ -260,7 +263,7 @@ pub(super) async fn sdk_config(
                 .credentials_provider(base_provider.clone())
                 .load()
                 .await;
-            let mut assume = aws_config::sts::AssumeRoleProvider::builder(&role.arn)
+            let mut assume = aws_config::sts::AssumeRoleProvider::builder(role.arn.as_str())
                 .session_name(
                     role.session_name
                         .as_deref()

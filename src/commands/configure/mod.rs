@@ -147,12 +147,12 @@ fn helper_entries(
         // Every registry and alias the configuration names.
         let daemon = configured.daemon.iter().flat_map(|d| d.registries.iter());
         for r in &configured.registries {
-            hosts.push(r.host.clone());
+            hosts.push(r.host.host().to_owned());
             hosts.extend(r.aliases.iter().cloned());
         }
-        for h in daemon {
-            if !hosts.contains(h) {
-                hosts.push(h.clone());
+        for h in daemon.map(|r| r.host()) {
+            if !hosts.iter().any(|known| known == h) {
+                hosts.push(h.to_owned());
             }
         }
         if hosts.is_empty() && replace.is_none() && !options.remove {
