@@ -311,11 +311,15 @@ pub fn set_system_clock() -> Result<(i64, i64), NotSet> {
     Ok((r.system_ms, target))
 }
 
-/// `2026-12-03T13:30:00Z`, for logs.
-fn rfc3339_ms(ms: i64) -> String {
-    aws_smithy_types::DateTime::from_secs(ms.div_euclid(1000))
+/// `2026-12-03T13:30:00Z` for seconds since the epoch, for people and logs.
+pub fn rfc3339(secs: i64) -> String {
+    aws_smithy_types::DateTime::from_secs(secs)
         .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_else(|_| ms.to_string())
+        .unwrap_or_else(|_| secs.to_string())
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    rfc3339(ms.div_euclid(1000))
 }
 
 /// What rustls judges certificates at: trusted now, so a device behind its floor checks AWS's

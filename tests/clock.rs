@@ -12,6 +12,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::iot::IotSandbox;
+use crate::support::iot::{KeyKind, Validity};
 use crate::support::{self, text, Sandbox};
 
 const HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
@@ -159,6 +161,50 @@ fn the_kept_floor_is_used_after_a_reboot() {
     drop_tokens();
     let out = sb.helper("get", HOST.as_bytes());
     assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+/// `ecr-edge credentials` judges the device certificate at the floor a helper kept: one that
+/// expired between the build and that floor is refused at 1970 before any exchange; with no
+/// floor kept (judged at the build time) the exchange goes ahead.
+#[test]
+fn the_device_certificate_is_judged_at_the_kept_floor() {
+    if !clock_can_be_moved() {
+        return;
+    }
+    while real_now() < ecr_edge::BUILD_EPOCH + 4 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let now = real_now();
+    let mut s = IotSandbox::new(
+        KeyKind::EcPkcs8,
+        Validity::Until((ecr_edge::BUILD_EPOCH + now) / 2),
+    );
+    with_clock(&mut s.sb, "@1970-01-02 00:00:00");
+    let floor = s.sb.cache_dir().join("time-floor");
+    std::fs::create_dir_all(s.sb.cache_dir()).unwrap();
+    std::fs::write(&floor, format!("{now}\n")).unwrap();
+    let credentials =
+        || support::run_with_input(s.sb.command_for(&support::binary(), "credentials"), b"");
+    let out = credentials();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("device certificate expired at"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        s.iot.calls().is_empty(),
+        "no exchange with an expired certificate"
+    );
+    std::fs::remove_file(&floor).unwrap();
+    let out = credentials();
+    assert!(
+        out.status.success(),
+        "judged at the build time the certificate is good (is a daemon's floor kept in \
+         /var/lib/ecr-edge on this machine?): {}",
+        text(&out.stderr)
+    );
+    assert_eq!(s.iot.calls().len(), 1);
 }
 
 /// The daemon on a device at 1970 takes AWS's time (status and metrics say so), keeps it as the

@@ -10,16 +10,16 @@ use crate::support::{self, text, Mode, Sandbox, TestCa};
 
 const HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
 
-struct IotSandbox {
-    sb: Sandbox,
-    iot: FakeIot,
+pub(crate) struct IotSandbox {
+    pub(crate) sb: Sandbox,
+    pub(crate) iot: FakeIot,
     device_ca: TestCa,
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
 }
 
 impl IotSandbox {
-    fn new(kind: KeyKind, validity: Validity) -> IotSandbox {
+    pub(crate) fn new(kind: KeyKind, validity: Validity) -> IotSandbox {
         let mut sb = Sandbox::new();
         let device_ca = TestCa::new();
         let iot = FakeIot::start(&sb.ca, &device_ca);

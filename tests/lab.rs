@@ -315,6 +315,20 @@ fn boot(
         }
     }
     if phase == "rtc" {
+        // A device certificate that expired yesterday, for the check at the floor.
+        let expired = input.join("expired");
+        std::fs::create_dir(&expired).unwrap();
+        let yesterday = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            - 86_400;
+        device_identity(
+            &expired,
+            &fakes.device_ca,
+            KeyKind::EcSec1,
+            Validity::Until(yesterday),
+        );
         // The README's set_clock drop-in, as written.
         std::fs::write(
             input.join("clock-dropin.conf"),
@@ -392,14 +406,14 @@ fn boot(
             .unwrap_or_default()
         ))
         .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
-        .args(["-no-reboot"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("qemu.log")).unwrap());
     if phase == "rtc" {
+        // The guest reboots once (same disk, the RTC still running from 1970).
         qemu.args(["-rtc", "base=1970-01-01T00:00:00"]);
     } else {
-        qemu.args(["-rtc", "base=utc"]);
+        qemu.args(["-rtc", "base=utc", "-no-reboot"]);
     }
     let start = Instant::now();
     let mut child = qemu.spawn().expect("qemu-system (scripts/lab installs it)");
@@ -527,16 +541,51 @@ fn lab(guest: &Guest) {
         r["clock_set_by_daemon"], "pass",
         "set_clock did not set the clock"
     );
+    assert_eq!(
+        r["offset_after_set_clock"], "0",
+        "after set_clock the guest clock is not within 2 s of AWS's time"
+    );
+    // The device certificate that expired yesterday was refused on the guest, before any
+    // exchange, although the guest's own clock (months behind) found it valid.
+    assert_eq!(r["expired_before_floor_refused"], "pass");
+    let expired = crate::support::iot::der_of(
+        &std::fs::read(work.join(format!(
+            "{}-rtc/payload/in/expired/device.pem.crt",
+            guest.arch
+        )))
+        .unwrap(),
+    );
+    assert!(
+        fakes
+            .iot
+            .calls()
+            .iter()
+            .all(|c| c.client_cert.as_deref() != Some(expired.as_slice())),
+        "an exchange presented the certificate that expired before the floor"
+    );
+    // The second boot: the clock wrong again, the floor the daemon kept reused, the clock set
+    // from AWS's time at boot.
+    assert_eq!(r["floor_reused_after_reboot"], "pass");
+    assert!(
+        r["clock_at_boot2"].as_str() < today.trim() && !r["clock_at_boot2"].is_empty(),
+        "the clock was not wrong after the reboot: {:?}",
+        r["clock_at_boot2"]
+    );
+    assert_eq!(r["get_after_reboot"], "pass");
     let doctor = std::fs::read_to_string(out.join("doctor.txt")).unwrap();
     println!(
         "lab {} rtc: clock at boot {}; first token {} s after boot; with set_clock the clock \
          was set {} s after the daemon's restart ({} s from AWS's time by the guest's own \
-         clock after); doctor said:\n{}",
+         clock after); after a reboot (clock at {}), the kept floor reused, the clock set {} s \
+         and the first token {} s after boot; doctor said:\n{}",
         guest.arch,
         r["clock_at_boot"],
         r["first_token_uptime_s"],
         r["set_clock_seconds"],
         r["offset_after_set_clock"],
+        r["clock_at_boot2"],
+        r["boot2_clock_set_uptime_s"],
+        r["boot2_first_token_uptime_s"],
         doctor
             .lines()
             .filter(|l| l.to_lowercase().contains("clock"))

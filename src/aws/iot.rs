@@ -227,21 +227,25 @@ impl fmt::Display for IotError {
                 write!(
                     f,
                     "device certificate is not valid until {} (the device clock says {}",
-                    rfc3339(*not_before),
-                    rfc3339(now)
+                    crate::clock::rfc3339(*not_before),
+                    crate::clock::rfc3339(now)
                 )?;
                 if now < crate::BUILD_EPOCH {
                     write!(
                         f,
                         ", before this ecr-edge was built on {}: the clock is not set; start \
                          NTP or set it",
-                        rfc3339(crate::BUILD_EPOCH)
+                        crate::clock::rfc3339(crate::BUILD_EPOCH)
                     )?;
                 }
                 f.write_str(")")
             }
             IotError::Expired { not_after } => {
-                write!(f, "device certificate expired at {}", rfc3339(*not_after))
+                write!(
+                    f,
+                    "device certificate expired at {}",
+                    crate::clock::rfc3339(*not_after)
+                )
             }
             IotError::Tls(detail) => write!(f, "TLS setup failed: {detail}"),
             IotError::Trust(e) => e.fmt(f),
@@ -285,12 +289,6 @@ impl std::error::Error for IotError {
             _ => None,
         }
     }
-}
-
-fn rfc3339(secs: i64) -> String {
-    aws_smithy_types::DateTime::from_secs(secs)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_else(|_| secs.to_string())
 }
 
 /// Temporary role credentials from the provider. `Debug` redacts the secrets.

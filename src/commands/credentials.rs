@@ -56,6 +56,8 @@ fn credentials(config: Option<&Path>) -> Result<String, CredentialsError> {
     if settings.config.iot.is_none() {
         return Err(CredentialsError::NoIot);
     }
+    // The device certificate and AWS's are judged no earlier than the floor this device kept.
+    crate::store::floor::raise_to_kept(&settings.cache_dir);
     let source = crate::aws::credentials::Source::select(&settings.config);
     let region = crate::aws::credentials::home_region(&source, None);
     let fetcher = crate::aws::ecr::Fetcher::new(&source, &region, settings.deadline)

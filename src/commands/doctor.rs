@@ -344,6 +344,8 @@ pub fn run(config_flag: Option<&Path>) -> Vec<Check> {
     let configured = crate::config::load(config_flag).unwrap_or_default();
     let (mut registries, keys) = auth_files_and_helpers(&mut checks, kernel, userland, &configured);
     let settings = settings(&mut checks, config_flag);
+    // Certificates and the clock are judged against the floor this device kept (src/clock.rs).
+    crate::store::floor::raise_to_kept(&settings.cache_dir);
     missing_entries(&mut checks, &keys, &settings.config);
     for host in configured_hosts(&settings.config) {
         if let Some(r) = Registry::parse(&host) {
@@ -635,8 +637,8 @@ fn iot_identity(checks: &mut Vec<Check>, config: &Config) {
         },
         id.version,
         id.key,
-        rfc3339(id.not_before),
-        rfc3339(d.not_after),
+        crate::clock::rfc3339(id.not_before),
+        crate::clock::rfc3339(d.not_after),
         id.intermediates,
         id.certificate_id,
         id.public_key_sha256,
@@ -762,7 +764,7 @@ fn token_per_source(checks: &mut Vec<Check>, registries: &[Registry], settings: 
                     "ecr:GetAuthorizationToken allowed for {registry} with {}; token valid \
                      until {}{users}",
                     source.describe(),
-                    rfc3339(t.expires_at)
+                    crate::clock::rfc3339(t.expires_at)
                 ),
             ),
             Err(e) => check(
@@ -820,8 +822,8 @@ fn clock_check(skews: &[(String, i64)]) -> Check {
                     "the clock ({}) is before {} ({floor_is}), and no AWS endpoint answered to \
                      give the time: ecr-edge judges certificates at that floor and takes AWS's \
                      time from the first verified answer; {engine}",
-                    rfc3339(system),
-                    rfc3339(floor)
+                    crate::clock::rfc3339(system),
+                    crate::clock::rfc3339(floor)
                 ),
             );
         }
@@ -834,7 +836,10 @@ fn clock_check(skews: &[(String, i64)]) -> Check {
     let ahead = if *skew >= 0 { "ahead of" } else { "behind" };
     let detail = format!("{}s {ahead} {endpoint}", skew.abs());
     let behind_floor = if system < floor {
-        format!("; it is before {} ({floor_is})", rfc3339(floor))
+        format!(
+            "; it is before {} ({floor_is})",
+            crate::clock::rfc3339(floor)
+        )
     } else {
         String::new()
     };
@@ -850,12 +855,6 @@ fn clock_check(skews: &[(String, i64)]) -> Check {
         ),
         _ => check("clock", Status::Pass, detail),
     }
-}
-
-fn rfc3339(secs: i64) -> String {
-    aws_smithy_types::DateTime::from_secs(secs)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_else(|_| secs.to_string())
 }
 
 /// Whether every check passed (warnings allowed).

@@ -268,6 +268,7 @@ pub async fn run(
         socket = %socket_path.display(),
         registries,
         identity = %identity,
+        time_floor = %crate::clock::rfc3339(crate::clock::floor()),
         "{} started",
         crate::version_line()
     );

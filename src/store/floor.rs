@@ -62,6 +62,19 @@ pub fn read_floor(path: &std::path::Path) -> Option<i64> {
     std::str::from_utf8(&text).ok()?.trim().parse().ok()
 }
 
+/// Raises this process's floor to the floors this device kept: the daemon's and a helper's in
+/// `cache_dir`. Only reads: commands that judge certificates without fetching a token
+/// (`doctor`, `credentials`) use it.
+pub fn raise_to_kept(cache_dir: &std::path::Path) {
+    let kept = [
+        read_floor(std::path::Path::new(DAEMON_FLOOR)),
+        read_floor(&cache_dir.join("time-floor")),
+    ];
+    for floor in kept.into_iter().flatten() {
+        crate::clock::raise_floor(floor);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

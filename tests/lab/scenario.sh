@@ -99,6 +99,31 @@ get_as() {  # user [VAR=value...]: docker-credential-ecr-edge get for the lab re
   echo "$REG_HOST" | as_user "$user" "$@" docker-credential-ecr-edge get
 }
 
+if [ "$PHASE" = rtc ] && [ -f /var/lib/lab-floor1 ]; then
+  # The rtc phase's second boot (the first one ended with a reboot, same disk): the clock is
+  # wrong again, the daemon started at boot with the floor it kept and, with set_clock and the
+  # README's drop-in, sets the clock from AWS's time before anything else needs it.
+  step "5b. after a reboot, the clock wrong again: $(date -u +%FT%TZ)"
+  floor1=$(cat /var/lib/lab-floor1)
+  journalctl -b -u ecr-edge --no-pager -o short-monotonic > "$out/journal-boot2.txt" 2>&1
+  # The daemon's first words this boot name the floor it started from: the kept one.
+  kept=$(date -u -d "@$floor1" +%Y-%m-%dT%H:%M:%SZ)
+  check floor_reused_after_reboot grep -q "started.*time_floor=$kept" "$out/journal-boot2.txt"
+  set_line=$(grep -m1 "set the system clock" "$out/journal-boot2.txt")
+  echo "$set_line"
+  result clock_at_boot2 "$(echo "$set_line" | sed -n 's/.*old=\([0-9-]*\)T.*/\1/p')"
+  result boot2_clock_set_uptime_s "$(echo "$set_line" | sed -n 's/^\[ *\([0-9]*\)\..*/\1/p')"
+  result boot2_first_token_uptime_s "$(grep -m1 "token refreshed" "$out/journal-boot2.txt" | sed -n 's/^\[ *\([0-9]*\)\..*/\1/p')"
+  check clock_right_after_reboot test "$(date +%s)" -ge "$HOST_NOW"
+  served_within_a_minute get_after_reboot "$out/boot2.err"
+  tls_probe boot2
+  check system_tls_ok_after_reboot sh -c "! grep -qi certificate '$out/tls-boot2.txt' && grep -Eq '[45][0-9][0-9]' '$out/tls-boot2.txt'"
+  journalctl -u ecr-edge --no-pager -o short-monotonic > "$out/journal.txt" 2>&1
+  step "done"
+  result "done" yes
+  exit 0
+fi
+
 step "$PHASE on $(uname -m), kernel $(uname -r), $(date -u +%FT%TZ)"
 result arch "$(uname -m)"
 cat "$in/hosts" >> /etc/hosts
@@ -412,6 +437,18 @@ else
   wrong_clock=$(date +%s)
   tls_probe early
   check system_tls_refused_with_wrong_clock grep -qi "certificate" "$out/tls-early.txt"
+  # A device certificate that expired yesterday, still valid by this wall clock (months behind):
+  # judged no earlier than the floor the daemon kept, it is refused before any exchange.
+  mkdir -p /root/expired
+  install -m 0600 "$in/expired/device.pem.crt" "$in/expired/private.pem.key" /root/expired/
+  sed -e 's#/etc/ecr-edge/device.pem.crt#/root/expired/device.pem.crt#' \
+    -e 's#/etc/ecr-edge/private.pem.key#/root/expired/private.pem.key#' \
+    /etc/ecr-edge/config.toml > /root/expired.toml
+  SSL_CERT_FILE=/etc/ecr-edge/lab-ca.pem ecr-edge --config /root/expired.toml credentials \
+    > "$out/expired.out" 2> "$out/expired.err"
+  result expired_credentials_exit $?
+  cat "$out/expired.err"
+  check expired_before_floor_refused grep -q "device certificate expired at" "$out/expired.err"
   pid=$(daemon_pid)
   step "   the clock is set, as NTP would"
   date -u -s "@$(( HOST_NOW + $(cut -d. -f1 /proc/uptime) ))"
@@ -452,6 +489,18 @@ else
   tls_probe late
   check system_tls_ok_after_set_clock sh -c "! grep -qi certificate '$out/tls-late.txt' && grep -Eq '[45][0-9][0-9]' '$out/tls-late.txt'"
   served_within_a_minute get_after_set_clock "$out/late.err"
+  step "   reboot, with the network brought up at boot by systemd-networkd as on a device"
+  cat /var/lib/ecr-edge/time-floor > /var/lib/lab-floor1
+  dev=$(ip -o link show | awk -F': ' '$2 != "lo" { print $2; exit }')
+  printf '[Match]\nName=%s\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n' "$dev" \
+    > /etc/systemd/network/lab.network
+  systemctl enable systemd-networkd
+  journalctl -u ecr-edge --no-pager -o short-monotonic > "$out/journal-boot1.txt" 2>&1
+  sync
+  # The second boot runs this scenario again, from the top (the block for /var/lib/lab-floor1).
+  systemctl reboot
+  sleep 600
+  exit 1
 fi
 journalctl -u ecr-edge --no-pager -o short-monotonic > "$out/journal.txt" 2>&1
 step "done"

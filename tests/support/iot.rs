@@ -216,6 +216,8 @@ pub enum Validity {
     Expired,
     /// Valid from 2099.
     Future,
+    /// Valid from 2000 until this time (seconds since the epoch).
+    Until(i64),
 }
 
 impl FakeIot {
@@ -465,6 +467,10 @@ pub fn device_identity(
         Validity::Future => {
             params.not_before = rcgen::date_time_ymd(2099, 1, 1);
             params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        }
+        Validity::Until(secs) => {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = time::OffsetDateTime::from_unix_timestamp(secs).unwrap();
         }
     }
     let cert = ca.sign(&params, &key_pair);
