@@ -33,6 +33,12 @@ pub enum Request {
     },
     /// The daemon's state.
     Status,
+    /// Refresh these registries now (every registry the daemon holds when empty): a top-up
+    /// before a planned outage. The answer comes when each attempt has ended.
+    Refresh {
+        /// Registry hosts.
+        registries: Vec<String>,
+    },
 }
 
 /// What the daemon answers.
@@ -61,6 +67,19 @@ pub enum Reply {
     },
     /// The daemon's state.
     Status(Box<StatusReport>),
+    /// What a [`Request::Refresh`] did, a line per registry.
+    Refreshed(Vec<Refreshed>),
+}
+
+/// One registry's refresh, for `ecr-edge refresh`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refreshed {
+    /// The registry host.
+    pub registry: String,
+    /// Why the attempt failed, in words; `None` when it got a token.
+    pub error: Option<String>,
+    /// The offline runway after it (see [`RegistryStatus::runway_seconds`]).
+    pub runway_seconds: i64,
 }
 
 impl fmt::Debug for Reply {
@@ -78,6 +97,7 @@ impl fmt::Debug for Reply {
             Reply::Error { message } => f.debug_struct("Error").field("message", message).finish(),
             Reply::Refused { reason } => f.debug_struct("Refused").field("reason", reason).finish(),
             Reply::Status(s) => f.debug_tuple("Status").field(s).finish(),
+            Reply::Refreshed(r) => f.debug_tuple("Refreshed").field(r).finish(),
         }
     }
 }
@@ -190,8 +210,8 @@ impl Upstream {
 
 /// The schema number [`StatusReport`] carries (2: counters, certificate and credential
 /// expiries, per-registry refresh outcomes and source, upstream traffic; 3: TPM signatures;
-/// 4: the clock).
-pub const STATUS_SCHEMA: u32 = 4;
+/// 4: the clock; 5: each registry's offline runway).
+pub const STATUS_SCHEMA: u32 = 5;
 
 /// Requests on the socket since the daemon started, by answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +297,11 @@ pub struct RegistryStatus {
     /// Refresh attempts since the daemon started, by outcome.
     #[serde(default)]
     pub refreshes: Outcomes,
+    /// The offline runway: seconds that pulls keep working if the uplink died now. The held
+    /// token's usable life; with a source that needs a live exchange (an `[iot]` identity),
+    /// no longer than the role credentials the daemon holds. 0 without a usable token.
+    #[serde(default)]
+    pub runway_seconds: i64,
 }
 
 /// Why asking the daemon gave no answer to use.

@@ -56,6 +56,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the daemon to refresh now (each registry it holds, or those named), e.g. before a
+    /// planned outage, and print each result and the offline runway after it. Exits 0 when
+    /// every refresh got a token, 1 when one did not, 2 without a daemon.
+    Refresh {
+        /// Registry hosts (default: every registry the daemon holds).
+        #[arg(value_name = "REGISTRY")]
+        registries: Vec<String>,
+    },
     /// The device's AWS IoT key: make it where it lives (TPM or a new 0600 file) and print a
     /// certificate signing request for it, so the private key is never copied anywhere.
     Iot {
@@ -195,6 +203,9 @@ fn dispatch(args: Vec<OsString>) -> Exit {
         Some(Command::Daemon { check: false }) => crate::daemon::run_until_stopped(config, err),
         Some(Command::Status { json }) => crate::commands::status::run(config, json, out, err),
         Some(Command::Credentials) => crate::commands::credentials::run(config, out, err),
+        Some(Command::Refresh { registries }) => {
+            crate::commands::refresh::run(config, registries, out, err)
+        }
         Some(Command::Iot { command }) => match command {
             IotCommand::Keygen {
                 tpm,

@@ -652,3 +652,78 @@ fn daemon_resumes_tls_sessions_with_an_endpoint() {
     assert!(ok, "{out}");
     assert!(!sb.fake.calls().last().unwrap().resumed);
 }
+
+fn refresh(sb: &Sandbox, registries: &[&str]) -> (Option<i32>, String, String) {
+    let mut c = support::command(&support::binary());
+    c.arg("refresh")
+        .args(registries)
+        .env_clear()
+        .envs(sb.vars.iter().map(|(k, v)| (k, v)));
+    let out = c.output().unwrap();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// `ecr-edge refresh` makes the daemon fetch now (a top-up before a planned outage), backoff
+/// or not, and says what each attempt did and the offline runway after it; `status --json`
+/// and the metrics carry the runway.
+#[test]
+fn refresh_tops_up_now_and_prints_the_runway() {
+    let mut sb = Sandbox::new();
+    let metrics = sb.dir.path().join("ecr_edge.prom");
+    let d = Daemon::start(
+        &mut sb,
+        &format!(
+            "[daemon]\nregistries = [\"{REG}\"]\nmetrics_file = \"{}\"\n",
+            metrics.display()
+        ),
+    );
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    assert_eq!(ecr_calls(&sb), 1);
+    let status = status_json(&sb);
+    assert_eq!(status["schema"], 5);
+    let runway = status["registries"][0]["runway_seconds"].as_i64().unwrap();
+    // A 12-hour token, usable until 5 minutes before its end.
+    assert!((42_000..=42_901).contains(&runway), "{status}");
+
+    sb.fake.set_password("topped-up");
+    let (code, out, err) = refresh(&sb, &[]);
+    assert_eq!(code, Some(0), "{out}{err}\n{}", d.log());
+    assert!(
+        out.starts_with(&format!("{REG}: refreshed; offline runway 11h")),
+        "{out}"
+    );
+    assert_eq!(ecr_calls(&sb), 2, "one attempt, now");
+    let (ok, got) = get(&sb, REG);
+    assert!(ok && got.contains("topped-up"), "{got}");
+    // The metrics file follows within a second or two (writes are at most one a second).
+    let sample = format!("ecr_edge_offline_runway_seconds{{registry=\"{REG}\"}} 4");
+    let start = Instant::now();
+    let mut prom = String::new();
+    while start.elapsed() < Duration::from_secs(10) && !prom.contains(&sample) {
+        std::thread::sleep(Duration::from_millis(100));
+        prom = std::fs::read_to_string(&metrics).unwrap_or_default();
+    }
+    assert!(prom.contains(&sample), "{prom}");
+
+    // A failing refresh keeps the token it had and says so; exit 1.
+    sb.fake.fail_next(1, support::Mode::AccessDenied);
+    let (code, out, _) = refresh(&sb, &[REG]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("refresh failed:") && out.contains("offline runway 11h"),
+        "{out}"
+    );
+    // The registry is now in backoff; a refresh does not wait for it.
+    let (code, out, _) = refresh(&sb, &[REG]);
+    assert_eq!(code, Some(0), "{out}\n{}", d.log());
+    assert_eq!(ecr_calls(&sb), 4);
+
+    // A registry the daemon does not hold is named, with the ones it does.
+    let (code, _, err) = refresh(&sb, &[OTHER]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("holds no registry {OTHER}; it holds {REG}")),
+        "{err}"
+    );
+    assert_eq!(ecr_calls(&sb), 4);
+}

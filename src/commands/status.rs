@@ -147,7 +147,11 @@ pub fn render(r: &StatusReport, now: i64) -> String {
             if reg.on_demand { " (on demand)" } else { "" }
         );
         let expiry = match reg.expires_at {
-            Some(t) => format!("expires in {}", span(t.saturating_sub(now))),
+            Some(t) => format!(
+                "expires in {} (offline runway {})",
+                span(t.saturating_sub(now)),
+                span(reg.runway_seconds)
+            ),
             None => "no usable token".into(),
         };
         let refreshed = match reg.last_refresh {
@@ -176,7 +180,7 @@ fn bytes(n: u64) -> String {
 }
 
 /// `3h05m`, `4m10s`, `12s`.
-fn span(secs: i64) -> String {
+pub fn span(secs: i64) -> String {
     let s = secs.max(0);
     match s {
         0..=59 => format!("{s}s"),
@@ -209,6 +213,7 @@ mod tests {
                     next_attempt: Some(1000 + 20_000),
                     source: "the AWS default credential chain".into(),
                     refreshes: Default::default(),
+                    runway_seconds: 42_750,
                 },
                 RegistryStatus {
                     registry: "public.ecr.aws".into(),
@@ -220,6 +225,7 @@ mod tests {
                     next_attempt: None,
                     source: "the AWS default credential chain".into(),
                     refreshes: Default::default(),
+                    runway_seconds: 0,
                 },
             ],
             device_certificate_expires_at: None,
@@ -241,7 +247,7 @@ mod tests {
             text,
             "ecr-edge 0.1.0 (x86_64-unknown-linux-musl) up 2m10s, serving chain;profile=default;role=;key=\n\
              traffic to AWS since start: ecr 2 requests, 2.9 KiB sent, 900 B received\n\
-             123456789012.dkr.ecr.us-west-2.amazonaws.com\n  expires in 11h57m; refreshed 2m10s ago; next attempt in 5h31m\n\
+             123456789012.dkr.ecr.us-west-2.amazonaws.com\n  expires in 11h57m (offline runway 11h52m); refreshed 2m10s ago; next attempt in 5h31m\n\
              public.ecr.aws (on demand)\n  no usable token; never refreshed; refreshing now\n  last error (3 in a row): cannot reach api.ecr-public.us-east-1.amazonaws.com\n"
         );
     }

@@ -39,7 +39,7 @@ pub fn render(report: &StatusReport) -> String {
     lines.push(format!("{n} {}", report.started_at));
     flush(&mut out, &mut lines);
 
-    let per_registry: [(&str, &str, Field); 4] = [
+    let per_registry: [(&str, &str, Field); 5] = [
         (
             "ecr_edge_token_expiry_timestamp_seconds",
             "When the registry token the daemon holds expires, as a Unix time (absent: none held).",
@@ -54,6 +54,11 @@ pub fn render(report: &StatusReport) -> String {
             "ecr_edge_token_next_attempt_timestamp_seconds",
             "When the next refresh attempt starts, as a Unix time (absent: one is in flight, or none is scheduled on demand).",
             |r| r.next_attempt,
+        ),
+        (
+            "ecr_edge_offline_runway_seconds",
+            "Seconds pulls keep working if the uplink died now: the held token's usable life (with an [iot] identity, no longer than the role credentials'), as of the file's last write (at least every 5 minutes).",
+            |r| Some(r.runway_seconds),
         ),
         (
             "ecr_edge_refresh_consecutive_failures",
@@ -263,6 +268,7 @@ mod tests {
                 next_attempt: None,
                 source: "the AWS default credential chain".into(),
                 refreshes,
+                runway_seconds: 43_000,
             }],
             device_certificate_expires_at: Some(1_800_000_000),
             iot_credentials_expire_at: None,
@@ -297,6 +303,7 @@ mod tests {
         assert!(text.contains("ecr_edge_upstream_received_bytes_total{endpoint=\"iot\"} 18000\n"));
         assert!(text.contains("ecr_edge_upstream_requests_total{endpoint=\"iot\"} 4\n"));
         assert!(text.contains("ecr_edge_tpm_signatures_total 3\n"));
+        assert!(text.contains("ecr_edge_offline_runway_seconds{registry=\"123456789012.dkr.ecr.us-west-2.amazonaws.com\"} 43000\n"));
         assert!(text.contains("ecr_edge_clock_offset_seconds{source=\"aws\"} 1700000000\n"));
         assert!(text.contains("ecr_edge_clock_floor_timestamp_seconds 1699990000\n"));
         // Each family's TYPE line comes once, before its samples.

@@ -405,6 +405,7 @@ pub(super) async fn connection(stream: UnixStream, shared: Arc<Shared>, slot: Ar
             message: format!("bad request: {}", crate::input::describe_json_error(&e)),
         },
         Ok(Request::Status) => Reply::Status(Box::new(shared.report())),
+        Ok(Request::Refresh { registries }) => refresh(&shared, registries, &mut write).await,
         Ok(Request::Get { registry, identity }) => {
             let reply = get(&shared, &registry, &identity, &mut write).await;
             {
@@ -426,6 +427,105 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> st
     let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
     line.push(b'\n');
     write.write_all(&line).await
+}
+
+/// Answers a `refresh`: an attempt starts now for each named registry (each the daemon holds
+/// when none is named; one already running is waited for), and the answer, once each has
+/// ended, says what it did and the runway after it.
+async fn refresh(
+    shared: &Shared,
+    names: Vec<String>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Reply {
+    let deadline = Instant::now() + shared.deadline + Duration::from_secs(1);
+    // Each registry with the attempt count that says its attempt has ended.
+    let mut ends: Vec<(String, u64)> = Vec::new();
+    {
+        let mut st = shared.lock();
+        if shared.is_stopping() {
+            return Reply::Refused {
+                reason: STOPPING.into(),
+            };
+        }
+        let hosts: Vec<String> = if names.is_empty() {
+            st.entries.keys().cloned().collect()
+        } else {
+            names
+        };
+        if hosts.is_empty() {
+            return Reply::Error {
+                message: "the daemon holds no registry yet: none is configured ([daemon] \
+                          registries) and none was asked for"
+                    .into(),
+            };
+        }
+        let now = Instant::now();
+        if let Some(unknown) = hosts.iter().find(|h| !st.entries.contains_key(*h)) {
+            let held: Vec<&str> = st.entries.keys().map(String::as_str).collect();
+            return Reply::Error {
+                message: format!(
+                    "the daemon holds no registry {unknown}; it holds {} (configured in \
+                     [daemon] registries, or added when a client first asked)",
+                    if held.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        held.join(", ")
+                    }
+                ),
+            };
+        }
+        for host in hosts {
+            if let Some(e) = st.entries.get_mut(&host) {
+                e.refresh_now(now);
+                ends.push((host, e.attempts + 1));
+            }
+        }
+    }
+    shared.wake.notify_one();
+    if send(write, &Reply::Wait).await.is_err() {
+        return Reply::Wait;
+    }
+    let mut drained = std::pin::pin!(shared.drained());
+    let mut timed_out = false;
+    loop {
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        {
+            let st = shared.lock();
+            let ended = |(host, end): &(String, u64)| {
+                st.entries.get(host).is_none_or(|e| e.attempts >= *end)
+            };
+            if timed_out || ends.iter().all(ended) {
+                let now = Instant::now();
+                let wall = crate::token::now();
+                return Reply::Refreshed(
+                    ends.iter()
+                        .map(|(host, end)| {
+                            let e = st.entries.get(host);
+                            let error = match e {
+                                None => Some("removed by a reload meanwhile".to_owned()),
+                                Some(e) if e.attempts < *end => {
+                                    Some("timed out waiting for the refresh".to_owned())
+                                }
+                                Some(e) => e.last_error.clone(),
+                            };
+                            agent::Refreshed {
+                                registry: host.clone(),
+                                error,
+                                runway_seconds: e
+                                    .map_or(0, |e| e.runway(now, wall, st.live_until(host))),
+                            }
+                        })
+                        .collect(),
+                );
+            }
+        }
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, changed) => timed_out = r.is_err(),
+            _ = &mut drained => return Reply::Refused { reason: STOPPING.into() },
+        }
+    }
 }
 
 /// Answers a `get`: the held token while usable; otherwise waits for the attempt in flight

@@ -184,6 +184,35 @@ impl Entry {
         }
     }
 
+    /// Asked to refresh now (`ecr-edge refresh`): an attempt is due at once, backoff or not,
+    /// unless one is running (the asker waits for that one). Returns whether one was
+    /// scheduled.
+    pub(super) fn refresh_now(&mut self, now: Instant) -> bool {
+        self.last_used = now;
+        match self.phase {
+            Phase::Refreshing { .. } => false,
+            Phase::Scheduled { .. } | Phase::Waiting { .. } => {
+                self.phase = Phase::Scheduled { at: now };
+                true
+            }
+        }
+    }
+
+    /// The offline runway at `now` (`wall`: the wall clock then), seconds: the held token's
+    /// usable life, and no longer than `live_until` (when the role credentials of a source
+    /// that needs a live exchange run out). 0 without a usable token.
+    pub(super) fn runway(&self, now: Instant, wall: i64, live_until: Option<i64>) -> i64 {
+        let Some(h) = self.usable(now) else {
+            return 0;
+        };
+        let secs = h.unusable_at().saturating_duration_since(now).as_secs();
+        let token = wall.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
+        live_until
+            .map_or(token, |l| token.min(l))
+            .saturating_sub(wall)
+            .max(0)
+    }
+
     /// Applies the result of attempt `generation`, finished at `now` (`wall`: the wall clock
     /// then): a token is held until its life ends and refreshed past half of it; a failure
     /// keeps a token that is still usable and backs off by its class. The entry then waits
@@ -392,6 +421,16 @@ impl State {
     }
 
     /// A generation no attempt has had.
+    /// When the role credentials behind `host`'s tokens run out, for a source that needs a
+    /// live exchange to renew them (an `[iot]` identity); `None` for the others.
+    pub(super) fn live_until(&self, host: &str) -> Option<i64> {
+        Source::for_registry(&self.settings.config, host)
+            .identity()
+            .is_device()
+            .then(|| self.bases.iot_expiry())
+            .flatten()
+    }
+
     pub(super) fn next_generation(&mut self) -> u64 {
         self.generation += 1;
         self.generation
@@ -566,6 +605,7 @@ impl Shared {
                     next_attempt: e.wake_at().map(at),
                     source: Source::for_registry(&st.settings.config, host).describe(),
                     refreshes: e.refreshes,
+                    runway_seconds: e.runway(now, wall, st.live_until(host)),
                 })
                 .collect(),
         }
@@ -673,6 +713,55 @@ mod tests {
         e.finish(3, Err(&err), RefreshMode::Ahead, t2, WALL, &mut Middle);
         assert!(e.held.is_none());
         assert_eq!(e.refreshes.denied, 2);
+    }
+
+    #[test]
+    fn refresh_now_starts_an_attempt_at_once_or_joins_the_running_one() {
+        let t0 = Instant::now();
+        let mut e = entry(RefreshMode::Ahead, t0);
+        e.start(t0, 1);
+        assert!(!e.refresh_now(t0), "an attempt is running: joined");
+        assert_eq!(e.phase, Phase::Refreshing { generation: 1 });
+        let err = denied();
+        e.finish(1, Err(&err), RefreshMode::Ahead, t0, WALL, &mut Middle);
+        let Phase::Scheduled { at } = e.phase else {
+            panic!("{:?}", e.phase)
+        };
+        assert!(at > t0, "backing off");
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(e.refresh_now(t1), "asked: no backoff");
+        assert!(e.pending(t1) && e.start(t1, 2));
+        // On demand too: a request to refresh does not wait for the due time.
+        let mut e = entry(RefreshMode::OnDemand, t0);
+        assert_eq!(e.phase, Phase::Waiting { due: t0 });
+        e.phase = Phase::Waiting { due: t0 + HOUR };
+        assert!(e.refresh_now(t1));
+        assert!(e.start(t1, 3));
+    }
+
+    #[test]
+    fn runway_is_the_usable_life_and_no_longer_than_live_credentials() {
+        let t0 = Instant::now();
+        let mut e = entry(RefreshMode::Ahead, t0);
+        assert_eq!(e.runway(t0, WALL, None), 0, "no token: no runway");
+        e.start(t0, 1);
+        e.finish(
+            1,
+            Ok(token(12 * 3600)),
+            RefreshMode::Ahead,
+            t0,
+            WALL,
+            &mut Middle,
+        );
+        let usable = 12 * 3600 - MIN_REMAINING_SECS + 1;
+        assert_eq!(e.runway(t0, WALL, None), usable);
+        let later = t0 + HOUR;
+        assert_eq!(e.runway(later, WALL + 3600, None), usable - 3600);
+        // Role credentials that run out in 40 minutes bound it; later ones do not.
+        assert_eq!(e.runway(t0, WALL, Some(WALL + 2400)), 2400);
+        assert_eq!(e.runway(t0, WALL, Some(WALL + 20 * 3600)), usable);
+        assert_eq!(e.runway(t0, WALL, Some(WALL - 5)), 0, "never negative");
+        assert_eq!(e.runway(t0 + 12 * HOUR, WALL + 12 * 3600, None), 0);
     }
 
     #[test]

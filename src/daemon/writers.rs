@@ -16,8 +16,13 @@ use super::state::Shared;
 use crate::config::SinkConfig;
 use crate::token::Secret;
 
+/// How old the metrics file's durations (the offline runway) may get: about 290 writes of a
+/// few KiB a day.
+pub(super) const METRICS_FRESH: Duration = Duration::from_secs(300);
+
 /// Rewrites `[daemon] metrics_file` after each change, at most once a second (a burst of
-/// pulls is one write). The path is read each time, so a reload can turn it on or off.
+/// pulls is one write), and every [`METRICS_FRESH`] so the runway it reports stays current.
+/// The path is read each time, so a reload can turn it on or off.
 pub(super) async fn metrics_loop(shared: Arc<Shared>) {
     let mut stopped = std::pin::pin!(shared.stopped());
     loop {
@@ -37,6 +42,7 @@ pub(super) async fn metrics_loop(shared: Arc<Shared>) {
         }
         tokio::select! {
             _ = shared.metrics_due.notified() => {}
+            _ = tokio::time::sleep(METRICS_FRESH) => {}
             _ = &mut stopped => return,
         }
         tokio::select! {

@@ -37,6 +37,9 @@ _ecr__edge() {
             ecr__edge,kubelet-credential-provider)
                 cmd="ecr__edge__subcmd__kubelet__subcmd__credential__subcmd__provider"
                 ;;
+            ecr__edge,refresh)
+                cmd="ecr__edge__subcmd__refresh"
+                ;;
             ecr__edge,status)
                 cmd="ecr__edge__subcmd__status"
                 ;;
@@ -53,7 +56,7 @@ _ecr__edge() {
 
     case "${cmd}" in
         ecr__edge)
-            opts="-V -h --version --config --help helper credentials daemon status iot kubelet-credential-provider doctor configure"
+            opts="-V -h --version --config --help helper credentials daemon status refresh iot kubelet-credential-provider doctor configure"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -267,6 +270,24 @@ _ecr__edge() {
             return 0
             ;;
         ecr__subcmd__edge__subcmd__kubelet__subcmd__credential__subcmd__provider)
+            opts="-h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ecr__subcmd__edge__subcmd__refresh)
             opts="-h --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -31,6 +31,7 @@ complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "helper" -d 'Docke
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "credentials" -d 'Print the device\'s exchanged IoT role credentials as credential_process JSON (for `credential_process = ecr-edge credentials` in ~/.aws/config)'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "daemon" -d 'Run the refresher daemon: keep tokens warm, serve them on the local socket, write sinks ([daemon] in the configuration). For systemd (Type=notify)'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "status" -d 'Ask the daemon for each registry\'s expiry, last refresh, last error and next attempt. Exits 0 when every registry has a usable token, 1 when one has not, 2 without a daemon'
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "refresh" -d 'Ask the daemon to refresh now (each registry it holds, or those named), e.g. before a planned outage, and print each result and the offline runway after it. Exits 0 when every refresh got a token, 1 when one did not, 2 without a daemon'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "iot" -d 'The device\'s AWS IoT key: make it where it lives (TPM or a new 0600 file) and print a certificate signing request for it, so the private key is never copied anywhere'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "kubelet-credential-provider" -d 'The kubelet image credential provider: a CredentialProviderRequest on stdin, the response on stdout (what ecr-edge-credential-provider runs; see configure --k3s)'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "doctor" -d 'Check this device: CPU and helpers, credHelpers keys, config, network, clock, credentials. Exits 0 only when nothing failed'
@@ -45,6 +46,8 @@ complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand daemon" -s h -l help -
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand status" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand status" -l json -d 'Machine-readable output'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand status" -s h -l help -d 'Print help'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand refresh" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand refresh" -s h -l help -d 'Print help'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and not __fish_seen_subcommand_from keygen csr" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and not __fish_seen_subcommand_from keygen csr" -s h -l help -d 'Print help'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and not __fish_seen_subcommand_from keygen csr" -f -a "keygen" -d 'Make an EC P-256 device key: in the TPM, kept at a persistent handle (--tpm), or in a new file only its owner can read (--out). An existing key is never replaced'
