@@ -186,6 +186,10 @@ pub struct DaemonConfig {
     /// Whether the daemon sets the system clock to AWS's time (src/clock.rs).
     #[serde(default)]
     pub set_clock: SetClock,
+    /// Whether a link coming back (the kernel's routing netlink: a link up, a new address or
+    /// default route) cuts a backoff short (src/daemon/link.rs). On by default.
+    #[serde(default = "default_link_events")]
+    pub link_events: bool,
 }
 
 /// `[daemon] set_clock`: whether the daemon sets the system clock from AWS's time.
@@ -227,6 +231,7 @@ impl Default for DaemonConfig {
             metrics_file: None,
             refresh: RefreshMode::Ahead,
             set_clock: SetClock::Never,
+            link_events: true,
         }
     }
 }
@@ -237,6 +242,10 @@ fn default_token_file() -> PathBuf {
 
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET)
+}
+
+fn default_link_events() -> bool {
+    true
 }
 
 fn default_backoff_max() -> u64 {
@@ -1062,7 +1071,9 @@ profile = "vendor"
             metrics_file,
             refresh,
             set_clock,
+            link_events,
         } = daemon.unwrap();
+        assert!(!link_events, "the non-default shown");
         assert_eq!(refresh, RefreshMode::OnDemand, "the non-default shown");
         assert_eq!(
             set_clock,

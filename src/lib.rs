@@ -11,11 +11,13 @@
 //! - [`cli`]: argument parsing, logging set-up, dispatch to the parts below; each part returns
 //!   an `Exit`, which `cli::main` alone turns into the process status.
 //! - `commands/`: `doctor` (with `elf`), `configure` (the command, and `entries`: the auth-file
-//!   edit), `provider_setup` (k3s/kubelet), `status`, `credentials` (`credential_process`).
+//!   edit), `provider_setup` (k3s/kubelet), `status`, `refresh` (a top-up now), `credentials`
+//!   (`credential_process`), `iot` (keygen, csr).
 //! - `daemon/`: the refresher: `mod` (`run(listener, start, shutdown)`, reload), `state` (each
 //!   registry's phase and its pure transitions, the shared state, the shutdown signal),
 //!   `refresher` (the schedule loop), `server` (one accept helper with cap, idle eviction and
-//!   drain; the socket's requests), `writers` (sinks and the metrics file), timing rules
+//!   drain; the socket's requests), `writers` (sinks and the metrics file), `link` (refresh on
+//!   link-up: the kernel's routing netlink), timing rules
 //!   (`schedule`, pure), `sink`, `endpoint` (local role credentials), `metrics`, `notify`
 //!   (systemd), `peer` (socket peer checks).
 //! - `frontend/`: the protocol front-ends, each turning outcomes into its client's output in
@@ -129,6 +131,10 @@ pub mod internal {
     /// Registry host forms.
     pub mod registry {
         pub use crate::registry::{host_of, Registry, Service};
+    }
+    /// Link events from the kernel's routing netlink (the daemon's refresh on link-up).
+    pub mod link {
+        pub use crate::daemon::link::says_link_may_be_back;
     }
     /// The daemon's timing rules (also the fleet simulation's).
     pub mod schedule {

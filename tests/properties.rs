@@ -325,8 +325,16 @@ fn the_fuzz_seed_corpus_replays_cleanly() {
             *accepted.entry("docker_config").or_default() += 1;
         }
     }
+    // Datagrams the kernel sent (x86_64, little-endian) while a veth pair was made, given an
+    // address and a default route, brought up and down.
+    for data in seeds("netlink_route") {
+        if ecr_edge::internal::link::says_link_may_be_back(&data) {
+            *accepted.entry("netlink_route").or_default() += 1;
+        }
+    }
     // Each corpus holds inputs that get past the first check, not only refusals.
     for target in [
+        "netlink_route",
         "registry_host",
         "config_file",
         "kubelet_request",

@@ -13,6 +13,7 @@ mod identity;
 mod iot;
 mod journal;
 mod kubelet;
+mod link;
 mod metrics;
 mod realclients;
 mod support;

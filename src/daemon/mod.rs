@@ -23,6 +23,7 @@
 //! nothing the daemon serves is written to disk except by a configured sink.
 
 mod endpoint;
+pub mod link;
 mod metrics;
 mod notify;
 mod peer;
@@ -293,6 +294,7 @@ pub async fn run(
         tasks.spawn(endpoint::serve(listener, shared.clone(), Arc::from(token)));
     }
     tasks.spawn(refresher::schedule_loop(shared.clone()));
+    tasks.spawn(link::link_loop(shared.clone()));
     tasks.spawn(writers::metrics_loop(shared.clone()));
     tasks.spawn(writers::sink_loop(shared.clone()));
     if let Some(every) = notify::watchdog_interval() {

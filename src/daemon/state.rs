@@ -96,6 +96,8 @@ pub(super) struct Entry {
     pub(super) attempts: u64,
     /// Attempts by outcome, for metrics and status.
     pub(super) refreshes: agent::Outcomes,
+    /// The last attempt could not reach AWS (a link event may end its backoff early).
+    pub(super) unreachable: bool,
 }
 
 /// What a finished attempt did to its entry ([`Entry::finish`]).
@@ -133,6 +135,7 @@ impl Entry {
             phase: park(mode, now),
             attempts: 0,
             refreshes: agent::Outcomes::default(),
+            unreachable: false,
         }
     }
 
@@ -178,6 +181,29 @@ impl Entry {
         match self.phase {
             Phase::Waiting { due } if due <= now => {
                 self.phase = Phase::Scheduled { at: now };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The uplink may be back at `now` (a link event, src/daemon/link.rs): an entry waiting
+    /// out the backoff after an attempt that could not reach AWS may try at once (the caller
+    /// spreads `now` over a few seconds across a fleet). Returns whether it moved. An attempt
+    /// running, a healthy entry, one already due, or one backing off for another reason
+    /// (throttled, denied: a link does not change those) is left alone, so a storm of events
+    /// starts at most one attempt.
+    pub(super) fn link_up(&mut self, now: Instant) -> bool {
+        if !self.unreachable {
+            return false;
+        }
+        match self.phase {
+            Phase::Scheduled { at } if at > now => {
+                self.phase = Phase::Scheduled { at: now };
+                true
+            }
+            Phase::Waiting { due } if due > now => {
+                self.phase = Phase::Waiting { due: now };
                 true
             }
             _ => false,
@@ -242,10 +268,12 @@ impl Entry {
                 self.backoff.reset();
                 self.last_refresh = Some(wall);
                 self.last_error = None;
+                self.unreachable = false;
                 delay
             }
             Err(err) => {
                 self.refreshes.count(err.outcome());
+                self.unreachable = err.outcome() == crate::aws::Outcome::Unreachable;
                 let delay = self.backoff.next(err.failure(), jitter);
                 if self.usable(now).is_none() {
                     self.held = None;
@@ -294,6 +322,8 @@ pub(super) struct DaemonSettings {
     pub(super) metrics_file: Option<PathBuf>,
     pub(super) refresh: RefreshMode,
     pub(super) set_clock: crate::config::SetClock,
+    /// Whether link events cut a backoff short.
+    pub(super) link_events: bool,
 }
 
 impl DaemonSettings {
@@ -323,6 +353,7 @@ impl DaemonSettings {
             metrics_file: daemon.metrics_file.clone(),
             refresh: daemon.refresh,
             set_clock: daemon.set_clock,
+            link_events: daemon.link_events,
         }
     }
 
@@ -421,6 +452,18 @@ impl State {
     }
 
     /// A generation no attempt has had.
+    /// A link event at `now`: each entry in backoff may try at once ([`Entry::link_up`]).
+    /// Returns how many moved (none when `[daemon] link_events = false`).
+    pub(super) fn link_up(&mut self, now: Instant) -> usize {
+        if !self.settings.link_events {
+            return 0;
+        }
+        self.entries
+            .values_mut()
+            .filter_map(|e| e.link_up(now).then_some(()))
+            .count()
+    }
+
     /// When the role credentials behind `host`'s tokens run out, for a source that needs a
     /// live exchange to renew them (an `[iot]` identity); `None` for the others.
     pub(super) fn live_until(&self, host: &str) -> Option<i64> {
@@ -737,6 +780,46 @@ mod tests {
         e.phase = Phase::Waiting { due: t0 + HOUR };
         assert!(e.refresh_now(t1));
         assert!(e.start(t1, 3));
+    }
+
+    #[test]
+    fn a_link_event_ends_only_a_backoff_for_an_unreachable_endpoint_once() {
+        let t0 = Instant::now();
+        let mut e = entry(RefreshMode::Ahead, t0);
+        assert!(e.start(t0, 1));
+        assert!(!e.link_up(t0), "refreshing: left alone");
+        let down = FetchError::Timeout {
+            endpoint: "api.ecr.us-east-1.amazonaws.com".into(),
+            deadline: Duration::from_secs(10),
+        };
+        e.finish(1, Err(&down), RefreshMode::Ahead, t0, WALL, &mut Middle);
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(e.link_up(t1));
+        assert_eq!(e.phase, Phase::Scheduled { at: t1 });
+        assert!(!e.link_up(t1), "already due: a storm moves it once");
+        assert!(e.start(t1, 2));
+        // Denied: a link does not fix it, the backoff holds.
+        let err = denied();
+        e.finish(2, Err(&err), RefreshMode::Ahead, t1, WALL, &mut Middle);
+        assert!(!e.link_up(t1 + Duration::from_secs(1)));
+        // Healthy: never touched.
+        let mut ok = entry(RefreshMode::Ahead, t0);
+        ok.start(t0, 1);
+        ok.finish(
+            1,
+            Ok(token(3600)),
+            RefreshMode::Ahead,
+            t0,
+            WALL,
+            &mut Middle,
+        );
+        assert!(!ok.link_up(t0));
+        // On demand: the next request may start the attempt at once.
+        let mut od = entry(RefreshMode::OnDemand, t0);
+        od.phase = Phase::Refreshing { generation: 1 };
+        od.finish(1, Err(&down), RefreshMode::OnDemand, t0, WALL, &mut Middle);
+        assert!(od.link_up(t1));
+        assert_eq!(od.phase, Phase::Waiting { due: t1 });
     }
 
     #[test]
