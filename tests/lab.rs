@@ -18,6 +18,7 @@
 //!
 //! Its own test target, outside `cargo test` (`test = false` in Cargo.toml): `scripts/lab test`
 //! runs it, and a run without the images fails with the reason instead of passing unseen.
+//! `ECR_EDGE_LAB_BOOTS=rtc scripts/lab test` runs only the boots named (`main`, `rtc`).
 
 mod support;
 
@@ -479,39 +480,47 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Whether the boot named `boot` runs: `ECR_EDGE_LAB_BOOTS` (comma-separated: `main`, `rtc`)
+/// picks some, to run one again while working on it; every boot by default.
+fn wanted(boot: &str) -> bool {
+    std::env::var("ECR_EDGE_LAB_BOOTS").map_or(true, |v| v.split(',').any(|b| b == boot))
+}
+
 fn lab(guest: &Guest) {
     let images = images().unwrap_or_else(|why| panic!("lab {}: {why}", guest.arch));
     // Kept after a failure, with the console logs; replaced by the next run.
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab");
     let fakes = Fakes::start();
 
-    let (r, out) = boot(guest, &images, &fakes, &work, "main", None);
-    assert_eq!(r["arch"], guest.uname);
-    assert_eq!(r["doctor_exit"], "0", "doctor --json failed");
-    let doctor: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("doctor.json")).unwrap()).unwrap();
-    assert!(
-        doctor.to_string().contains(guest.uname),
-        "doctor --json does not name the machine: {doctor}"
-    );
-    // The sink holds the token the fake issued, base64("AWS:<password>").
-    let sink = std::fs::read_to_string(out.join("sink.json")).unwrap();
-    let auth = aws_smithy_types::base64::encode(format!("AWS:{}", fakes.ecr.password()));
-    assert!(sink.contains(&auth), "sink has no current token");
-    assert!(
-        fakes.iot.calls().len() >= 2,
-        "one exchange per restart and reload at least"
-    );
-    let rotated = rotated_certificate(&work, guest);
-    assert!(
-        fakes
-            .iot
-            .calls()
-            .iter()
-            .any(|c| c.client_cert.as_deref() == Some(rotated.as_slice())),
-        "no exchange presented the rotated certificate"
-    );
-    println!(
+    if wanted("main") {
+        let (r, out) = boot(guest, &images, &fakes, &work, "main", None);
+        assert_eq!(r["arch"], guest.uname);
+        assert_eq!(r["doctor_exit"], "0", "doctor --json failed");
+        let doctor: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("doctor.json")).unwrap())
+                .unwrap();
+        assert!(
+            doctor.to_string().contains(guest.uname),
+            "doctor --json does not name the machine: {doctor}"
+        );
+        // The sink holds the token the fake issued, base64("AWS:<password>").
+        let sink = std::fs::read_to_string(out.join("sink.json")).unwrap();
+        let auth = aws_smithy_types::base64::encode(format!("AWS:{}", fakes.ecr.password()));
+        assert!(sink.contains(&auth), "sink has no current token");
+        assert!(
+            fakes.iot.calls().len() >= 2,
+            "one exchange per restart and reload at least"
+        );
+        let rotated = rotated_certificate(&work, guest);
+        assert!(
+            fakes
+                .iot
+                .calls()
+                .iter()
+                .any(|c| c.client_cert.as_deref() == Some(rotated.as_slice())),
+            "no exchange presented the rotated certificate"
+        );
+        println!(
         "lab {}: daemon VmRSS {} kB idle, {} kB after 10 served gets; helper peak RSS {} kB for a \
          cached get; installed {} KiB (binary {} bytes); apt install {} s; restart to READY {} ms",
         guest.arch,
@@ -523,75 +532,77 @@ fn lab(guest: &Guest) {
         r["install_seconds"],
         r["ready_ms"],
     );
-
-    let (r, out) = boot(guest, &images, &fakes, &work, "rtc", None);
-    // systemd moves a 1970 clock up to its own build date, which is still in the past.
-    let today = run(Command::new("date").args(["-u", "+%F"]));
-    assert!(
-        r["clock_at_boot"].as_str() < today.trim(),
-        "the guest clock was not early: {}",
-        r["clock_at_boot"]
-    );
-    assert_eq!(
-        r["get_with_wrong_clock"], "pass",
-        "no token with the clock at {}",
-        r["clock_at_boot"]
-    );
-    assert_eq!(
-        r["clock_set_by_daemon"], "pass",
-        "set_clock did not set the clock"
-    );
-    assert_eq!(
-        r["offset_after_set_clock"], "0",
-        "after set_clock the guest clock is not within 2 s of AWS's time"
-    );
-    // The device certificate that expired yesterday was refused on the guest, before any
-    // exchange, although the guest's own clock (months behind) found it valid.
-    assert_eq!(r["expired_before_floor_refused"], "pass");
-    let expired = crate::support::iot::der_of(
-        &std::fs::read(work.join(format!(
-            "{}-rtc/payload/in/expired/device.pem.crt",
-            guest.arch
-        )))
-        .unwrap(),
-    );
-    assert!(
-        fakes
-            .iot
-            .calls()
-            .iter()
-            .all(|c| c.client_cert.as_deref() != Some(expired.as_slice())),
-        "an exchange presented the certificate that expired before the floor"
-    );
-    // The second boot: the clock wrong again, the floor the daemon kept reused, the clock set
-    // from AWS's time at boot.
-    assert_eq!(r["floor_reused_after_reboot"], "pass");
-    assert!(
-        r["clock_at_boot2"].as_str() < today.trim() && !r["clock_at_boot2"].is_empty(),
-        "the clock was not wrong after the reboot: {:?}",
-        r["clock_at_boot2"]
-    );
-    assert_eq!(r["get_after_reboot"], "pass");
-    let doctor = std::fs::read_to_string(out.join("doctor.txt")).unwrap();
-    println!(
-        "lab {} rtc: clock at boot {}; first token {} s after boot; with set_clock the clock \
+    }
+    if wanted("rtc") {
+        let (r, out) = boot(guest, &images, &fakes, &work, "rtc", None);
+        // systemd moves a 1970 clock up to its own build date, which is still in the past.
+        let today = run(Command::new("date").args(["-u", "+%F"]));
+        assert!(
+            r["clock_at_boot"].as_str() < today.trim(),
+            "the guest clock was not early: {}",
+            r["clock_at_boot"]
+        );
+        assert_eq!(
+            r["get_with_wrong_clock"], "pass",
+            "no token with the clock at {}",
+            r["clock_at_boot"]
+        );
+        assert_eq!(
+            r["clock_set_by_daemon"], "pass",
+            "set_clock did not set the clock"
+        );
+        assert_eq!(
+            r["offset_after_set_clock"], "0",
+            "after set_clock the guest clock is not within 2 s of AWS's time"
+        );
+        // The device certificate that expired yesterday was refused on the guest, before any
+        // exchange, although the guest's own clock (months behind) found it valid.
+        assert_eq!(r["expired_before_floor_refused"], "pass");
+        let expired = crate::support::iot::der_of(
+            &std::fs::read(work.join(format!(
+                "{}-rtc/payload/in/expired/device.pem.crt",
+                guest.arch
+            )))
+            .unwrap(),
+        );
+        assert!(
+            fakes
+                .iot
+                .calls()
+                .iter()
+                .all(|c| c.client_cert.as_deref() != Some(expired.as_slice())),
+            "an exchange presented the certificate that expired before the floor"
+        );
+        // The second boot: the clock wrong again, the floor the daemon kept reused, the clock set
+        // from AWS's time at boot.
+        assert_eq!(r["floor_reused_after_reboot"], "pass");
+        assert!(
+            r["clock_at_boot2"].as_str() < today.trim() && !r["clock_at_boot2"].is_empty(),
+            "the clock was not wrong after the reboot: {:?}",
+            r["clock_at_boot2"]
+        );
+        assert_eq!(r["get_after_reboot"], "pass");
+        let doctor = std::fs::read_to_string(out.join("doctor.txt")).unwrap();
+        println!(
+            "lab {} rtc: clock at boot {}; first token {} s after boot; with set_clock the clock \
          was set {} s after the daemon's restart ({} s from AWS's time by the guest's own \
          clock after); after a reboot (clock at {}), the kept floor reused, the clock set {} s \
          and the first token {} s after boot; doctor said:\n{}",
-        guest.arch,
-        r["clock_at_boot"],
-        r["first_token_uptime_s"],
-        r["set_clock_seconds"],
-        r["offset_after_set_clock"],
-        r["clock_at_boot2"],
-        r["boot2_clock_set_uptime_s"],
-        r["boot2_first_token_uptime_s"],
-        doctor
-            .lines()
-            .filter(|l| l.to_lowercase().contains("clock"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+            guest.arch,
+            r["clock_at_boot"],
+            r["first_token_uptime_s"],
+            r["set_clock_seconds"],
+            r["offset_after_set_clock"],
+            r["clock_at_boot2"],
+            r["boot2_clock_set_uptime_s"],
+            r["boot2_first_token_uptime_s"],
+            doctor
+                .lines()
+                .filter(|l| l.to_lowercase().contains("clock"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }
 
 /// The device key in the TPM, on the guest's own kernel: two boots against one software TPM
