@@ -105,15 +105,23 @@ if [ "$PHASE" = rtc ] && [ -f /var/lib/lab-floor1 ]; then
   # README's drop-in, sets the clock from AWS's time before anything else needs it.
   step "5b. after a reboot, the clock wrong again: $(date -u +%FT%TZ)"
   floor1=$(cat /var/lib/lab-floor1)
+  # The daemon logs to the journal natively: its fields are journal fields (TIME_FLOOR=, OLD=).
+  journalctl -b -u ecr-edge --no-pager -o json \
+    --output-fields=MESSAGE,TIME_FLOOR,OLD,NEW > "$out/journal-boot2.json" 2>&1
   journalctl -b -u ecr-edge --no-pager -o short-monotonic > "$out/journal-boot2.txt" 2>&1
+  uptime_of() {  # a journal JSON line: its monotonic time, whole seconds since boot
+    sed -n 's/.*"__MONOTONIC_TIMESTAMP":"\([0-9]*\)".*/\1/p' | awk '{ print int($1 / 1000000) }'
+  }
   # The daemon's first words this boot name the floor it started from: the kept one.
   kept=$(date -u -d "@$floor1" +%Y-%m-%dT%H:%M:%SZ)
-  check floor_reused_after_reboot grep -q "started.*time_floor=$kept" "$out/journal-boot2.txt"
-  set_line=$(grep -m1 "set the system clock" "$out/journal-boot2.txt")
-  echo "$set_line"
-  result clock_at_boot2 "$(echo "$set_line" | sed -n 's/.*old=\([0-9-]*\)T.*/\1/p')"
-  result boot2_clock_set_uptime_s "$(echo "$set_line" | sed -n 's/^\[ *\([0-9]*\)\..*/\1/p')"
-  result boot2_first_token_uptime_s "$(grep -m1 "token refreshed" "$out/journal-boot2.txt" | sed -n 's/^\[ *\([0-9]*\)\..*/\1/p')"
+  grep -m1 ' started"' "$out/journal-boot2.json" > "$out/started.json"
+  cat "$out/started.json"
+  check floor_reused_after_reboot grep -q "\"TIME_FLOOR\":\"$kept\"" "$out/started.json"
+  grep -m1 'set the system clock' "$out/journal-boot2.json" > "$out/set.json"
+  cat "$out/set.json"
+  result clock_at_boot2 "$(sed -n 's/.*"OLD":"\([0-9-]*\)T.*/\1/p' "$out/set.json")"
+  result boot2_clock_set_uptime_s "$(uptime_of < "$out/set.json")"
+  result boot2_first_token_uptime_s "$(grep -m1 '"MESSAGE":"token refreshed"' "$out/journal-boot2.json" | uptime_of)"
   check clock_right_after_reboot test "$(date +%s)" -ge "$HOST_NOW"
   served_within_a_minute get_after_reboot "$out/boot2.err"
   tls_probe boot2
