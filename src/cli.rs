@@ -74,11 +74,18 @@ enum Command {
     /// response on stdout (what ecr-edge-credential-provider runs; see configure --k3s).
     KubeletCredentialProvider,
     /// Check this device: CPU and helpers, credHelpers keys, config, network, clock,
-    /// credentials. Exits 0 only when nothing failed.
+    /// credentials, and images a pull will need. Exits 0 only when nothing failed.
     Doctor {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// An image to check as a pull would (repeatable): the manifest its tag points to, a
+        /// variant for this device's platform, the permission to read it and its layers.
+        #[arg(long = "image", value_name = "REF")]
+        images: Vec<String>,
+        /// The platform images must have (default: this device's, e.g. linux/arm/v7).
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
     },
     /// Add exact credHelpers entries naming ecr-edge to the Docker config (and, with
     /// --containers, the containers auth file), keeping everything else in the file.
@@ -198,7 +205,19 @@ fn dispatch(args: Vec<OsString>) -> Exit {
             crate::commands::configure::run(args.into_options(), config, out, err)
         }
         Some(Command::KubeletCredentialProvider) => crate::frontend::kubelet::main(config),
-        Some(Command::Doctor { json }) => crate::commands::doctor::report(config, json, out),
+        Some(Command::Doctor {
+            json,
+            images,
+            platform,
+        }) => crate::commands::doctor::report(
+            config,
+            &crate::commands::doctor::Options {
+                json,
+                images,
+                platform,
+            },
+            out,
+        ),
         Some(Command::Daemon { check: true }) => crate::daemon::check(config, err),
         Some(Command::Daemon { check: false }) => crate::daemon::run_until_stopped(config, err),
         Some(Command::Status { json }) => crate::commands::status::run(config, json, out, err),

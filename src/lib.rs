@@ -29,8 +29,9 @@
 //! - `aws/`: `ecr` (the token call, its error classes, the token-source trait), `iot` (the
 //!   certificate exchange), `credentials` (naming the source; the one region rule), `trust`
 //!   (the one TLS trust policy), `dns` (resolution bounded by the caller's deadline), `https`
-//!   (the SDK's HTTP client, and one GET for what the SDK does not do), `traffic` (the bytes
-//!   every call moves, per endpoint kind), `outcome` (retry classes and refresh outcomes).
+//!   (the SDK's HTTP client, and plain requests for what the SDK does not do), `traffic` (the
+//!   bytes every call moves, per endpoint kind), `outcome` (retry classes and refresh
+//!   outcomes), `images` (image preflight: the registry API's manifests and refusals).
 //! - `store/`: `files` (atomic, private, symlink-refusing; locks), `cache` (per-user tokens),
 //!   `authfile` (Docker/containers auth files edited in place, for `configure` and sinks),
 //!   `floor` (the time floor kept across reboots).
@@ -130,7 +131,11 @@ pub mod internal {
     }
     /// Registry host forms.
     pub mod registry {
-        pub use crate::registry::{host_of, Registry, Service};
+        pub use crate::registry::{host_of, ImageRef, Registry, Service};
+    }
+    /// Image preflight: the registry API's manifests, errors and platforms.
+    pub mod images {
+        pub use crate::aws::images::{parse_error, parse_manifest, parse_tags, Manifest, Platform};
     }
     /// Link events from the kernel's routing netlink (the daemon's refresh on link-up).
     pub mod link {

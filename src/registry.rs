@@ -285,9 +285,136 @@ pub fn image_registry(image: &str) -> Option<String> {
     crate::registry::host_of(first)
 }
 
+/// An image on an ECR registry: `host/repository[:tag][@digest]` (the tag `latest` when
+/// neither is given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The registry.
+    pub registry: Registry,
+    /// The repository path (`edge/app`).
+    pub repository: String,
+    /// The tag, or the digest (`sha256:…`) when one is given.
+    pub reference: String,
+}
+
+impl ImageRef {
+    /// Parses an image reference by the distribution reference rules.
+    ///
+    /// # Errors
+    /// What is wrong, in words.
+    pub fn parse(image: &str) -> Result<ImageRef, String> {
+        let image = image.trim();
+        let host = image_registry(image).ok_or_else(|| {
+            format!("{image:?} names no registry host (expected host/repository[:tag])")
+        })?;
+        let registry = Registry::parse(&host)
+            .ok_or_else(|| format!("{host} is not an Amazon ECR registry host"))?;
+        let rest = image.split_once('/').map_or("", |(_, r)| r);
+        let (named, reference) = match rest.split_once('@') {
+            Some((named, digest)) => {
+                let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+                if hex.len() != 64
+                    || !hex
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                {
+                    return Err(format!("{digest:?} is not a sha256 digest"));
+                }
+                // A tag beside a digest is ignored, as clients do.
+                let name = named.rsplit_once(':').map_or(named, |(n, _)| n);
+                (name, digest.to_owned())
+            }
+            None => match rest.rsplit_once(':') {
+                Some((name, tag)) => {
+                    let ok = tag.len() <= 128
+                        && tag
+                            .bytes()
+                            .next()
+                            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        && tag
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+                    if !ok {
+                        return Err(format!("{tag:?} is not a valid tag"));
+                    }
+                    (name, tag.to_owned())
+                }
+                None => (rest, "latest".to_owned()),
+            },
+        };
+        let component_ok = |c: &str| {
+            !c.is_empty()
+                && c.bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && c.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                })
+        };
+        if named.len() > 256 || !named.split('/').all(component_ok) {
+            return Err(format!(
+                "{named:?} is not a repository name (lower-case letters, digits, '.', '_', '-',                  '/')"
+            ));
+        }
+        Ok(ImageRef {
+            registry,
+            repository: named.to_owned(),
+            reference,
+        })
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sep = if self.reference.starts_with("sha256:") {
+            '@'
+        } else {
+            ':'
+        };
+        write!(
+            f,
+            "{}/{}{sep}{}",
+            self.registry.host(),
+            self.repository,
+            self.reference
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_references_parse() {
+        let host = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
+        let r = ImageRef::parse(&format!("{host}/edge/app:v1")).unwrap();
+        assert_eq!(
+            (r.repository.as_str(), r.reference.as_str()),
+            ("edge/app", "v1")
+        );
+        assert_eq!(r.to_string(), format!("{host}/edge/app:v1"));
+        let r = ImageRef::parse(&format!("{host}/app")).unwrap();
+        assert_eq!(r.reference, "latest");
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let r = ImageRef::parse(&format!("{host}/app:v2@{digest}")).unwrap();
+        assert_eq!(
+            (r.repository.as_str(), r.reference.as_str()),
+            ("app", digest.as_str())
+        );
+        assert_eq!(r.to_string(), format!("{host}/app@{digest}"));
+        for bad in [
+            "app:v1".to_owned(),
+            "docker.io/library/nginx".to_owned(),
+            format!("{host}/App:v1"),
+            format!("{host}/app:-v1"),
+            format!("{host}/app@sha256:abc"),
+            format!("{host}//app"),
+            format!("{host}/"),
+        ] {
+            assert!(ImageRef::parse(&bad).is_err(), "{bad}");
+        }
+    }
 
     fn endpoint(input: &str) -> Option<String> {
         Registry::parse(input).map(|r| r.endpoint().to_owned())

@@ -411,3 +411,66 @@ fn the_readmes_quick_start_configures_what_doctor_checks() {
     );
     assert!(find(&v, "credHelpers", "fail").is_empty(), "{v:#}");
 }
+
+/// `doctor --image` names a refusal by the permission it lacks, on the repository's ARN, with
+/// the policy statement to add: `ecr:BatchGetImage` for the manifest, then
+/// `ecr:GetDownloadUrlForLayer` for a layer (ECR's own 403 `DENIED` bodies).
+#[test]
+fn doctor_names_the_permission_an_image_pull_lacks() {
+    let mut sb = Sandbox::new();
+    path_with(&mut sb, &[]);
+    docker_config(&sb, &[(HOST, "ecr-edge")]);
+    let image = format!("{HOST}/edge/app:v1");
+    let arn = "arn:aws:ecr:us-west-2:123456789012:repository/edge/app";
+    let denied = format!(
+        r#"{{"errors":[{{"code":"DENIED","message":"User: arn:aws:sts::123456789012:assumed-role/edge-device/pi-7 is not authorized to perform: ecr:BatchGetImage on resource: {arn} because no identity-based policy allows the ecr:BatchGetImage action"}}]}}"#
+    );
+    for method in ["HEAD", "GET"] {
+        sb.fake.answer_registry(method, "/manifests/", 403, &denied);
+    }
+    let image_checks = |sb: &Sandbox| {
+        let mut c = sb.command_for(&support::binary(), "doctor");
+        c.args(["--json", "--image", &image, "--platform", "linux/arm64"]);
+        let out = support::run_with_input(c, b"");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{v:#}");
+        find(&v, "image", "fail")
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let said = image_checks(&sb);
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains(&format!(
+            "may log in but not read the image's manifest: it lacks ecr:BatchGetImage on {arn}"
+        )) && said[0].contains(&format!(
+            r#"{{"Effect": "Allow", "Action": "ecr:BatchGetImage", "Resource": "{arn}"}}"#
+        )),
+        "{said:?}"
+    );
+    let asked = sb.fake.registry_calls();
+    assert_eq!(
+        asked[0],
+        ("HEAD".to_owned(), "/v2/edge/app/manifests/v1".to_owned())
+    );
+
+    // The manifest readable, its layer not: the layer's permission is named.
+    let manifest = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"digest":"sha256:c0"},"layers":[{"digest":"sha256:1a"}]}"#;
+    for method in ["HEAD", "GET"] {
+        sb.fake
+            .answer_registry(method, "/manifests/", 200, manifest);
+    }
+    sb.fake.answer_registry("HEAD", "/blobs/", 403, "");
+    let said = image_checks(&sb);
+    assert!(
+        said[0].contains(&format!(
+            "may log in but not download its layers: it lacks ecr:GetDownloadUrlForLayer on {arn}"
+        )),
+        "{said:?}"
+    );
+    assert!(sb
+        .fake
+        .registry_calls()
+        .contains(&("HEAD".to_owned(), "/v2/edge/app/blobs/sha256:1a".to_owned())));
+}

@@ -332,9 +332,20 @@ fn the_fuzz_seed_corpus_replays_cleanly() {
             *accepted.entry("netlink_route").or_default() += 1;
         }
     }
+    for data in seeds("registry_response") {
+        use ecr_edge::internal::images;
+        let read = images::parse_manifest(&data).is_some()
+            || images::parse_error(&data).is_some()
+            || images::parse_tags(&data).is_some()
+            || std::str::from_utf8(&data).is_ok_and(|s| images::Platform::parse(s).is_some());
+        if read {
+            *accepted.entry("registry_response").or_default() += 1;
+        }
+    }
     // Each corpus holds inputs that get past the first check, not only refusals.
     for target in [
         "netlink_route",
+        "registry_response",
         "registry_host",
         "config_file",
         "kubelet_request",

@@ -762,3 +762,146 @@ fn docker_and_skopeo_pull_through_an_alias_with_a_role() {
         "the push's token, then the role's, cached for every pull"
     );
 }
+
+/// A two-platform image (linux/amd64 and linux/arm64/v8) in an OCI layout, as the index
+/// `multi`: the one-layer image of [`oci_image`] under two configurations.
+fn multi_platform_image(dir: &Path) -> PathBuf {
+    let (layout, _) = oci_image(dir);
+    let blobs = layout.join("blobs/sha256");
+    let put = |bytes: &[u8]| {
+        let hex = sha256(bytes);
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let single: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = single["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blobs.join(manifest_digest.trim_start_matches("sha256:"))).unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0].clone();
+    let mut entries = Vec::new();
+    for (arch, variant) in [("amd64", None), ("arm64", Some("v8"))] {
+        let mut config = serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+            "config": {},
+        });
+        let mut platform = serde_json::json!({"architecture": arch, "os": "linux"});
+        if let Some(v) = variant {
+            config["variant"] = v.into();
+            platform["variant"] = v.into();
+        }
+        let (config_digest, config_size) = put(config.to_string().as_bytes());
+        let m = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+            "layers": [layer],
+        });
+        let (digest, size) = put(m.to_string().as_bytes());
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size, "platform": platform,
+        }));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let (index_digest, index_size) = put(index.to_string().as_bytes());
+    let mut top = single;
+    top["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest, "size": index_size,
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
+    layout
+}
+
+/// `doctor --image` against the real distribution registry holding a two-platform index
+/// pushed by skopeo: the variant this device needs found (and the digest the tag points to), a
+/// platform the index lacks named with the ones it has, a missing tag and a missing repository
+/// named as such.
+#[test]
+#[ignore = "needs root (own network and mount namespace); scripts/test runs it as root"]
+fn doctor_checks_images_against_a_real_registry() {
+    if !inside_namespace("doctor_checks_images_against_a_real_registry") {
+        return;
+    }
+    let w = World::new();
+    let layout = multi_platform_image(w.sb.dir.path());
+    let image = format!("{REG_HOST}/edge/multi:v1");
+    let out = w.skopeo(&[
+        "copy",
+        "--all",
+        &format!("oci:{}:multi", layout.display()),
+        &format!("docker://{image}"),
+    ]);
+    assert!(out.status.success(), "skopeo copy: {}", text(&out.stderr));
+    let out = w.skopeo(&["inspect", "--raw", &format!("docker://{image}")]);
+    let raw = out.stdout.clone();
+    let pushed_digest = format!("sha256:{}", sha256(&raw));
+    let doctor = |args: &[&str]| -> Vec<(String, String)> {
+        let mut c = w.sb.command_for(&support::binary(), "doctor");
+        c.arg("--json").args(args).env("HOME", &w.home);
+        let out = support::run_with_input(c, b"");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json: {e}: {}", text(&out.stdout)));
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["name"] == "image")
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap().to_owned(),
+                    c["detail"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let found = doctor(&["--image", &image, "--platform", "linux/arm64"]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "pass", "{found:?}");
+    assert!(
+        found[0].1.contains(&pushed_digest)
+            && found[0]
+                .1
+                .contains("the index has linux/arm64/v8 for this device (linux/arm64)")
+            && found[0].1.contains("a layer's download is allowed"),
+        "{found:?}"
+    );
+    let missing = doctor(&["--image", &image, "--platform", "linux/arm/v7"]);
+    assert_eq!(missing[0].0, "fail", "{missing:?}");
+    assert!(
+        missing[0].1.contains(
+            "no image for this device (linux/arm/v7); the index has linux/amd64, linux/arm64/v8"
+        ),
+        "{missing:?}"
+    );
+    let no_tag = doctor(&["--image", &format!("{REG_HOST}/edge/multi:v9")]);
+    assert!(
+        no_tag[0]
+            .1
+            .contains("tag v9 is not in repository edge/multi (MANIFEST_UNKNOWN)"),
+        "{no_tag:?}"
+    );
+    let no_repo = doctor(&["--image", &format!("{REG_HOST}/edge/none:v1")]);
+    assert!(
+        no_repo[0]
+            .1
+            .contains("repository edge/none does not exist in"),
+        "{no_repo:?}"
+    );
+    println!("doctor --image said:\n{found:?}\n{missing:?}\n{no_tag:?}\n{no_repo:?}");
+}

@@ -24,6 +24,8 @@ pub struct Response {
     pub status: u16,
     /// The `Date` header, if any.
     pub date: Option<String>,
+    /// Every header.
+    pub headers: hyper::HeaderMap,
     /// The body, at most the caller's limit.
     pub body: Bytes,
 }
@@ -215,6 +217,34 @@ pub async fn get(
     headers: &[(&str, &str)],
     limit: usize,
 ) -> Result<Response, HttpsError> {
+    request(
+        tls,
+        endpoint,
+        hyper::Method::GET,
+        host,
+        port,
+        path,
+        headers,
+        limit,
+    )
+    .await
+}
+
+/// [`get`] with another method (`HEAD`: no body is read).
+///
+/// # Errors
+/// As [`get`].
+#[allow(clippy::too_many_arguments)]
+pub async fn request(
+    tls: Arc<rustls::ClientConfig>,
+    endpoint: Endpoint,
+    method: hyper::Method,
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    limit: usize,
+) -> Result<Response, HttpsError> {
     let server_name =
         ServerName::try_from(host.to_owned()).map_err(|e| HttpsError::Invalid(e.to_string()))?;
     traffic::request(endpoint);
@@ -234,7 +264,9 @@ pub async fn get(
     } else {
         format!("{host}:{port}")
     };
-    let mut request = hyper::Request::get(path)
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, authority)
         .header(
             hyper::header::USER_AGENT,
@@ -258,12 +290,18 @@ pub async fn get(
         .get(hyper::header::DATE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = Limited::new(response.into_body(), limit)
+    let (parts, body) = response.into_parts();
+    let body = Limited::new(body, limit)
         .collect()
         .await
         .map_err(|e| HttpsError::Unreachable(format!("reading body: {e}")))?
         .to_bytes();
-    Ok(Response { status, date, body })
+    Ok(Response {
+        status,
+        date,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// AWS's time from the `Date` of a response whose server certificate verified (src/clock.rs).

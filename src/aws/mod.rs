@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod dns;
 pub mod ecr;
 pub mod https;
+pub mod images;
 pub mod iot;
 mod outcome;
 pub mod traffic;

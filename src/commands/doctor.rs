@@ -16,8 +16,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::aws::credentials::Source;
+use crate::aws::images::Platform;
 use crate::commands::elf::{self, Arch};
 use crate::config::{self, Config, KeyRef};
+use crate::registry::ImageRef;
 use crate::registry::Registry;
 use crate::settings::Settings;
 
@@ -333,10 +335,21 @@ pub fn check_helper(
     }
 }
 
+/// What `doctor` is asked besides its own checks.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// `--json`.
+    pub json: bool,
+    /// `--image REF`, each checked as a pull would go (src/aws/images.rs).
+    pub images: Vec<String>,
+    /// `--platform`: the platform the images must have (default: this device's userland).
+    pub platform: Option<String>,
+}
+
 /// Runs every check, in the order a person would look: this binary and the CPU, the helpers
-/// and keys in the auth files, the settings, the device identity, the network and clock, and
-/// one real token. `config_flag` is `--config`.
-pub fn run(config_flag: Option<&Path>) -> Vec<Check> {
+/// and keys in the auth files, the settings, the device identity, the network and clock, one
+/// real token, then each image asked for. `config_flag` is `--config`.
+pub fn run(config_flag: Option<&Path>, options: &Options) -> Vec<Check> {
     let mut checks = Vec::new();
     let (kernel, userland) = binary_and_cpu(&mut checks);
     // Aliases are read before the settings are checked, so that the credHelpers entries
@@ -357,7 +370,209 @@ pub fn run(config_flag: Option<&Path>) -> Vec<Check> {
     iot_identity(&mut checks, &settings.config);
     network_and_clock(&mut checks, &registries, &settings);
     token_per_source(&mut checks, &registries, &settings);
+    if !options.images.is_empty() {
+        image_checks(&mut checks, options, userland.or(kernel), &settings);
+    }
     checks
+}
+
+/// The image platform of a userland: what `docker pull` on this device picks.
+fn platform_of(arch: Arch) -> Option<Platform> {
+    Platform::parse(match arch {
+        Arch::X86_64 => "linux/amd64",
+        Arch::Aarch64 => "linux/arm64",
+        Arch::Arm { hard_float: true } => "linux/arm/v7",
+        Arch::Arm { hard_float: false } => "linux/arm/v5",
+        Arch::X86 => "linux/386",
+        Arch::Other { .. } => return None,
+    })
+}
+
+/// `--image REF`: each image checked as a pull would go, with the token the helper would hand
+/// out; a problem is named with its fix.
+fn image_checks(
+    checks: &mut Vec<Check>,
+    options: &Options,
+    arch: Option<Arch>,
+    settings: &Settings,
+) {
+    let wanted = match &options.platform {
+        Some(p) => match Platform::parse(p) {
+            Some(p) => p,
+            None => {
+                checks.push(check(
+                    "image",
+                    Status::Fail,
+                    format!("--platform {p:?} is not os/architecture[/variant] (linux/arm/v7)"),
+                ));
+                return;
+            }
+        },
+        None => match arch.and_then(platform_of) {
+            Some(p) => p,
+            None => {
+                checks.push(check(
+                    "image",
+                    Status::Fail,
+                    "this device's platform is unknown: name it with --platform (linux/arm64)",
+                ));
+                return;
+            }
+        },
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let tls = match plain_tls(None) {
+        Ok(t) => t,
+        Err(e) => {
+            checks.push(check("image", Status::Fail, format!("TLS: {e}")));
+            return;
+        }
+    };
+    for text in &options.images {
+        let image = match ImageRef::parse(text) {
+            Ok(i) => i,
+            Err(e) => {
+                checks.push(check("image", Status::Fail, e));
+                continue;
+            }
+        };
+        let token = match crate::resolve::token(&image.registry, settings) {
+            Ok(t) => t,
+            Err(e) => {
+                checks.push(check(
+                    "image",
+                    Status::Fail,
+                    format!("{image}: no token for {}: {e}", image.registry),
+                ));
+                continue;
+            }
+        };
+        // Up to four requests, each under the deadline.
+        let report = runtime.block_on(async {
+            tokio::time::timeout(
+                settings.deadline * 4,
+                crate::aws::images::check(
+                    tls.clone(),
+                    image.registry.host(),
+                    &image.repository,
+                    &image.reference,
+                    token.password.expose(),
+                    &wanted,
+                ),
+            )
+            .await
+        });
+        checks.push(match report {
+            Ok(r) => image_check(&image, &wanted, &r),
+            Err(_) => check(
+                "image",
+                Status::Fail,
+                format!(
+                    "{image}: the registry did not answer within {:.0}s",
+                    (settings.deadline * 4).as_secs_f64()
+                ),
+            ),
+        });
+    }
+}
+
+/// One image's finding, in words with the fix.
+fn image_check(image: &ImageRef, wanted: &Platform, r: &crate::aws::images::Report) -> Check {
+    use crate::aws::images::{Fit, Problem};
+    let digest = r
+        .digest
+        .as_deref()
+        .map_or_else(String::new, |d| format!(" ({d})"));
+    let has = r
+        .platforms
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let arn = |message: &str| {
+        crate::aws::images::repository_arn(image.registry.host(), &image.repository, message)
+    };
+    let Some(problem) = &r.problem else {
+        let platform = match &r.chosen {
+            Some((p, Fit::Exact)) => format!("the index has {p} for this device ({wanted})"),
+            Some((p, _)) => format!(
+                "the index has no {wanted} image; {p}, which this CPU runs, would be pulled"
+            ),
+            None => format!(
+                "a single-platform image (its platform is in its configuration, not checked; \
+                 this device is {wanted})"
+            ),
+        };
+        let status = match &r.chosen {
+            Some((_, Fit::Older)) => Status::Warn,
+            _ => Status::Pass,
+        };
+        return check(
+            "image",
+            status,
+            format!("{image}{digest}: {platform}; a layer's download is allowed"),
+        );
+    };
+    let detail = match problem {
+        Problem::TokenRefused => format!(
+            "{image}: the registry refused the token (HTTP 401): the token is for another \
+             registry or has expired; run `ecr-edge erase` and try again"
+        ),
+        Problem::Denied { action, message } => {
+            let arn = arn(message);
+            let what = match action.as_str() {
+                "ecr:BatchGetImage" => "read the image's manifest",
+                "ecr:GetDownloadUrlForLayer" => "download its layers",
+                "ecr:BatchImportUpstreamImage" => {
+                    "pull it through the cache (the first pull of a pull-through cache \
+                     repository imports it)"
+                }
+                _ => "pull it",
+            };
+            format!(
+                "{image}: this identity may log in but not {what}: it lacks {action} on {arn}. \
+                 Add to its IAM policy (or the repository policy): {{\"Effect\": \"Allow\", \
+                 \"Action\": \"{action}\", \"Resource\": \"{arn}\"}}. The registry said: {message}"
+            )
+        }
+        Problem::NoRepository(_) => format!(
+            "{image}: repository {} does not exist in {} (NAME_UNKNOWN): check the name; if \
+             its first part is a pull-through cache prefix, the first pull creates it and \
+             needs ecr:BatchImportUpstreamImage and ecr:CreateRepository",
+            image.repository, image.registry
+        ),
+        Problem::NoManifest { tags } => format!(
+            "{image}: {} {} is not in repository {} (MANIFEST_UNKNOWN): push it, or check the \
+             tag{}",
+            if image.reference.starts_with("sha256:") {
+                "digest"
+            } else {
+                "tag"
+            },
+            image.reference,
+            image.repository,
+            match tags {
+                Some(t) if !t.is_empty() => format!(" (it has {})", t.join(", ")),
+                _ => String::new(),
+            }
+        ),
+        Problem::NoPlatform => format!(
+            "{image}{digest}: no image for this device ({wanted}); the index has {has}: \
+             build and push one for {wanted} (docker buildx build --platform {wanted})"
+        ),
+        Problem::NoLayer(layer) => format!(
+            "{image}{digest}: the manifest names layer {layer}, which the registry does not \
+             have (BLOB_UNKNOWN): push the image again"
+        ),
+        Problem::Unexpected(what) => format!("{image}: unexpected answer: {what}"),
+        Problem::Network(what) => format!("{image}: {} not reachable: {what}", image.registry),
+    };
+    check("image", Status::Fail, detail)
 }
 
 /// Every registry host the configuration names: `[[registry]]` tables and `[daemon] registries`.
@@ -866,12 +1081,12 @@ pub fn ok(checks: &[Check]) -> bool {
 /// [`Exit::Success`] only when none failed.
 pub fn report(
     config: Option<&Path>,
-    json: bool,
+    options: &Options,
     out: &mut dyn std::io::Write,
 ) -> crate::exit::Exit {
-    let checks = run(config);
+    let checks = run(config, options);
     let ok = ok(&checks);
-    if json {
+    if options.json {
         let _ = writeln!(out, "{}", serde_json::json!({ "ok": ok, "checks": checks }));
     } else {
         for c in &checks {

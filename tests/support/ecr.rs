@@ -154,6 +154,11 @@ pub(crate) struct State {
     pub(crate) static_keys: Vec<StaticKey>,
     /// Per host: the bytes its connections moved.
     pub(crate) wires: HashMap<String, Arc<Wire>>,
+    /// Registry API answers (`/v2/…` on a registry host): method, a part of the path, status,
+    /// body. The first that matches answers; otherwise 404 `NAME_UNKNOWN`.
+    pub(crate) registry: Vec<(String, String, u16, String)>,
+    /// Registry API requests seen: method and path.
+    pub(crate) registry_calls: Vec<(String, String)>,
 }
 
 impl State {
@@ -187,6 +192,8 @@ impl FakeEcr {
             roles: Vec::new(),
             static_keys: Vec::new(),
             wires: HashMap::new(),
+            registry: Vec::new(),
+            registry_calls: Vec::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -250,6 +257,21 @@ impl FakeEcr {
     /// Answers every request with `mode` from now on.
     pub fn set_mode(&self, mode: Mode) {
         self.state.lock().unwrap().faults.always(mode);
+    }
+
+    /// Answers registry API requests (`/v2/…`) with `method` whose path contains `path_part`
+    /// with `status` and `body` (an ECR-shaped error, a manifest), ahead of earlier answers.
+    pub fn answer_registry(&self, method: &str, path_part: &str, status: u16, body: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .registry
+            .insert(0, (method.into(), path_part.into(), status, body.into()));
+    }
+
+    /// The registry API requests seen: method and path.
+    pub fn registry_calls(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().registry_calls.clone()
     }
 
     /// Answers the next `n` requests with `mode`, then issues tokens again.
@@ -428,6 +450,41 @@ pub(crate) fn serve_tls(
     reader.read_exact(&mut body)?;
     drop(reader);
 
+    let mut words = request_line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    if path.starts_with("/v2/") {
+        // The registry API of a registry host, as ECR answers it (no SigV4: Basic auth).
+        let response = {
+            let mut s = state.lock().unwrap();
+            s.registry_calls.push((method.to_owned(), path.to_owned()));
+            let (status, body) = s
+                .registry
+                .iter()
+                .find(|(m, part, _, _)| m == method && path.contains(part.as_str()))
+                .map(|(_, _, status, body)| (*status, body.clone()))
+                .unwrap_or((
+                    404,
+                    r#"{"errors":[{"code":"NAME_UNKNOWN","message":"The repository does not exist"}]}"#
+                        .to_owned(),
+                ));
+            let shown = if method == "HEAD" { "" } else { body.as_str() };
+            with_date(
+                format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{shown}",
+                    body.len()
+                )
+                .into_bytes(),
+                s.clock_offset_secs,
+            )
+        };
+        stream.write_all(&response)?;
+        stream.flush()?;
+        stream.conn.send_close_notify();
+        let _ = stream.flush();
+        let _ = std::io::copy(&mut raw, &mut std::io::sink());
+        return Ok(());
+    }
     let (mode, response) = {
         let mut s = state.lock().unwrap();
         let mode = s.faults.take(Mode::Ok);

@@ -34,7 +34,7 @@ complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "status" -d 'Ask t
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "refresh" -d 'Ask the daemon to refresh now (each registry it holds, or those named), e.g. before a planned outage, and print each result and the offline runway after it. Exits 0 when every refresh got a token, 1 when one did not, 2 without a daemon'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "iot" -d 'The device\'s AWS IoT key: make it where it lives (TPM or a new 0600 file) and print a certificate signing request for it, so the private key is never copied anywhere'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "kubelet-credential-provider" -d 'The kubelet image credential provider: a CredentialProviderRequest on stdin, the response on stdout (what ecr-edge-credential-provider runs; see configure --k3s)'
-complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "doctor" -d 'Check this device: CPU and helpers, credHelpers keys, config, network, clock, credentials. Exits 0 only when nothing failed'
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "doctor" -d 'Check this device: CPU and helpers, credHelpers keys, config, network, clock, credentials, and images a pull will need. Exits 0 only when nothing failed'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "configure" -d 'Add exact credHelpers entries naming ecr-edge to the Docker config (and, with --containers, the containers auth file), keeping everything else in the file'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand helper" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand helper" -s h -l help -d 'Print help'
@@ -64,6 +64,8 @@ complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and __fish_seen_s
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand iot; and __fish_seen_subcommand_from csr" -s h -l help -d 'Print help'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand kubelet-credential-provider" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand kubelet-credential-provider" -s h -l help -d 'Print help'
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand doctor" -l image -d 'An image to check as a pull would (repeatable): the manifest its tag points to, a variant for this device\'s platform, the permission to read it and its layers' -r
+complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand doctor" -l platform -d 'The platform images must have (default: this device\'s, e.g. linux/arm/v7)' -r
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand doctor" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand doctor" -l json -d 'Machine-readable output'
 complete -c ecr-edge -n "__fish_ecr_edge_using_subcommand doctor" -s h -l help -d 'Print help'
