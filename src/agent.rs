@@ -140,6 +140,22 @@ pub struct StatusReport {
     /// The daemon's time: the system clock, trusted time, the floor, AWS's offset. Schema 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockStatus>,
+    /// The images the daemon checks (`[daemon] images`), each as last checked. Schema 5.
+    #[serde(default)]
+    pub images: Vec<ImageStatus>,
+}
+
+/// One image the daemon checked as a pull would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageStatus {
+    /// The image reference.
+    pub image: String,
+    /// Whether a pull would work.
+    pub ok: bool,
+    /// What the check found, in words (the fix, when it fails).
+    pub detail: String,
+    /// When it was checked (seconds since the epoch).
+    pub checked_at: i64,
 }
 
 /// What the daemon believes the time is, and why (src/clock.rs).
@@ -210,7 +226,7 @@ impl Upstream {
 
 /// The schema number [`StatusReport`] carries (2: counters, certificate and credential
 /// expiries, per-registry refresh outcomes and source, upstream traffic; 3: TPM signatures;
-/// 4: the clock; 5: each registry's offline runway).
+/// 4: the clock; 5: each registry's offline runway, the image checks).
 pub const STATUS_SCHEMA: u32 = 5;
 
 /// Requests on the socket since the daemon started, by answer.

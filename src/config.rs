@@ -190,6 +190,11 @@ pub struct DaemonConfig {
     /// default route) cuts a backoff short (src/daemon/link.rs). On by default.
     #[serde(default = "default_link_events")]
     pub link_events: bool,
+    /// Images to check as a pull would (`host/repository:tag`), at start and hourly, with the
+    /// token the daemon holds for their registry: status and the metrics carry each result
+    /// (src/daemon/images.rs).
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 /// `[daemon] set_clock`: whether the daemon sets the system clock from AWS's time.
@@ -232,6 +237,7 @@ impl Default for DaemonConfig {
             refresh: RefreshMode::Ahead,
             set_clock: SetClock::Never,
             link_events: true,
+            images: Vec::new(),
         }
     }
 }
@@ -689,6 +695,9 @@ fn validate_daemon(d: &DaemonConfig) -> Result<(), String> {
             ));
         }
     }
+    for image in &d.images {
+        crate::registry::ImageRef::parse(image).map_err(|e| format!("[daemon] images: {e}"))?;
+    }
     for sink in &d.sinks {
         if !sink.path.is_absolute() {
             return Err(format!(
@@ -1072,7 +1081,9 @@ profile = "vendor"
             refresh,
             set_clock,
             link_events,
+            images,
         } = daemon.unwrap();
+        assert!(!images.is_empty(), "an example shown");
         assert!(!link_events, "the non-default shown");
         assert_eq!(refresh, RefreshMode::OnDemand, "the non-default shown");
         assert_eq!(

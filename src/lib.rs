@@ -17,7 +17,7 @@
 //!   registry's phase and its pure transitions, the shared state, the shutdown signal),
 //!   `refresher` (the schedule loop), `server` (one accept helper with cap, idle eviction and
 //!   drain; the socket's requests), `writers` (sinks and the metrics file), `link` (refresh on
-//!   link-up: the kernel's routing netlink), timing rules
+//!   link-up: the kernel's routing netlink), `images` (`[daemon] images` checked), timing rules
 //!   (`schedule`, pure), `sink`, `endpoint` (local role credentials), `metrics`, `notify`
 //!   (systemd), `peer` (socket peer checks).
 //! - `frontend/`: the protocol front-ends, each turning outcomes into its client's output in

@@ -727,3 +727,54 @@ fn refresh_tops_up_now_and_prints_the_runway() {
     );
     assert_eq!(ecr_calls(&sb), 4);
 }
+
+/// `[daemon] images`: the daemon checks each image as a pull would with the token it holds,
+/// and `status` and the metrics say what it found (here ECR's refusal of the manifest).
+#[test]
+fn the_daemon_checks_its_images_and_reports_them() {
+    let mut sb = Sandbox::new();
+    let metrics = sb.dir.path().join("ecr_edge.prom");
+    let image = format!("{REG}/edge/app:v1");
+    let denied = r#"{"errors":[{"code":"DENIED","message":"User: arn:aws:sts::123456789012:assumed-role/edge/pi-7 is not authorized to perform: ecr:BatchGetImage on resource: arn:aws:ecr:us-west-2:123456789012:repository/edge/app because no identity-based policy allows the ecr:BatchGetImage action"}]}"#;
+    for method in ["HEAD", "GET"] {
+        sb.fake.answer_registry(method, "/manifests/", 403, denied);
+    }
+    let d = Daemon::start(
+        &mut sb,
+        &format!(
+            "[daemon]\nregistries = [\"{REG}\"]\nmetrics_file = \"{}\"\nimages = [\"{image}\"]\n",
+            metrics.display()
+        ),
+    );
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let start = Instant::now();
+    let mut checked = serde_json::Value::Null;
+    while start.elapsed() < Duration::from_secs(15) {
+        checked = status_json(&sb)["images"][0].clone();
+        if checked.is_object() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(checked["image"], image.as_str(), "{checked}\n{}", d.log());
+    assert_eq!(checked["ok"], false);
+    assert!(
+        checked["detail"].as_str().unwrap().contains(
+            "it lacks ecr:BatchGetImage on arn:aws:ecr:us-west-2:123456789012:repository/edge/app"
+        ),
+        "{checked}"
+    );
+    let sample = format!("ecr_edge_image_check_ok{{image=\"{image}\"}} 0");
+    let mut prom = String::new();
+    while start.elapsed() < Duration::from_secs(20) && !prom.contains(&sample) {
+        std::thread::sleep(Duration::from_millis(100));
+        prom = std::fs::read_to_string(&metrics).unwrap_or_default();
+    }
+    assert!(prom.contains(&sample), "{prom}");
+    // The platform asked for is this build's (the package matches the device's userland).
+    assert!(sb
+        .fake
+        .registry_calls()
+        .iter()
+        .any(|(m, p)| m == "GET" && p == "/v2/edge/app/manifests/v1"));
+}

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::aws::https::{self, HttpsError};
 use crate::aws::traffic::Endpoint;
+use crate::registry::ImageRef;
 
 /// What the client accepts for a manifest: OCI index and image manifest, Docker manifest list
 /// and image manifest (schema 2).
@@ -69,6 +70,21 @@ impl Platform {
             architecture,
             variant,
         })
+    }
+
+    /// The platform this build runs as: the package installed for the device's userland
+    /// (`linux/arm64`, `linux/arm/v7`, `linux/amd64`).
+    pub fn of_this_build() -> Option<Platform> {
+        Platform::parse(
+            match (std::env::consts::ARCH, cfg!(target_abi = "eabihf")) {
+                ("x86_64", _) => "linux/amd64",
+                ("aarch64", _) => "linux/arm64",
+                ("arm", true) => "linux/arm/v7",
+                ("arm", false) => "linux/arm/v5",
+                ("x86", _) => "linux/386",
+                _ => return None,
+            },
+        )
     }
 
     /// How well an image for `image` runs here: the same platform, one this CPU runs too (an
@@ -361,6 +377,107 @@ pub async fn check(
             Err(p) => with(report, p),
         },
     }
+}
+
+/// What an image check concludes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A pull works.
+    Pulls,
+    /// A pull works, with an image for an older variant of this CPU.
+    PullsOlderVariant,
+    /// A pull fails.
+    Fails,
+}
+
+/// One image's finding in words, with the fix.
+pub fn verdict(image: &ImageRef, wanted: &Platform, r: &Report) -> (Verdict, String) {
+    let digest = r
+        .digest
+        .as_deref()
+        .map_or_else(String::new, |d| format!(" ({d})"));
+    let has = r
+        .platforms
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let arn = |message: &str| repository_arn(image.registry.host(), &image.repository, message);
+    let Some(problem) = &r.problem else {
+        let platform = match &r.chosen {
+            Some((p, Fit::Exact)) => format!("the index has {p} for this device ({wanted})"),
+            Some((p, _)) => format!(
+                "the index has no {wanted} image; {p}, which this CPU runs, would be pulled"
+            ),
+            None => format!(
+                "a single-platform image (its platform is in its configuration, not checked; \
+                 this device is {wanted})"
+            ),
+        };
+        let verdict = match &r.chosen {
+            Some((_, Fit::Older)) => Verdict::PullsOlderVariant,
+            _ => Verdict::Pulls,
+        };
+        return (
+            verdict,
+            format!("{image}{digest}: {platform}; a layer's download is allowed"),
+        );
+    };
+    let detail = match problem {
+        Problem::TokenRefused => format!(
+            "{image}: the registry refused the token (HTTP 401): the token is for another \
+             registry or has expired; run `ecr-edge erase` and try again"
+        ),
+        Problem::Denied { action, message } => {
+            let arn = arn(message);
+            let what = match action.as_str() {
+                "ecr:BatchGetImage" => "read the image's manifest",
+                "ecr:GetDownloadUrlForLayer" => "download its layers",
+                "ecr:BatchImportUpstreamImage" => {
+                    "pull it through the cache (the first pull of a pull-through cache \
+                     repository imports it)"
+                }
+                _ => "pull it",
+            };
+            format!(
+                "{image}: this identity may log in but not {what}: it lacks {action} on {arn}. \
+                 Add to its IAM policy (or the repository policy): {{\"Effect\": \"Allow\", \
+                 \"Action\": \"{action}\", \"Resource\": \"{arn}\"}}. The registry said: {message}"
+            )
+        }
+        Problem::NoRepository(_) => format!(
+            "{image}: repository {} does not exist in {} (NAME_UNKNOWN): check the name; if \
+             its first part is a pull-through cache prefix, the first pull creates it and \
+             needs ecr:BatchImportUpstreamImage and ecr:CreateRepository",
+            image.repository, image.registry
+        ),
+        Problem::NoManifest { tags } => format!(
+            "{image}: {} {} is not in repository {} (MANIFEST_UNKNOWN): push it, or check the \
+             tag{}",
+            if image.reference.starts_with("sha256:") {
+                "digest"
+            } else {
+                "tag"
+            },
+            image.reference,
+            image.repository,
+            match tags {
+                Some(t) if !t.is_empty() => format!(" (it has {})", t.join(", ")),
+                _ => String::new(),
+            }
+        ),
+        Problem::NoPlatform => format!(
+            "{image}{digest}: no image for this device ({wanted}); the index has {has}: \
+             build and push one for {wanted} (docker buildx build --platform {wanted})"
+        ),
+        Problem::NoLayer(layer) => format!(
+            "{image}{digest}: the manifest names layer {layer}, which the registry does not \
+             have (BLOB_UNKNOWN): push the image again"
+        ),
+        Problem::Unexpected(what) => format!("{image}: unexpected answer: {what}"),
+        Problem::Network(what) => format!("{image}: {} not reachable: {what}", image.registry),
+    };
+    (Verdict::Fails, detail)
 }
 
 fn with(mut report: Report, problem: Problem) -> Report {

@@ -481,98 +481,15 @@ fn image_checks(
     }
 }
 
-/// One image's finding, in words with the fix.
+/// One image's finding as a check (the words are `images::verdict`'s).
 fn image_check(image: &ImageRef, wanted: &Platform, r: &crate::aws::images::Report) -> Check {
-    use crate::aws::images::{Fit, Problem};
-    let digest = r
-        .digest
-        .as_deref()
-        .map_or_else(String::new, |d| format!(" ({d})"));
-    let has = r
-        .platforms
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let arn = |message: &str| {
-        crate::aws::images::repository_arn(image.registry.host(), &image.repository, message)
+    let (verdict, detail) = crate::aws::images::verdict(image, wanted, r);
+    let status = match verdict {
+        crate::aws::images::Verdict::Pulls => Status::Pass,
+        crate::aws::images::Verdict::PullsOlderVariant => Status::Warn,
+        crate::aws::images::Verdict::Fails => Status::Fail,
     };
-    let Some(problem) = &r.problem else {
-        let platform = match &r.chosen {
-            Some((p, Fit::Exact)) => format!("the index has {p} for this device ({wanted})"),
-            Some((p, _)) => format!(
-                "the index has no {wanted} image; {p}, which this CPU runs, would be pulled"
-            ),
-            None => format!(
-                "a single-platform image (its platform is in its configuration, not checked; \
-                 this device is {wanted})"
-            ),
-        };
-        let status = match &r.chosen {
-            Some((_, Fit::Older)) => Status::Warn,
-            _ => Status::Pass,
-        };
-        return check(
-            "image",
-            status,
-            format!("{image}{digest}: {platform}; a layer's download is allowed"),
-        );
-    };
-    let detail = match problem {
-        Problem::TokenRefused => format!(
-            "{image}: the registry refused the token (HTTP 401): the token is for another \
-             registry or has expired; run `ecr-edge erase` and try again"
-        ),
-        Problem::Denied { action, message } => {
-            let arn = arn(message);
-            let what = match action.as_str() {
-                "ecr:BatchGetImage" => "read the image's manifest",
-                "ecr:GetDownloadUrlForLayer" => "download its layers",
-                "ecr:BatchImportUpstreamImage" => {
-                    "pull it through the cache (the first pull of a pull-through cache \
-                     repository imports it)"
-                }
-                _ => "pull it",
-            };
-            format!(
-                "{image}: this identity may log in but not {what}: it lacks {action} on {arn}. \
-                 Add to its IAM policy (or the repository policy): {{\"Effect\": \"Allow\", \
-                 \"Action\": \"{action}\", \"Resource\": \"{arn}\"}}. The registry said: {message}"
-            )
-        }
-        Problem::NoRepository(_) => format!(
-            "{image}: repository {} does not exist in {} (NAME_UNKNOWN): check the name; if \
-             its first part is a pull-through cache prefix, the first pull creates it and \
-             needs ecr:BatchImportUpstreamImage and ecr:CreateRepository",
-            image.repository, image.registry
-        ),
-        Problem::NoManifest { tags } => format!(
-            "{image}: {} {} is not in repository {} (MANIFEST_UNKNOWN): push it, or check the \
-             tag{}",
-            if image.reference.starts_with("sha256:") {
-                "digest"
-            } else {
-                "tag"
-            },
-            image.reference,
-            image.repository,
-            match tags {
-                Some(t) if !t.is_empty() => format!(" (it has {})", t.join(", ")),
-                _ => String::new(),
-            }
-        ),
-        Problem::NoPlatform => format!(
-            "{image}{digest}: no image for this device ({wanted}); the index has {has}: \
-             build and push one for {wanted} (docker buildx build --platform {wanted})"
-        ),
-        Problem::NoLayer(layer) => format!(
-            "{image}{digest}: the manifest names layer {layer}, which the registry does not \
-             have (BLOB_UNKNOWN): push the image again"
-        ),
-        Problem::Unexpected(what) => format!("{image}: unexpected answer: {what}"),
-        Problem::Network(what) => format!("{image}: {} not reachable: {what}", image.registry),
-    };
-    check("image", Status::Fail, detail)
+    check("image", status, detail)
 }
 
 /// Every registry host the configuration names: `[[registry]]` tables and `[daemon] registries`.

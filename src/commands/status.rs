@@ -136,6 +136,15 @@ pub fn render(r: &StatusReport, now: i64) -> String {
     if !traffic.is_empty() {
         let _ = writeln!(out, "traffic to AWS since start: {}", traffic.join("; "));
     }
+    for i in &r.images {
+        let _ = writeln!(
+            out,
+            "image check ({} ago): {}{}",
+            span(now.saturating_sub(i.checked_at)),
+            if i.ok { "" } else { "FAILS: " },
+            i.detail
+        );
+    }
     if r.registries.is_empty() {
         out.push_str("no registries yet (none configured, none asked for)\n");
     }
@@ -241,6 +250,7 @@ mod tests {
             requests: Default::default(),
             tpm_signatures: 0,
             clock: None,
+            images: Vec::new(),
         };
         let text = render(&r, 1130);
         assert_eq!(

@@ -176,6 +176,36 @@ pub fn render(report: &StatusReport) -> String {
     );
     lines.push(format!("{n} {}", report.tpm_signatures));
     flush(&mut out, &mut lines);
+    if !report.images.is_empty() {
+        let n = family(
+            &mut out,
+            "ecr_edge_image_check_ok",
+            "gauge",
+            "Whether a pull of the image would work, as last checked ([daemon] images): the manifest, this device's platform, the permission to read it and its layers. 1 yes, 0 no.",
+        );
+        for i in &report.images {
+            lines.push(format!(
+                "{n}{{image=\"{}\"}} {}",
+                escape(&i.image),
+                u8::from(i.ok)
+            ));
+        }
+        flush(&mut out, &mut lines);
+        let n = family(
+            &mut out,
+            "ecr_edge_image_check_timestamp_seconds",
+            "gauge",
+            "When the image was last checked, as a Unix time.",
+        );
+        for i in &report.images {
+            lines.push(format!(
+                "{n}{{image=\"{}\"}} {}",
+                escape(&i.image),
+                i.checked_at
+            ));
+        }
+        flush(&mut out, &mut lines);
+    }
     if let Some(clock) = &report.clock {
         let n = family(
             &mut out,
@@ -290,6 +320,7 @@ mod tests {
                 floor: 1_699_990_000,
                 offset_seconds: 1_700_000_000,
             }),
+            images: Vec::new(),
         };
         let text = render(&report);
         assert!(text.contains(

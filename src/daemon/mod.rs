@@ -23,6 +23,7 @@
 //! nothing the daemon serves is written to disk except by a configured sink.
 
 mod endpoint;
+mod images;
 pub mod link;
 mod metrics;
 mod notify;
@@ -295,6 +296,7 @@ pub async fn run(
     }
     tasks.spawn(refresher::schedule_loop(shared.clone()));
     tasks.spawn(link::link_loop(shared.clone()));
+    tasks.spawn(images::images_loop(shared.clone()));
     tasks.spawn(writers::metrics_loop(shared.clone()));
     tasks.spawn(writers::sink_loop(shared.clone()));
     if let Some(every) = notify::watchdog_interval() {

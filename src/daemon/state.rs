@@ -324,6 +324,8 @@ pub(super) struct DaemonSettings {
     pub(super) set_clock: crate::config::SetClock,
     /// Whether link events cut a backoff short.
     pub(super) link_events: bool,
+    /// `[daemon] images`: checked as a pull would.
+    pub(super) images: Vec<String>,
 }
 
 impl DaemonSettings {
@@ -354,6 +356,7 @@ impl DaemonSettings {
             refresh: daemon.refresh,
             set_clock: daemon.set_clock,
             link_events: daemon.link_events,
+            images: daemon.images.clone(),
         }
     }
 
@@ -425,6 +428,8 @@ pub(super) struct State {
     pub(super) device_not_after: Option<i64>,
     /// The last generation handed to an attempt.
     generation: u64,
+    /// `[daemon] images`, each as last checked, by reference.
+    pub(super) image_checks: BTreeMap<String, agent::ImageStatus>,
 }
 
 impl State {
@@ -448,10 +453,10 @@ impl State {
             requests: agent::Requests::default(),
             device_not_after,
             generation: 0,
+            image_checks: BTreeMap::new(),
         }
     }
 
-    /// A generation no attempt has had.
     /// A link event at `now`: each entry in backoff may try at once ([`Entry::link_up`]).
     /// Returns how many moved (none when `[daemon] link_events = false`).
     pub(super) fn link_up(&mut self, now: Instant) -> usize {
@@ -474,6 +479,7 @@ impl State {
             .flatten()
     }
 
+    /// A generation no attempt has had.
     pub(super) fn next_generation(&mut self) -> u64 {
         self.generation += 1;
         self.generation
@@ -631,6 +637,12 @@ impl Shared {
             upstream: agent::Upstream::now(),
             tpm_signatures: crate::tpm::signatures(),
             clock: Some(agent::ClockStatus::now()),
+            images: st
+                .settings
+                .images
+                .iter()
+                .filter_map(|i| st.image_checks.get(i).cloned())
+                .collect(),
             version: crate::version_line(),
             identity: st.settings.identity.to_string(),
             started_at: self.started_at,
