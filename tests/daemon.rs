@@ -771,6 +771,11 @@ fn the_daemon_checks_its_images_and_reports_them() {
         prom = std::fs::read_to_string(&metrics).unwrap_or_default();
     }
     assert!(prom.contains(&sample), "{prom}");
+    let (read, written, connections) = sb.fake.wire(REG);
+    println!(
+        "the daemon's image check (refused at the manifest): {read} bytes sent, {written} \
+         received, {connections} connections"
+    );
     // The platform asked for is this build's (the package matches the device's userland).
     assert!(sb
         .fake

@@ -473,4 +473,9 @@ fn doctor_names_the_permission_an_image_pull_lacks() {
         .fake
         .registry_calls()
         .contains(&("HEAD".to_owned(), "/v2/edge/app/blobs/sha256:1a".to_owned())));
+    let (read, written, connections) = sb.fake.wire(HOST);
+    println!(
+        "doctor --image, two checks against the fake registry: {read} bytes sent, {written} \
+         received, {connections} connections"
+    );
 }

@@ -25,6 +25,9 @@ const TOKEN_WAIT: Duration = Duration::from_secs(120);
 pub(super) async fn images_loop(shared: Arc<Shared>) {
     let mut stopped = std::pin::pin!(shared.stopped());
     let started = Instant::now();
+    // One TLS configuration for every check: its session cache lets the later connections
+    // resume (no certificate chain on the uplink again).
+    let tls = crate::aws::trust::client_config(None);
     let mut wait = SOON;
     loop {
         tokio::select! {
@@ -35,7 +38,7 @@ pub(super) async fn images_loop(shared: Arc<Shared>) {
         let mut waiting_for_tokens = false;
         for text in list {
             let checked = tokio::select! {
-                c = check(&shared, &text) => c,
+                c = check(&shared, &text, &tls) => c,
                 _ = &mut stopped => return,
             };
             let Some(status) = checked else {
@@ -71,7 +74,11 @@ pub(super) async fn images_loop(shared: Arc<Shared>) {
 }
 
 /// One image checked with the token held for its registry; `None` while none is held.
-async fn check(shared: &Shared, text: &str) -> Option<ImageStatus> {
+async fn check(
+    shared: &Shared,
+    text: &str,
+    tls: &Result<Arc<rustls::ClientConfig>, crate::aws::trust::TrustError>,
+) -> Option<ImageStatus> {
     let now = crate::token::now();
     let failed = |detail: String| ImageStatus {
         image: text.to_owned(),
@@ -97,8 +104,8 @@ async fn check(shared: &Shared, text: &str) -> Option<ImageStatus> {
             "{text}: this build's platform has no image name"
         )));
     };
-    let tls = match crate::aws::trust::client_config(None) {
-        Ok(t) => t,
+    let tls = match tls {
+        Ok(t) => t.clone(),
         Err(e) => return Some(failed(format!("{text}: TLS: {e}"))),
     };
     let limit = shared.deadline * 4;
