@@ -110,8 +110,8 @@ fn open() -> nix::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Reads datagrams on a thread of the blocking pool (tokio registers only sockets it made
-/// itself without `unsafe`) until shutdown, notifying `events` for each that says the link
+/// Reads datagrams on a thread of its own (tokio registers only sockets it made itself without
+/// `unsafe`) until shutdown, notifying `events` for each that says the link
 /// may be back. A lost datagram (`ENOBUFS`: the kernel dropped events while nobody read)
 /// counts as one: something happened.
 fn read_events(socket: &OwnedFd, shared: &Shared, events: &Notify) {
@@ -153,10 +153,24 @@ pub(super) async fn link_loop(shared: Arc<Shared>) {
         }
     };
     let events = Arc::new(Notify::new());
-    let reader = {
+    // A thread of its own, not the runtime's blocking pool: a blocking task in flight would
+    // also hold back a paused test clock. It says when it has ended.
+    let (ended, reader) = tokio::sync::oneshot::channel::<()>();
+    let spawned = {
         let (shared, events) = (shared.clone(), events.clone());
-        tokio::task::spawn_blocking(move || read_events(&socket, &shared, &events))
+        std::thread::Builder::new()
+            .name("ecr-edge-link".into())
+            .spawn(move || {
+                read_events(&socket, &shared, &events);
+                let _ = ended.send(());
+            })
     };
+    if let Err(e) = spawned {
+        tracing::info!(
+            "link events not watched ({e}): after a failure the daemon waits out its backoff"
+        );
+        return;
+    }
     let mut stopped = std::pin::pin!(shared.stopped());
     loop {
         tokio::select! {
