@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ecr_edge::internal::schedule;
+use ecr_edge::internal::{schedule, shadow};
 use support::iot::FakeIot;
 use support::Sandbox;
 
@@ -253,6 +253,66 @@ fn main() {
         sts_resumed,
     );
 
+    // Fleet health: updates to the IoT shadow, with the daemon's own client (the fake IoT
+    // endpoint plays the data endpoint too), full then resumed; their count from a simulated
+    // day with the daemon's buckets, interval and backoff.
+    let gap = Duration::from_secs(600);
+    let hour = Duration::from_secs(3600);
+    let mut jitter = schedule::SeededJitter::new(28);
+    let healthy = shadow::simulate_day(shadow::Trouble::None, gap, &mut jitter);
+    let refused = shadow::simulate_day(
+        shadow::Trouble::Refused(2 * hour, 12 * hour),
+        gap,
+        &mut jitter,
+    );
+    let down = shadow::simulate_day(
+        shadow::Trouble::UplinkDown(2 * hour, 6 * hour),
+        gap,
+        &mut jitter,
+    );
+    let mut cfg = ecr_edge::internal::config::parse(&iot_config)
+        .unwrap()
+        .iot
+        .unwrap();
+    // The fakes' CA, which the sandbox's programs trust through SSL_CERT_FILE.
+    cfg.ca = sb
+        .vars
+        .iter()
+        .find(|(k, _)| k == "SSL_CERT_FILE")
+        .map(|(_, v)| PathBuf::from(v));
+    let device =
+        ecr_edge::internal::iot::Device::load(&cfg, ecr_edge::internal::token::now()).unwrap();
+    let tls = shadow::tls(&device);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let update = || {
+        let before = iot_wire(&iot);
+        let version = runtime
+            .block_on(shadow::update(
+                tls.clone(),
+                &iot.endpoint,
+                support::iot::THING_NAME,
+                refused.document.clone(),
+            ))
+            .unwrap();
+        assert!(version > 0);
+        // The fake counts the connection's close after the answer.
+        std::thread::sleep(Duration::from_millis(200));
+        iot_wire(&iot).minus(before)
+    };
+    let shadow_full = update();
+    let shadow_resumed = update();
+    row(
+        &format!(
+            "IoT shadow update, first (full mutual-TLS handshake, {}-byte body)",
+            refused.document.len()
+        ),
+        shadow_full,
+    );
+    row("IoT shadow update, later (session resumed)", shadow_resumed);
+
     // A day: the default schedule's refreshes, simulated over a year.
     let mut jitter = schedule::SeededJitter::new(18);
     let life = schedule::usable_life(schedule::MAX_TOKEN_LIFE);
@@ -306,6 +366,20 @@ fn main() {
     day(
         "ecr-edge, IoT identity, 3 registries, 2 through roles",
         per_day(r3, resumed, x3, iot_resumed) + 2.0 * r1 * sts_resumed.total() as f64,
+    );
+    let with_shadow = |what: &str, d: &shadow::Day| {
+        let n = d.updates - 1;
+        day(
+            &format!("  + shadow report, {what} ({n} updates after the start)"),
+            f64::from(n) * shadow_resumed.total() as f64,
+        );
+    };
+    with_shadow("healthy day", &healthy);
+    with_shadow("6-hour uplink outage", &down);
+    with_shadow("ECR refusing for 12 h", &refused);
+    day(
+        "  + shadow report, a daemon start (full handshake)",
+        shadow_full.total() as f64,
     );
     day(
         "before session reuse: static keys, 1 registry",

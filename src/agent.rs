@@ -103,7 +103,7 @@ impl fmt::Debug for Reply {
 }
 
 /// The daemon's state, for `ecr-edge status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
     /// The schema of this report: [`STATUS_SCHEMA`]. Fields are only ever added; a reader of
     /// an older schema ignores the new ones (0: a daemon from before the schema was numbered).
@@ -143,6 +143,33 @@ pub struct StatusReport {
     /// The images the daemon checks (`[daemon] images`), each as last checked. Schema 5.
     #[serde(default)]
     pub images: Vec<ImageStatus>,
+    /// The fleet-health reports to the IoT shadow, when `[iot] shadow_endpoint` is set.
+    /// Schema 6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStatus>,
+}
+
+/// The daemon's reports to its IoT named shadow (src/daemon/shadow.rs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowStatus {
+    /// `host[:port]` of the IoT data endpoint.
+    pub endpoint: String,
+    /// Updates the service accepted since the daemon started.
+    pub updates: u64,
+    /// Updates that did not land.
+    pub failures: u64,
+    /// When the last accepted update was sent (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_at: Option<i64>,
+    /// The shadow's version after it.
+    #[serde(default)]
+    pub version: u64,
+    /// Why the last update did not land, cleared by one that does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The document last accepted: the `reported` state, as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported: Option<serde_json::Value>,
 }
 
 /// One image the daemon checked as a pull would.
@@ -226,8 +253,9 @@ impl Upstream {
 
 /// The schema number [`StatusReport`] carries (2: counters, certificate and credential
 /// expiries, per-registry refresh outcomes and source, upstream traffic; 3: TPM signatures;
-/// 4: the clock; 5: each registry's offline runway, the image checks).
-pub const STATUS_SCHEMA: u32 = 5;
+/// 4: the clock; 5: each registry's offline runway, the image checks; 6: each registry's last
+/// error class, the shadow reports).
+pub const STATUS_SCHEMA: u32 = 6;
 
 /// Requests on the socket since the daemon started, by answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,6 +331,10 @@ pub struct RegistryStatus {
     pub last_refresh: Option<i64>,
     /// The last failure's message, cleared by a success.
     pub last_error: Option<String>,
+    /// The last failure's class (an outcome name: `unreachable`, `denied`, …), cleared by a
+    /// success. Schema 6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_class: Option<String>,
     /// Failures since the last success.
     pub failures: u32,
     /// When the next refresh attempt is due.
@@ -314,8 +346,8 @@ pub struct RegistryStatus {
     #[serde(default)]
     pub refreshes: Outcomes,
     /// The offline runway: seconds that pulls keep working if the uplink died now. The held
-    /// token's usable life; with a source that needs a live exchange (an `[iot]` identity),
-    /// no longer than the role credentials the daemon holds. 0 without a usable token.
+    /// token's usable life (ECR's `expiresAt`, which the role credentials that fetched it do
+    /// not shorten). 0 without a usable token.
     #[serde(default)]
     pub runway_seconds: i64,
 }

@@ -303,6 +303,20 @@ pub struct IotConfig {
     /// Accept a private key that group or others can read. Off: such a key is refused.
     #[serde(default)]
     pub allow_insecure_key_permissions: bool,
+    /// The IoT data endpoint (`<prefix>-ats.iot.<region>.amazonaws.com`, `iot:Data-ATS`),
+    /// optionally with `:port`: when set, the daemon reports its health to the thing's named
+    /// shadow `ecr-edge` (src/daemon/shadow.rs). Off when unset.
+    pub shadow_endpoint: Option<String>,
+    /// The least time between two shadow updates, in seconds (60 to 86400).
+    #[serde(default = "default_shadow_min_interval")]
+    pub shadow_min_interval: u64,
+}
+
+/// `[iot] shadow_min_interval` when unset: ten minutes.
+pub const DEFAULT_SHADOW_MIN_INTERVAL: u64 = 600;
+
+fn default_shadow_min_interval() -> u64 {
+    DEFAULT_SHADOW_MIN_INTERVAL
 }
 
 /// Where the device's private key lives (`[iot] key`).
@@ -709,22 +723,41 @@ fn validate_daemon(d: &DaemonConfig) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_iot(iot: &IotConfig) -> Result<(), String> {
-    let (host, port) = match iot.endpoint.rsplit_once(':') {
+/// Whether `endpoint` is `host[:port]`: a DNS name, no scheme, no path.
+fn is_host_port(endpoint: &str) -> bool {
+    let (host, port) = match endpoint.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
-        None => (iot.endpoint.as_str(), None),
+        None => (endpoint, None),
     };
     let host_ok = !host.is_empty()
         && host.len() <= 253
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n != 0));
-    if !host_ok || !port_ok {
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n != 0))
+}
+
+fn validate_iot(iot: &IotConfig) -> Result<(), String> {
+    if !is_host_port(&iot.endpoint) {
         return Err(format!(
             "[iot] endpoint must be a host name such as \
              c1a2b3example.credentials.iot.us-west-2.amazonaws.com (no https://, no path), got {:?}",
             iot.endpoint
+        ));
+    }
+    if let Some(shadow) = &iot.shadow_endpoint {
+        if !is_host_port(shadow) {
+            return Err(format!(
+                "[iot] shadow_endpoint must be a host name such as \
+                 c1a2b3example-ats.iot.us-west-2.amazonaws.com (`aws iot describe-endpoint \
+                 --endpoint-type iot:Data-ATS`; no https://, no path), got {shadow:?}"
+            ));
+        }
+    }
+    if !(60..=86_400).contains(&iot.shadow_min_interval) {
+        return Err(format!(
+            "[iot] shadow_min_interval must be 60 to 86400 seconds, got {}",
+            iot.shadow_min_interval
         ));
     }
     let name_ok = |s: &str| {
@@ -1060,7 +1093,11 @@ profile = "vendor"
             ca,
             role_arn,
             allow_insecure_key_permissions,
+            shadow_endpoint,
+            shadow_min_interval,
         } = iot.unwrap();
+        assert!(shadow_endpoint.is_some());
+        assert_eq!(shadow_min_interval, DEFAULT_SHADOW_MIN_INTERVAL);
         for s in [&endpoint, &role_alias, &thing_name] {
             assert!(!s.is_empty());
         }

@@ -118,9 +118,14 @@ pub mod internal {
     pub mod input {
         pub use crate::oracles::{echoed_run, named_host, REFUSAL_WORDS};
     }
-    /// The IoT provider's answer parser.
+    /// The IoT provider's answer parser, and the device identity.
     pub mod iot {
-        pub use crate::aws::iot::parse_response;
+        pub use crate::aws::iot::{parse_response, Device};
+    }
+    /// Fleet health in an IoT shadow: one update, and a simulated day of them.
+    pub mod shadow {
+        pub use crate::aws::shadow::{parse_answer, tls, update};
+        pub use crate::daemon::shadow::{simulate_day, Day, Trouble};
     }
     /// The kubelet credential provider and its installed configuration.
     pub mod kubelet {

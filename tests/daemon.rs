@@ -680,7 +680,7 @@ fn refresh_tops_up_now_and_prints_the_runway() {
     d.wait_notify("READY=1", Duration::from_secs(20));
     assert_eq!(ecr_calls(&sb), 1);
     let status = status_json(&sb);
-    assert_eq!(status["schema"], 5);
+    assert_eq!(status["schema"], 6);
     let runway = status["registries"][0]["runway_seconds"].as_i64().unwrap();
     // A 12-hour token, usable until 5 minutes before its end.
     assert!((42_000..=42_901).contains(&runway), "{status}");

@@ -713,3 +713,185 @@ fn a_systemd_credential_key_is_read_from_the_credentials_directory() {
     assert_eq!(s.iot.calls().len(), 1);
     assert!(s.sb.fake.calls()[0].authentic);
 }
+
+/// Polls until `f` holds, for at most `within`.
+fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// Fleet health in AWS IoT: with `[iot] shadow_endpoint` the daemon reports once its first
+/// round is done, to the thing's named shadow `ecr-edge`, over mutual TLS with the device
+/// certificate and the ALPN protocol AWS IoT wants on port 443; a refresh that leaves every
+/// value in its bucket sends nothing; a value that changes bucket is sent, but not before
+/// `shadow_min_interval` after the last update.
+#[test]
+fn the_daemon_reports_fleet_health_to_its_named_shadow() {
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    let config = s.config(&format!(
+        "shadow_endpoint = \"{}\"\nshadow_min_interval = 60\n[daemon]\nregistries = [\"{HOST}\"]\n",
+        s.iot.endpoint
+    ));
+    let d = crate::daemon::Daemon::start(&mut s.sb, &config);
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    assert!(
+        until(Duration::from_secs(20), || !s
+            .iot
+            .shadow_updates()
+            .is_empty()),
+        "no shadow update: {}",
+        d.log()
+    );
+    let first_at = Instant::now();
+    let updates = s.iot.shadow_updates();
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    let u = &updates[0];
+    assert_eq!(u.status, 200);
+    assert_eq!(u.path, format!("/things/{THING_NAME}/shadow?name=ecr-edge"));
+    assert_eq!(u.alpn.as_deref(), Some(&b"x-amzn-http-ca"[..]));
+    let device_cert = crate::support::iot::der_of(&std::fs::read(&s.cert).unwrap());
+    assert_eq!(u.client_cert.as_ref(), Some(&device_cert));
+    let doc: serde_json::Value = serde_json::from_slice(&u.body).unwrap();
+    let r = &doc["state"]["reported"];
+    assert_eq!(r["version"], env!("CARGO_PKG_VERSION"), "{doc}");
+    assert_eq!(r["runway_min_h"], 4.0, "a 12-hour token: at least 4 hours");
+    assert_eq!(r["runway"][0]["registry"], HOST);
+    assert_eq!(r["last_error"], "none");
+    assert_eq!(r["clock_offset_s"], 0);
+    assert!(r["cert_days"].as_i64().is_some(), "{doc}");
+    assert_eq!(r["images_checked"], 0);
+    println!("shadow document: {} bytes: {}", u.body.len(), doc);
+
+    let status = crate::daemon::status_json(&s.sb);
+    assert_eq!(status["shadow"]["updates"], 1, "{status}");
+    assert_eq!(status["shadow"]["version"], 1);
+    assert_eq!(&status["shadow"]["reported"], r);
+    let data = upstream(&status, "iot_data");
+    assert_eq!(data["requests"], 1, "{status}");
+    println!(
+        "first update on the wire: {} bytes sent, {} received (full handshake)",
+        data["bytes_sent"], data["bytes_received"]
+    );
+
+    // A refresh that keeps the runway in its bucket: nothing sent.
+    let (code, out, err) = refresh_now(&s.sb);
+    assert_eq!(code, Some(0), "{out}{err}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        s.iot.shadow_updates().len(),
+        1,
+        "unchanged buckets send nothing"
+    );
+
+    // A 3-hour token moves the runway to the 2-hour bucket: sent, after the interval.
+    s.sb.fake.set_lifetime(3.0 * 3600.0);
+    let (code, out, err) = refresh_now(&s.sb);
+    assert_eq!(code, Some(0), "{out}{err}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        s.iot.shadow_updates().len(),
+        1,
+        "not before the interval since the last update"
+    );
+    assert!(
+        until(Duration::from_secs(75), || s.iot.shadow_updates().len()
+            == 2),
+        "the changed bucket was not sent: {}",
+        d.log()
+    );
+    assert!(first_at.elapsed() >= Duration::from_secs(55));
+    let second = &s.iot.shadow_updates()[1];
+    let doc: serde_json::Value = serde_json::from_slice(&second.body).unwrap();
+    assert_eq!(doc["state"]["reported"]["runway_min_h"], 2.0, "{doc}");
+    let status = crate::daemon::status_json(&s.sb);
+    let data = upstream(&status, "iot_data");
+    println!(
+        "two updates on the wire: {} bytes sent, {} received; resumed handshakes {}",
+        data["bytes_sent"], data["bytes_received"], data["tls_resumed"]
+    );
+    assert!(!d.log().contains(crate::support::SECRET_ACCESS_KEY));
+}
+
+/// A refused shadow update is named in words with its fix (the policy statement for a 403;
+/// the registration for a certificate the endpoint does not accept) in `status` and the
+/// journal, and the daemon keeps serving tokens.
+#[test]
+fn refused_shadow_updates_say_what_to_fix() {
+    let mut s = IotSandbox::new(KeyKind::EcPkcs8, Validity::Current);
+    s.iot.set_shadow_mode(IotMode::Status(403, "Forbidden"));
+    let endpoint = s.iot.endpoint.clone();
+    let (mut d, e) = first_shadow_failure(&mut s, &endpoint);
+    assert!(e.contains("403 Forbidden"), "{e}");
+    assert!(
+        e.contains(&format!(
+            "iot:UpdateThingShadow on arn:aws:iot:REGION:ACCOUNT:thing/{THING_NAME}/ecr-edge"
+        )),
+        "{e}"
+    );
+    assert!(d.log().contains("iot:UpdateThingShadow"), "{}", d.log());
+    let out =
+        s.sb.command_for(&support::binary(), "status")
+            .output()
+            .unwrap();
+    let text = crate::support::text(&out.stdout);
+    assert!(
+        text.contains("fleet health: the last update did not land"),
+        "{text}"
+    );
+    assert!(s.get().status.success());
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    d.wait_exit(Duration::from_secs(10));
+
+    // An endpoint that does not know the device's CA refuses the handshake.
+    let stranger = FakeIot::start(&s.sb.ca, &TestCa::new());
+    let (_d, e) = first_shadow_failure(&mut s, &stranger.endpoint);
+    assert!(e.contains("refused the TLS handshake"), "{e}");
+    assert!(e.contains("registered and active"), "{e}");
+    assert!(stranger.shadow_updates().is_empty());
+}
+
+/// Starts the daemon reporting to `endpoint` and waits for its first failed update: the
+/// daemon and the status's `last_error`.
+fn first_shadow_failure(s: &mut IotSandbox, endpoint: &str) -> (crate::daemon::Daemon, String) {
+    let config = s.config(&format!(
+        "shadow_endpoint = \"{endpoint}\"\n[daemon]\nregistries = [\"{HOST}\"]\n"
+    ));
+    let d = crate::daemon::Daemon::start(&mut s.sb, &config);
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let mut status = serde_json::Value::Null;
+    assert!(
+        until(Duration::from_secs(20), || {
+            status = crate::daemon::status_json(&s.sb);
+            status["shadow"]["failures"] == 1
+        }),
+        "{status}"
+    );
+    let e = status["shadow"]["last_error"].as_str().unwrap().to_owned();
+    (d, e)
+}
+
+/// The `upstream` entry of `endpoint` in a status report.
+fn upstream(status: &serde_json::Value, endpoint: &str) -> serde_json::Value {
+    status["upstream"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["endpoint"] == endpoint)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {endpoint} in {status}"))
+}
+
+fn refresh_now(sb: &Sandbox) -> (Option<i32>, String, String) {
+    let mut c = support::command(&support::binary());
+    c.arg("refresh")
+        .env_clear()
+        .envs(sb.vars.iter().map(|(k, v)| (k, v)));
+    let out = c.output().unwrap();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}

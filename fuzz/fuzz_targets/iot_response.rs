@@ -1,6 +1,8 @@
-//! The AWS IoT credentials provider's answer (any status, any body).
+//! AWS IoT's answers (any status, any body): the credentials provider's, and the Device Shadow
+//! service's to an update.
 #![no_main]
 use ecr_edge::internal::iot::parse_response;
+use ecr_edge::internal::shadow::parse_answer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,6 +19,14 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             let s = e.to_string();
             assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
+        }
+    }
+    match parse_answer(status, body, "a1b2c3-ats.iot.eu-west-1.amazonaws.com", "pi-7") {
+        Ok(_) => assert_eq!(status, 200),
+        Err(e) => {
+            let s = e.to_string();
+            assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
+            assert!(s.len() < 1024, "{s:?}");
         }
     }
 });

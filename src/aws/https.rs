@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use rustls::pki_types::ServerName;
 use rustls::HandshakeKind::Resumed;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -225,12 +225,14 @@ pub async fn get(
         port,
         path,
         headers,
+        Bytes::new(),
         limit,
     )
     .await
 }
 
-/// [`get`] with another method (`HEAD`: no body is read).
+/// [`get`] with another method (`HEAD`: no body is read) and a request `body` (empty: none
+/// sent).
 ///
 /// # Errors
 /// As [`get`].
@@ -243,6 +245,7 @@ pub async fn request(
     port: u16,
     path: &str,
     headers: &[(&str, &str)],
+    body: Bytes,
     limit: usize,
 ) -> Result<Response, HttpsError> {
     let server_name =
@@ -276,7 +279,7 @@ pub async fn request(
         request = request.header(*name, *value);
     }
     let request = request
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(body))
         .map_err(|e| HttpsError::Invalid(e.to_string()))?;
     // With TLS 1.3 a refused client certificate shows up here, on the first read.
     let response = sender

@@ -283,6 +283,7 @@ pub async fn check(
                 443,
                 &path,
                 &headers,
+                bytes::Bytes::new(),
                 MANIFEST_LIMIT,
             )
             .await

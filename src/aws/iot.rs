@@ -860,31 +860,45 @@ async fn attempt(cfg: &IotConfig, device: &Device) -> Result<(u16, Bytes), IotEr
     }
 }
 
-/// [`attempt`] on a thread and runtime of its own, bounded by `left` there too: a TPM signs the
-/// handshake synchronously (as long as its driver lets it take), and the caller's runtime (the
-/// daemon's, serving tokens) must not stop meanwhile. An exchange is rare (a few a day), so
-/// the thread and runtime cost nothing that matters. The answer is handed over at once; the
-/// thread then lets the connection close the TLS way (its task, bounded by
-/// [`crate::aws::https::CLOSE_WAIT`]), as it would on the caller's runtime.
+/// [`attempt`] on a thread and runtime of its own ([`on_own_thread`]).
 async fn attempt_on_own_thread(
     cfg: &IotConfig,
     device: &Device,
     left: Duration,
 ) -> Result<(u16, Bytes), IotError> {
     let (cfg, device) = (cfg.clone(), device.clone());
-    let unstarted = |detail: String| IotError::Unreachable {
-        endpoint: cfg.endpoint.clone(),
-        detail,
-    };
+    let endpoint = cfg.endpoint.clone();
+    on_own_thread(left, move || async move { attempt(&cfg, &device).await })
+        .await
+        .unwrap_or_else(|detail| Err(IotError::Unreachable { endpoint, detail }))
+}
+
+/// Runs `work` on a thread and runtime of its own, bounded by `left` there too: a TPM signs a
+/// handshake synchronously (as long as its driver lets it take), and the caller's runtime (the
+/// daemon's, serving tokens) must not stop meanwhile. Calls with the device key are rare (a
+/// few a day), so the thread and runtime cost nothing that matters. The answer is handed over
+/// at once; the thread then lets the connection close the TLS way (its task, bounded by
+/// [`crate::aws::https::CLOSE_WAIT`]), as it would on the caller's runtime. Never completes
+/// when `left` runs out first: the caller's own timeout says what ran out.
+///
+/// # Errors
+/// Why the thread could not run `work`, in words.
+pub(crate) async fn on_own_thread<T, F>(
+    left: Duration,
+    work: impl FnOnce() -> F + Send + 'static,
+) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T>,
+{
     let (answer, answered) = tokio::sync::oneshot::channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| unstarted(format!("the exchange's runtime could not start: {e}")))?;
-    let endpoint = cfg.endpoint.clone();
+        .map_err(|e| format!("a runtime for the device key could not start: {e}"))?;
     tokio::task::spawn_blocking(move || {
         runtime.block_on(async {
-            let _ = answer.send(tokio::time::timeout(left, attempt(&cfg, &device)).await);
+            let _ = answer.send(tokio::time::timeout(left, work()).await);
             let until = tokio::time::Instant::now() + crate::aws::https::CLOSE_WAIT;
             while tokio::runtime::Handle::current()
                 .metrics()
@@ -897,13 +911,9 @@ async fn attempt_on_own_thread(
         });
     });
     match answered.await {
-        Ok(Ok(result)) => result,
-        // The caller's own timeout says what ran out.
+        Ok(Ok(result)) => Ok(result),
         Ok(Err(_elapsed)) => std::future::pending().await,
-        Err(_) => Err(IotError::Unreachable {
-            endpoint,
-            detail: "the exchange's thread stopped".into(),
-        }),
+        Err(_) => Err("the device key's thread stopped".into()),
     }
 }
 
@@ -978,10 +988,11 @@ pub struct IotProvider {
 /// device, inode, size and modification time of each (a rotation renames new files into
 /// place, which changes the inode).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamps(Vec<(u64, u64, u64, i64, i64)>);
+pub struct FileStamps(Vec<(u64, u64, u64, i64, i64)>);
 
 impl FileStamps {
-    fn of(cfg: &IotConfig) -> Option<FileStamps> {
+    /// The stamps of `cfg`'s certificate and key files; `None` when one cannot be read.
+    pub fn of(cfg: &IotConfig) -> Option<FileStamps> {
         let stamp = |p: &Path| {
             std::fs::metadata(p)
                 .ok()

@@ -1,6 +1,7 @@
-//! Talking to AWS: the ECR token call, the IoT certificate exchange, naming the credential
-//! source, and the network underneath them all (one TLS trust policy, name resolution bounded
-//! by the caller's deadline, one HTTP client for the SDK and the rest, every byte counted).
+//! Talking to AWS: the ECR token call, the IoT certificate exchange and device shadow, naming
+//! the credential source, and the network underneath them all (one TLS trust policy, name
+//! resolution bounded by the caller's deadline, one HTTP client for the SDK and the rest,
+//! every byte counted).
 
 pub mod cert;
 pub mod credentials;
@@ -10,6 +11,7 @@ pub mod https;
 pub mod images;
 pub mod iot;
 mod outcome;
+pub mod shadow;
 pub mod traffic;
 pub mod trust;
 

@@ -21,6 +21,8 @@ pub enum Endpoint {
     EcrPublic,
     /// The IoT credentials provider (`….credentials.iot.<region>.amazonaws.com`).
     Iot,
+    /// The IoT data endpoint (`…-ats.iot.<region>.amazonaws.com`): the shadow reports.
+    IotData,
     /// `sts.<region>.amazonaws.com`: role hops and web identities.
     Sts,
     /// Anything else the SDK reaches (the instance metadata service, SSO, a custom endpoint
@@ -30,10 +32,11 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every kind, in the order reports list them.
-    pub const ALL: [Endpoint; 5] = [
+    pub const ALL: [Endpoint; 6] = [
         Endpoint::Ecr,
         Endpoint::EcrPublic,
         Endpoint::Iot,
+        Endpoint::IotData,
         Endpoint::Sts,
         Endpoint::Other,
     ];
@@ -44,6 +47,7 @@ impl Endpoint {
             Endpoint::Ecr => "ecr",
             Endpoint::EcrPublic => "ecr_public",
             Endpoint::Iot => "iot",
+            Endpoint::IotData => "iot_data",
             Endpoint::Sts => "sts",
             Endpoint::Other => "other",
         }
@@ -88,7 +92,7 @@ struct Counters {
     received: AtomicU64,
 }
 
-static COUNTERS: [Counters; 5] = [const {
+static COUNTERS: [Counters; Endpoint::ALL.len()] = [const {
     Counters {
         requests: AtomicU64::new(0),
         connections: AtomicU64::new(0),
@@ -96,7 +100,7 @@ static COUNTERS: [Counters; 5] = [const {
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
     }
-}; 5];
+}; Endpoint::ALL.len()];
 
 /// One endpoint kind's totals since the process started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -145,6 +145,23 @@ pub fn render(r: &StatusReport, now: i64) -> String {
             i.detail
         );
     }
+    if let Some(s) = &r.shadow {
+        let last = s.last_update_at.map_or(String::new(), |t| {
+            format!(
+                ", the last {} ago (version {})",
+                span(now.saturating_sub(t)),
+                s.version
+            )
+        });
+        let _ = writeln!(
+            out,
+            "fleet health: {} updates to the IoT shadow ecr-edge at {}{last}",
+            s.updates, s.endpoint
+        );
+        if let Some(e) = &s.last_error {
+            let _ = writeln!(out, "fleet health: the last update did not land: {e}");
+        }
+    }
     if r.registries.is_empty() {
         out.push_str("no registries yet (none configured, none asked for)\n");
     }
@@ -218,6 +235,7 @@ mod tests {
                     expires_at: Some(1000 + 43_200),
                     last_refresh: Some(1000),
                     last_error: None,
+                    last_error_class: None,
                     failures: 0,
                     next_attempt: Some(1000 + 20_000),
                     source: "the AWS default credential chain".into(),
@@ -230,6 +248,7 @@ mod tests {
                     expires_at: None,
                     last_refresh: None,
                     last_error: Some("cannot reach api.ecr-public.us-east-1.amazonaws.com".into()),
+                    last_error_class: None,
                     failures: 3,
                     next_attempt: None,
                     source: "the AWS default credential chain".into(),
@@ -251,6 +270,7 @@ mod tests {
             tpm_signatures: 0,
             clock: None,
             images: Vec::new(),
+            shadow: None,
         };
         let text = render(&r, 1130);
         assert_eq!(

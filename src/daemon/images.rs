@@ -57,6 +57,7 @@ pub(super) async fn images_loop(shared: Arc<Shared>) {
                 };
                 shared.lock().image_checks.insert(text, status);
                 shared.metrics_due.notify_one();
+                shared.shadow_due.notify_one();
                 continue;
             };
             if !status.ok {
@@ -64,6 +65,7 @@ pub(super) async fn images_loop(shared: Arc<Shared>) {
             }
             shared.lock().image_checks.insert(text, status);
             shared.metrics_due.notify_one();
+            shared.shadow_due.notify_one();
         }
         wait = if waiting_for_tokens && started.elapsed() < TOKEN_WAIT {
             SOON

@@ -57,7 +57,7 @@ pub fn render(report: &StatusReport) -> String {
         ),
         (
             "ecr_edge_offline_runway_seconds",
-            "Seconds pulls keep working if the uplink died now: the held token's usable life (with an [iot] identity, no longer than the role credentials'), as of the file's last write (at least every 5 minutes).",
+            "Seconds pulls keep working if the uplink died now: the held token's usable life, as of the file's last write (at least every 5 minutes).",
             |r| Some(r.runway_seconds),
         ),
         (
@@ -294,6 +294,7 @@ mod tests {
                 expires_at: Some(1_700_043_200),
                 last_refresh: Some(1_700_000_000),
                 last_error: None,
+                last_error_class: None,
                 failures: 0,
                 next_attempt: None,
                 source: "the AWS default credential chain".into(),
@@ -321,6 +322,7 @@ mod tests {
                 offset_seconds: 1_700_000_000,
             }),
             images: Vec::new(),
+            shadow: None,
         };
         let text = render(&report);
         assert!(text.contains(

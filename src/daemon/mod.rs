@@ -9,6 +9,7 @@
 //! - `server`: the Unix socket, one task per connection, at most [`MAX_CONNECTIONS`]; the
 //!   same accept helper serves the local credentials endpoint (`endpoint`);
 //! - `writers`: sink files and the metrics file (file work on a blocking thread);
+//! - `images` and `shadow`: the image checks and the fleet-health report to AWS IoT;
 //! - the systemd watchdog, and reloads on request (SIGHUP: [`reload`]).
 //!
 //! Shutdown is one signal every task selects on ([`state::Shared::stopped`]); `run` returns
@@ -31,6 +32,7 @@ mod peer;
 mod refresher;
 pub mod schedule;
 mod server;
+pub mod shadow;
 pub mod sink;
 mod state;
 mod writers;
@@ -297,6 +299,7 @@ pub async fn run(
     tasks.spawn(refresher::schedule_loop(shared.clone()));
     tasks.spawn(link::link_loop(shared.clone()));
     tasks.spawn(images::images_loop(shared.clone()));
+    tasks.spawn(shadow::shadow_loop(shared.clone()));
     tasks.spawn(writers::metrics_loop(shared.clone()));
     tasks.spawn(writers::sink_loop(shared.clone()));
     if let Some(every) = notify::watchdog_interval() {
@@ -429,6 +432,7 @@ async fn reload(shared: &Arc<Shared>) {
     shared.wake.notify_one();
     shared.sinks_due.notify_one();
     shared.metrics_due.notify_one();
+    shared.shadow_due.notify_one();
     shared
         .notifier
         .send(&format!("READY=1\nSTATUS={}", shared.status_line()));

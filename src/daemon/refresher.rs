@@ -88,6 +88,7 @@ fn start_due(
     if st.entries.len() != before {
         shared.sinks_due.notify_one();
         shared.metrics_due.notify_one();
+        shared.shadow_due.notify_one();
     }
     let mut due = Vec::new();
     let mut next_due: Option<Instant> = None;
@@ -239,6 +240,7 @@ async fn refresh(
     }
     shared.sinks_due.notify_one();
     shared.metrics_due.notify_one();
+    shared.shadow_due.notify_one();
     mark_ready_if_done(shared);
     shared.changed.notify_waiters();
     shared.wake.notify_one();

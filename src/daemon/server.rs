@@ -498,7 +498,6 @@ async fn refresh(
             };
             if timed_out || ends.iter().all(ended) {
                 let now = Instant::now();
-                let wall = crate::token::now();
                 return Reply::Refreshed(
                     ends.iter()
                         .map(|(host, end)| {
@@ -513,8 +512,7 @@ async fn refresh(
                             agent::Refreshed {
                                 registry: host.clone(),
                                 error,
-                                runway_seconds: e
-                                    .map_or(0, |e| e.runway(now, wall, st.live_until(host))),
+                                runway_seconds: e.map_or(0, |e| e.runway(now)),
                             }
                         })
                         .collect(),

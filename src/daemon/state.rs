@@ -90,6 +90,8 @@ pub(super) struct Entry {
     pub(super) held: Option<Held>,
     pub(super) last_refresh: Option<i64>,
     pub(super) last_error: Option<String>,
+    /// The class of the last failure ([`crate::aws::Outcome`]), cleared by a success.
+    pub(super) last_error_class: Option<crate::aws::Outcome>,
     pub(super) backoff: Backoff,
     pub(super) phase: Phase,
     /// Attempts completed; a waiting client watches it move.
@@ -131,6 +133,7 @@ impl Entry {
             held: None,
             last_refresh: None,
             last_error: None,
+            last_error_class: None,
             backoff: Backoff::new(cap),
             phase: park(mode, now),
             attempts: 0,
@@ -224,19 +227,15 @@ impl Entry {
         }
     }
 
-    /// The offline runway at `now` (`wall`: the wall clock then), seconds: the held token's
-    /// usable life, and no longer than `live_until` (when the role credentials of a source
-    /// that needs a live exchange run out). 0 without a usable token.
-    pub(super) fn runway(&self, now: Instant, wall: i64, live_until: Option<i64>) -> i64 {
-        let Some(h) = self.usable(now) else {
-            return 0;
-        };
-        let secs = h.unusable_at().saturating_duration_since(now).as_secs();
-        let token = wall.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
-        live_until
-            .map_or(token, |l| token.min(l))
-            .saturating_sub(wall)
-            .max(0)
+    /// The offline runway at `now`, seconds: the held token's usable life. 0 without a usable
+    /// token. The credentials that fetched the token do not bound it: ECR's token carries its
+    /// own expiry (`expiresAt`), which role credentials running out (an IoT exchange's last an
+    /// hour by default) do not shorten.
+    pub(super) fn runway(&self, now: Instant) -> i64 {
+        self.usable(now).map_or(0, |h| {
+            i64::try_from(h.unusable_at().saturating_duration_since(now).as_secs())
+                .unwrap_or(i64::MAX)
+        })
     }
 
     /// Applies the result of attempt `generation`, finished at `now` (`wall`: the wall clock
@@ -268,6 +267,7 @@ impl Entry {
                 self.backoff.reset();
                 self.last_refresh = Some(wall);
                 self.last_error = None;
+                self.last_error_class = None;
                 self.unreachable = false;
                 delay
             }
@@ -279,6 +279,7 @@ impl Entry {
                     self.held = None;
                 }
                 self.last_error = Some(err.to_string());
+                self.last_error_class = Some(err.outcome());
                 delay
             }
         };
@@ -430,6 +431,8 @@ pub(super) struct State {
     generation: u64,
     /// `[daemon] images`, each as last checked, by reference.
     pub(super) image_checks: BTreeMap<String, agent::ImageStatus>,
+    /// The shadow reports, while `[iot] shadow_endpoint` is set.
+    pub(super) shadow: Option<agent::ShadowStatus>,
 }
 
 impl State {
@@ -454,6 +457,7 @@ impl State {
             device_not_after,
             generation: 0,
             image_checks: BTreeMap::new(),
+            shadow: None,
         }
     }
 
@@ -467,16 +471,6 @@ impl State {
             .values_mut()
             .filter_map(|e| e.link_up(now).then_some(()))
             .count()
-    }
-
-    /// When the role credentials behind `host`'s tokens run out, for a source that needs a
-    /// live exchange to renew them (an `[iot]` identity); `None` for the others.
-    pub(super) fn live_until(&self, host: &str) -> Option<i64> {
-        Source::for_registry(&self.settings.config, host)
-            .identity()
-            .is_device()
-            .then(|| self.bases.iot_expiry())
-            .flatten()
     }
 
     /// A generation no attempt has had.
@@ -497,6 +491,8 @@ pub(super) struct Shared {
     pub(super) sinks_due: Notify,
     /// Wakes the metrics writer: something it reports changed.
     pub(super) metrics_due: Notify,
+    /// Wakes the shadow reporter: something it reports may have changed.
+    pub(super) shadow_due: Notify,
     /// The one shutdown signal: every loop selects on [`Shared::stopped`].
     /// When shutdown was announced (none while running).
     stop: watch::Sender<Option<Instant>>,
@@ -528,6 +524,7 @@ impl Shared {
             changed: Notify::new(),
             sinks_due: Notify::new(),
             metrics_due: Notify::new(),
+            shadow_due: Notify::new(),
             stop: watch::Sender::new(None),
             notifier: Notifier::from_env(),
             started_at: token::now(),
@@ -637,6 +634,7 @@ impl Shared {
             upstream: agent::Upstream::now(),
             tpm_signatures: crate::tpm::signatures(),
             clock: Some(agent::ClockStatus::now()),
+            shadow: st.shadow.clone(),
             images: st
                 .settings
                 .images
@@ -656,11 +654,12 @@ impl Shared {
                     expires_at: e.usable(now).map(|h| h.token.expires_at),
                     last_refresh: e.last_refresh,
                     last_error: e.last_error.clone(),
+                    last_error_class: e.last_error_class.map(|o| o.name().to_owned()),
                     failures: e.backoff.failures(),
                     next_attempt: e.wake_at().map(at),
                     source: Source::for_registry(&st.settings.config, host).describe(),
                     refreshes: e.refreshes,
-                    runway_seconds: e.runway(now, wall, st.live_until(host)),
+                    runway_seconds: e.runway(now),
                 })
                 .collect(),
         }
@@ -835,10 +834,10 @@ mod tests {
     }
 
     #[test]
-    fn runway_is_the_usable_life_and_no_longer_than_live_credentials() {
+    fn runway_is_the_usable_life_of_the_held_token() {
         let t0 = Instant::now();
         let mut e = entry(RefreshMode::Ahead, t0);
-        assert_eq!(e.runway(t0, WALL, None), 0, "no token: no runway");
+        assert_eq!(e.runway(t0), 0, "no token: no runway");
         e.start(t0, 1);
         e.finish(
             1,
@@ -849,14 +848,9 @@ mod tests {
             &mut Middle,
         );
         let usable = 12 * 3600 - MIN_REMAINING_SECS + 1;
-        assert_eq!(e.runway(t0, WALL, None), usable);
-        let later = t0 + HOUR;
-        assert_eq!(e.runway(later, WALL + 3600, None), usable - 3600);
-        // Role credentials that run out in 40 minutes bound it; later ones do not.
-        assert_eq!(e.runway(t0, WALL, Some(WALL + 2400)), 2400);
-        assert_eq!(e.runway(t0, WALL, Some(WALL + 20 * 3600)), usable);
-        assert_eq!(e.runway(t0, WALL, Some(WALL - 5)), 0, "never negative");
-        assert_eq!(e.runway(t0 + 12 * HOUR, WALL + 12 * 3600, None), 0);
+        assert_eq!(e.runway(t0), usable);
+        assert_eq!(e.runway(t0 + HOUR), usable - 3600);
+        assert_eq!(e.runway(t0 + 12 * HOUR), 0, "never negative");
     }
 
     #[test]

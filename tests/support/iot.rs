@@ -7,6 +7,11 @@
 //! `x-amzn-iot-thingname` header, and answers in the provider's JSON. The credentials it hands
 //! out are the ones the fake ECR verifies signatures with, so an end-to-end `get` proves the ECR
 //! call was signed with the exchanged key and session token.
+//!
+//! The same listener plays the IoT data endpoint's Device Shadow REST API (docs/reference.md
+//! section 11): `POST /things/<thing>/shadow?name=<name>` with a JSON body, the client
+//! certificate checked the same way, the ALPN protocol `x-amzn-http-ca` offered; each update
+//! is recorded ([`FakeIot::shadow_updates`]) and answered with the service's document.
 
 use std::io::{BufReader, Write};
 use std::net::TcpListener;
@@ -54,9 +59,26 @@ pub struct IotCall {
     pub client_cert: Option<Vec<u8>>,
 }
 
+/// One shadow update the fake accepted or refused.
+#[derive(Debug, Clone)]
+pub struct ShadowUpdate {
+    /// Request path and query.
+    pub path: String,
+    /// The JSON body.
+    pub body: Vec<u8>,
+    /// The ALPN protocol agreed, if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The client certificate presented (DER).
+    pub client_cert: Option<Vec<u8>>,
+    /// The status answered.
+    pub status: u16,
+}
+
 struct State {
     faults: Faults<IotMode>,
     calls: Vec<IotCall>,
+    shadow_mode: IotMode,
+    shadow: Vec<ShadowUpdate>,
     handshake_failures: u32,
     /// Seconds of life of the credentials handed out.
     life: i64,
@@ -237,19 +259,23 @@ impl FakeIot {
             algorithms: provider.signature_verification_algorithms,
         });
         let (chain, key) = server_ca.issue(name);
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(provider)
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_client_cert_verifier(registry.clone())
-                .with_single_cert(chain, key)
-                .unwrap(),
-        );
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(registry.clone())
+            .with_single_cert(chain, key)
+            .unwrap();
+        // AWS IoT's port 443 protocol for HTTPS with a client certificate; a client that offers
+        // no ALPN (the credentials exchange) is served without.
+        config.alpn_protocols = vec![b"x-amzn-http-ca".to_vec()];
+        let config = Arc::new(config);
         let listener = TcpListener::bind(addr).unwrap();
         let endpoint = format!("{name}:{}", listener.local_addr().unwrap().port());
         let state = Arc::new(Mutex::new(State {
             faults: Faults::new(IotMode::Ok),
             calls: Vec::new(),
+            shadow_mode: IotMode::Ok,
+            shadow: Vec::new(),
             handshake_failures: 0,
             life: 3600,
         }));
@@ -278,40 +304,58 @@ impl FakeIot {
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| c.to_vec());
+                    let alpn = tls.alpn_protocol().map(<[u8]>::to_vec);
                     let mut stream = rustls::Stream::new(&mut tls, &mut conn);
-                    let Ok((line, headers)) = read_head(&mut BufReader::new(&mut stream)) else {
+                    let mut reader = BufReader::new(&mut stream);
+                    let Ok((line, headers)) = read_head(&mut reader) else {
                         st.lock().unwrap().handshake_failures += 1;
                         return;
                     };
                     let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-                    let thing = headers
-                        .iter()
-                        .find(|(k, _)| k == "x-amzn-iot-thingname")
-                        .map(|(_, v)| v.clone());
-                    let (mode, life) = {
-                        let mut s = st.lock().unwrap();
-                        s.calls.push(IotCall {
-                            sni,
-                            path: path.clone(),
-                            thing: thing.clone(),
-                            client_cert,
-                        });
-                        (s.faults.take(IotMode::Ok), s.life)
-                    };
-                    let (status, body) = match mode {
-                        IotMode::Reset => return,
-                        IotMode::Hang => return hang(&sp),
-                        IotMode::Status(code, msg) => (code, format!(r#"{{"message":"{msg}"}}"#)),
-                        IotMode::Ok
-                            if path != format!("/role-aliases/{ROLE_ALIAS}/credentials") =>
-                        {
-                            (404, r#"{"message":"Role alias does not exist"}"#.into())
+                    let (status, body) = if line.starts_with("POST /things/") {
+                        let length = headers
+                            .iter()
+                            .find(|(k, _)| k == "content-length")
+                            .and_then(|(_, v)| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0; length.min(1 << 20)];
+                        if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+                            return;
                         }
-                        IotMode::Ok if thing.as_deref() != Some(THING_NAME) => {
-                            (403, r#"{"message":"Invalid thing name passed"}"#.into())
+                        shadow_answer(&st, &path, &body, alpn, client_cert)
+                    } else {
+                        let thing = headers
+                            .iter()
+                            .find(|(k, _)| k == "x-amzn-iot-thingname")
+                            .map(|(_, v)| v.clone());
+                        let (mode, life) = {
+                            let mut s = st.lock().unwrap();
+                            s.calls.push(IotCall {
+                                sni,
+                                path: path.clone(),
+                                thing: thing.clone(),
+                                client_cert,
+                            });
+                            (s.faults.take(IotMode::Ok), s.life)
+                        };
+                        match mode {
+                            IotMode::Reset => return,
+                            IotMode::Hang => return hang(&sp),
+                            IotMode::Status(code, msg) => {
+                                (code, format!(r#"{{"message":"{msg}"}}"#))
+                            }
+                            IotMode::Ok
+                                if path != format!("/role-aliases/{ROLE_ALIAS}/credentials") =>
+                            {
+                                (404, r#"{"message":"Role alias does not exist"}"#.into())
+                            }
+                            IotMode::Ok if thing.as_deref() != Some(THING_NAME) => {
+                                (403, r#"{"message":"Invalid thing name passed"}"#.into())
+                            }
+                            IotMode::Ok => (200, success_body(life)),
                         }
-                        IotMode::Ok => (200, success_body(life)),
                     };
+                    drop(reader);
                     let response = format!(
                         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
@@ -363,6 +407,16 @@ impl FakeIot {
         self.state.lock().unwrap().calls.clone()
     }
 
+    /// Answers shadow updates with `mode` (`Ok`: accepted).
+    pub fn set_shadow_mode(&self, mode: IotMode) {
+        self.state.lock().unwrap().shadow_mode = mode;
+    }
+
+    /// The shadow updates that reached HTTP.
+    pub fn shadow_updates(&self) -> Vec<ShadowUpdate> {
+        self.state.lock().unwrap().shadow.clone()
+    }
+
     /// Connections whose TLS handshake (client certificate) failed.
     pub fn handshake_failures(&self) -> u32 {
         self.state.lock().unwrap().handshake_failures
@@ -373,6 +427,62 @@ impl Drop for FakeIot {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The Device Shadow service's answer to an update of `path` with `body`: the thing must be
+/// [`THING_NAME`] (the policy a real account would have allows only its own shadow), the body
+/// a `{"state":{"reported":{…}}}` document; the answer echoes it with a version.
+fn shadow_answer(
+    st: &Mutex<State>,
+    path: &str,
+    body: &[u8],
+    alpn: Option<Vec<u8>>,
+    client_cert: Option<Vec<u8>>,
+) -> (u16, String) {
+    let mut s = st.lock().unwrap();
+    let thing = path
+        .strip_prefix("/things/")
+        .and_then(|p| p.split_once("/shadow"))
+        .map(|(t, _)| t.to_owned());
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let reported = parsed
+        .as_ref()
+        .and_then(|v| v.get("state"))
+        .and_then(|v| v.get("reported"))
+        .cloned();
+    let (status, answer) = match (&s.shadow_mode, thing.as_deref(), reported) {
+        (IotMode::Status(code, msg), _, _) => {
+            (*code, format!(r#"{{"code":{code},"message":"{msg}"}}"#))
+        }
+        (_, Some(t), _) if t != THING_NAME => {
+            (403, r#"{"code":403,"message":"Forbidden"}"#.to_owned())
+        }
+        (_, _, None) => (
+            400,
+            r#"{"code":400,"message":"Missing required node: state"}"#.to_owned(),
+        ),
+        (_, _, Some(reported)) => {
+            let version = s.shadow.iter().filter(|u| u.status == 200).count() + 1;
+            (
+                200,
+                serde_json::json!({
+                    "state": {"reported": reported},
+                    "metadata": {},
+                    "version": version,
+                    "timestamp": ecr_edge_now(),
+                })
+                .to_string(),
+            )
+        }
+    };
+    s.shadow.push(ShadowUpdate {
+        path: path.to_owned(),
+        body: body.to_vec(),
+        alpn,
+        client_cert,
+        status,
+    });
+    (status, answer)
 }
 
 fn success_body(life: i64) -> String {
