@@ -1,4 +1,4 @@
-//! Records the target triple for `--version`, and refuses to build for a target ecr-edge does
+//! Records the target triple, the commit and the compiler for `--version`, and refuses to build for a target ecr-edge does
 //! not support: a helper built for the wrong CPU fails on a device as a silent "credentials not
 //! found", so the wrong build must fail here, loudly, instead.
 
@@ -35,6 +35,43 @@ fn main() {
                 .unwrap_or(0)
         });
     println!("cargo:rustc-env=ECR_EDGE_BUILD_EPOCH={epoch}");
+    // `--version --verbose`: the commit (ECR_EDGE_COMMIT, as a packager without the git folder
+    // passes it, else the clone's HEAD) and the compiler.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let commit = std::env::var("ECR_EDGE_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| {
+            // Only this clone's own history: a source tree unpacked inside another repository
+            // (a Yocto build folder) must not report that repository's commit.
+            let git = std::path::Path::new(&dir).join(".git");
+            if !git.exists() {
+                return None;
+            }
+            for watched in ["HEAD", "refs/heads", "packed-refs"] {
+                if git.join(watched).exists() {
+                    println!("cargo:rerun-if-changed=.git/{watched}");
+                }
+            }
+            let out = std::process::Command::new("git")
+                .args(["-C", &dir, "rev-parse", "HEAD"])
+                .output()
+                .ok()?;
+            let hash = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+            (out.status.success() && hash.len() == 40).then_some(hash)
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=ECR_EDGE_COMMIT={commit}");
+    println!("cargo:rerun-if-env-changed=ECR_EDGE_COMMIT");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let rustc_version = std::process::Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=ECR_EDGE_RUSTC={rustc_version}");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build/target_check.rs");

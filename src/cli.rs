@@ -23,6 +23,9 @@ struct Cli {
     /// Print version and target triple.
     #[arg(short = 'V', long = "version")]
     version: bool,
+    /// With --version: also the commit, build date, target, compiler and features.
+    #[arg(long, requires = "version")]
+    verbose: bool,
     /// Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -189,7 +192,11 @@ fn dispatch(args: Vec<OsString>) -> Exit {
     });
     let (out, err) = (&mut std::io::stdout(), &mut std::io::stderr());
     if cli.version {
-        println!("{}", crate::version_line());
+        if cli.verbose {
+            print!("{}", crate::version_verbose());
+        } else {
+            println!("{}", crate::version_line());
+        }
         return Exit::Success;
     }
     let config = cli.config.as_deref();

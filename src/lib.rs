@@ -169,6 +169,39 @@ pub const BUILD_EPOCH: i64 = match i64::from_str_radix(env!("ECR_EDGE_BUILD_EPOC
     Err(_) => 0,
 };
 
+/// The commit this binary was built from (`unknown` outside a git clone without
+/// `ECR_EDGE_COMMIT`).
+pub const COMMIT: &str = env!("ECR_EDGE_COMMIT");
+
+/// The compiler that built it (`rustc --version`).
+pub const RUSTC: &str = env!("ECR_EDGE_RUSTC");
+
+/// `--version --verbose`: the version line, then the commit, the build date (the commit's time
+/// in a release build: `SOURCE_DATE_EPOCH`), the target, the compiler, the cargo features and
+/// where the dependency list lives.
+pub fn version_verbose() -> String {
+    let features: Vec<&str> = [
+        ("ecr-public", cfg!(feature = "ecr-public")),
+        ("sso", cfg!(feature = "sso")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    format!(
+        "{}\ncommit: {COMMIT}\nbuild date: {}\ntarget: {TARGET}\ncompiler: {RUSTC}\n\
+         features: {}\ndependencies: embedded in the .dep-v0 section when built with cargo \
+         auditable (`cargo audit bin`, Trivy, Grype and Syft read it); the SBOM is \
+         /usr/share/doc/ecr-edge/sbom.cdx.json\n",
+        version_line(),
+        crate::clock::rfc3339(BUILD_EPOCH),
+        if features.is_empty() {
+            "none".to_owned()
+        } else {
+            features.join(", ")
+        }
+    )
+}
+
 /// `ecr-edge <version> (<target triple>)`, as `--version` and the helper's `version` print it.
 pub fn version_line() -> String {
     format!("ecr-edge {VERSION} ({TARGET})")

@@ -550,6 +550,42 @@ fn version_and_usage() {
         .output()
         .unwrap();
     assert_eq!(text(&direct.stdout), line);
+    // --verbose: the commit (this clone's HEAD when built here), the build date, the target.
+    let verbose = support::command(&support::binary())
+        .args(["--version", "--verbose"])
+        .output()
+        .unwrap();
+    let verbose = text(&verbose.stdout);
+    let mut lines = verbose.lines();
+    assert_eq!(lines.next(), Some(line.trim_end()));
+    let field = |name: &str| {
+        verbose
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {verbose}"))
+            .to_owned()
+    };
+    let commit = field("commit");
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{verbose}"
+    );
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    if let Some(head) = head.ok().filter(|h| h.status.success()) {
+        assert_eq!(commit, text(&head.stdout).trim(), "{verbose}");
+    }
+    let date = field("build date");
+    assert!(
+        date.len() == 20 && date.ends_with('Z') && date.as_bytes()[10] == b'T',
+        "{verbose}"
+    );
+    let target = field("target");
+    assert!(line.contains(&format!("({target})")), "{verbose}");
+    assert!(field("compiler").starts_with("rustc "), "{verbose}");
     let usage = sb.helper("frobnicate", b"");
     assert_eq!(usage.status.code(), Some(1));
     assert!(text(&usage.stdout).starts_with("Usage: docker-credential-ecr-edge"));
