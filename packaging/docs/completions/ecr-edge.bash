@@ -56,7 +56,7 @@ _ecr__edge() {
 
     case "${cmd}" in
         ecr__edge)
-            opts="-V -h --version --config --help helper credentials daemon status refresh iot kubelet-credential-provider doctor configure"
+            opts="-V -h --version --verbose --config --help helper credentials daemon status refresh iot kubelet-credential-provider doctor configure"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_ecr_edge_global_optspecs
-    string join \n V/version config= h/help
+    string join \n V/version verbose config= h/help
 end
 
 function __fish_ecr_edge_needs_command
@@ -26,6 +26,7 @@ end
 
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -l config -d 'Configuration file [default: $ECR_EDGE_CONFIG, else /etc/ecr-edge/config.toml]' -r -F
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -s V -l version -d 'Print version and target triple'
+complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -l verbose -d 'With --version: also the commit, build date, target, compiler and features'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "helper" -d 'Docker credential helper actions (what docker-credential-ecr-edge runs)'
 complete -c ecr-edge -n "__fish_ecr_edge_needs_command" -f -a "credentials" -d 'Print the device\'s exchanged IoT role credentials as credential_process JSON (for `credential_process = ecr-edge credentials` in ~/.aws/config)'
