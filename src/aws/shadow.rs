@@ -37,6 +37,8 @@ pub enum ShadowError {
     Handshake(String),
     /// The device key did not sign (a TPM's refusal, in words).
     Signer(String),
+    /// The device identity (`[iot]` certificate and key) did not load.
+    Identity(String),
     /// The service refused the update (`4xx`, not throttling): needs a person.
     Refused {
         /// HTTP status.
@@ -77,6 +79,7 @@ impl fmt::Display for ShadowError {
                  [iot] shadow_endpoint is this account's iot:Data-ATS endpoint"
             ),
             ShadowError::Signer(d) => write!(f, "the device key did not sign: {d}"),
+            ShadowError::Identity(e) => write!(f, "the device identity: {e}"),
             ShadowError::Refused {
                 status,
                 message,
@@ -94,11 +97,6 @@ impl fmt::Display for ShadowError {
 }
 
 impl std::error::Error for ShadowError {}
-
-/// `host[:port]` of `[iot] shadow_endpoint` (port 443 by default).
-pub fn host_port(endpoint: &str) -> (&str, u16) {
-    crate::aws::iot::host_port(endpoint)
-}
 
 /// The TLS configuration for the data endpoint: the device's, asking for [`ALPN`]. Its
 /// session cache is the device's, so an update after the first resumes (no signature by the
@@ -121,7 +119,7 @@ pub async fn update(
     thing: &str,
     document: Bytes,
 ) -> Result<u64, ShadowError> {
-    let (host, port) = host_port(endpoint);
+    let (host, port) = crate::aws::iot::host_port(endpoint);
     let path = format!("/things/{thing}/shadow?name={SHADOW_NAME}");
     let headers = [("content-type", "application/json")];
     let answer = https::request(

@@ -368,8 +368,8 @@ fn device_tls(
             return Ok(tls.clone());
         }
     }
-    let device = Device::load(iot, crate::token::now())
-        .map_err(|e| ShadowError::Signer(format!("the device identity: {e}")))?;
+    let device =
+        Device::load(iot, crate::token::now()).map_err(|e| ShadowError::Identity(e.to_string()))?;
     let tls = shadow::tls(&device);
     *held = Some((stamps, iot.clone(), tls.clone()));
     Ok(tls)
@@ -391,7 +391,7 @@ async fn send(
         Ok(Ok(result)) => result,
         Ok(Err(detail)) => Err(ShadowError::Unreachable(detail)),
         Err(_) => Err(ShadowError::Unreachable(
-            crate::aws::https::timed_out(shadow::host_port(endpoint).0)
+            crate::aws::https::timed_out(crate::aws::iot::host_port(endpoint).0)
                 .unwrap_or_else(|| format!("no answer within {}s", left.as_secs())),
         )),
     }
