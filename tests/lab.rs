@@ -11,8 +11,10 @@
 //! provider of `tests/support`, listening on 127.0.0.1 here. Nothing else is reachable.
 //!
 //! Two boots per architecture: the scenario (the README's by-hand install, daemon, logs,
-//! certificate rotation and removal as written; the package, the Yocto example's first-boot
-//! provisioning, systemd, serving, uplink loss, figures, upgrade, purge, wrong architecture) and
+//! certificate rotation and removal as written; the package from the signed repository
+//! `scripts/publish` makes, served here (`RepoServer`), the Yocto example's first-boot
+//! provisioning, systemd, serving, uplink loss, figures, upgrade through the repository and a
+//! repository signed by another key refused, purge, wrong architecture) and
 //! a boot with the real-time clock at 1970. Two more on arm64 (`arm64_guest_tpm`): a device key
 //! made in the TPM on the guest's own kernel, and the packaged daemon using it.
 //!
@@ -35,6 +37,8 @@ use crate::support::{doc_block, text, FakeEcr, TestCa};
 const REG_HOST: &str = "123456789012.dkr.ecr.us-west-2.amazonaws.com";
 const API_HOST: &str = "api.ecr.us-west-2.amazonaws.com";
 const IOT_HOST: &str = "c1a2b3example.credentials.iot.us-west-2.amazonaws.com";
+/// The README's repository host; the lab serves `scripts/publish`'s output there.
+const REPO_HOST: &str = "packages.example.com";
 /// The watchdog period the lab gives the unit (a drop-in): the run outlasts two of them.
 const WATCHDOG_SEC: u64 = 10;
 /// How long the guest's uplink stays down: long enough for a refresh to fail.
@@ -84,14 +88,9 @@ fn images() -> Result<PathBuf, String> {
     Ok(PathBuf::from(dir))
 }
 
+/// The shipped package for `arch`, in `target/pkg/out`.
 fn deb(arch: &str) -> PathBuf {
-    deb_in("target/pkg/out", arch)
-}
-
-/// The package in `dir` (under the clone) for `arch`: `target/pkg/out` the shipped ones,
-/// `target/pkg/next` their next revision (for the upgrade).
-fn deb_in(dir: &str, arch: &str) -> PathBuf {
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pkg/out");
     std::fs::read_dir(&out)
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/package)", out.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -206,6 +205,8 @@ struct Fakes {
     ecr: FakeEcr,
     ecr_port: u16,
     iot: FakeIot,
+    /// The signed package repositories, where the boot installs from one (`main`).
+    repo: Option<RepoServer>,
 }
 
 impl Fakes {
@@ -232,6 +233,7 @@ impl Fakes {
             ecr,
             ecr_port,
             iot,
+            repo: None,
         }
     }
 
@@ -243,6 +245,124 @@ impl Fakes {
             .unwrap()
             .parse()
             .unwrap()
+    }
+}
+
+/// The repositories `scripts/publish` makes, served over HTTP on 127.0.0.1 as a static web
+/// host would, under `/ecr-edge/`: first the shipped packages; once the guest asks for
+/// `/ecr-edge/lab/publish-next` (the release manager publishing), the same repository with the
+/// next release added, signed by the same key. `/ecr-edge/other/` holds both releases signed by
+/// another key. Each key is made here, at test time, with gpg.
+struct RepoServer {
+    port: u16,
+}
+
+impl RepoServer {
+    fn publish(work: &Path) -> RepoServer {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = work.join("repos");
+        let _ = std::fs::remove_dir_all(&dir);
+        let publish = |home: &str, out: &str, with_next: bool| {
+            let home = dir.join(home);
+            if !home.exists() {
+                std::fs::create_dir_all(&home).unwrap();
+                std::fs::set_permissions(
+                    &home,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )
+                .unwrap();
+                run(Command::new("gpg")
+                    .env("GNUPGHOME", &home)
+                    .args(["--batch", "--quiet", "--passphrase", ""])
+                    .args(["--quick-gen-key", "lab release key <lab@ecr-edge.invalid>"])
+                    .args(["rsa3072", "sign", "1d"]));
+            }
+            let mut cmd = Command::new(root.join("scripts/publish"));
+            cmd.env("GNUPGHOME", &home)
+                .env("ECR_EDGE_SIGNING_KEY", "lab@ecr-edge.invalid")
+                .arg("--out")
+                .arg(dir.join(out))
+                .arg(root.join("target/pkg/out"));
+            if with_next {
+                cmd.arg(root.join("target/pkg/next"));
+            }
+            run(&mut cmd);
+        };
+        publish("key", "first", false);
+        publish("key", "next", true);
+        publish("other-key", "other", true);
+        for home in ["key", "other-key"] {
+            let _ = Command::new("gpgconf")
+                .env("GNUPGHOME", dir.join(home))
+                .args(["--kill", "gpg-agent"])
+                .status();
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let published = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (dir, published) = (dir.clone(), published.clone());
+                std::thread::spawn(move || {
+                    let _ = RepoServer::serve(conn, &dir, &published);
+                });
+            }
+        });
+        RepoServer { port }
+    }
+
+    /// One connection: requests in order (apt pipelines them), each answered with its length.
+    fn serve(
+        conn: std::net::TcpStream,
+        dir: &Path,
+        published: &std::sync::atomic::AtomicBool,
+    ) -> std::io::Result<()> {
+        use std::io::{BufRead, Write};
+        use std::sync::atomic::Ordering;
+        let mut reader = std::io::BufReader::new(conn.try_clone()?);
+        let mut conn = conn;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+                    break;
+                }
+            }
+            let mut words = line.split_whitespace();
+            let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            let path = target.split('?').next().unwrap_or("");
+            let body = match path.strip_prefix("/ecr-edge/") {
+                Some("lab/publish-next") => {
+                    published.store(true, Ordering::SeqCst);
+                    Some(b"published\n".to_vec())
+                }
+                Some(rest) if !rest.split('/').any(|c| c == ".." || c.is_empty()) => {
+                    let file = match rest.strip_prefix("other/") {
+                        Some(rest) => dir.join("other").join(rest),
+                        None if published.load(Ordering::SeqCst) => dir.join("next").join(rest),
+                        None => dir.join("first").join(rest),
+                    };
+                    std::fs::read(file).ok()
+                }
+                _ => None,
+            };
+            let (status, body) = match body {
+                Some(b) => ("200 OK", b),
+                None => ("404 Not Found", b"not found\n".to_vec()),
+            };
+            write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                body.len()
+            )?;
+            if method != "HEAD" {
+                conn.write_all(&body)?;
+            }
+        }
     }
 }
 
@@ -287,9 +407,14 @@ fn boot(
     let input = payload.join("in");
     std::fs::create_dir_all(&input).unwrap();
     std::fs::copy(deb(guest.deb_arch), input.join("ecr-edge.deb")).unwrap();
-    std::fs::copy(
-        deb_in("target/pkg/next", guest.deb_arch),
-        input.join("ecr-edge-next.deb"),
+    // The README's apt repository block, as written but for the scheme: the lab serves the
+    // repository over plain HTTP (apt trusts the signatures, not the transport).
+    std::fs::write(
+        input.join("repo-apt.sh"),
+        doc_block("README.md", "ecr-edge.sources").replace(
+            "https://packages.example.com/",
+            "http://packages.example.com/",
+        ),
     )
     .unwrap();
     if let Some(wrong) = guest.wrong_deb_arch {
@@ -339,7 +464,7 @@ fn boot(
     }
     std::fs::write(
         input.join("hosts"),
-        format!("10.0.2.100 {API_HOST}\n10.0.2.101 {IOT_HOST}\n"),
+        format!("10.0.2.100 {API_HOST}\n10.0.2.101 {IOT_HOST}\n10.0.2.103 {REPO_HOST}\n"),
     )
     .unwrap();
     let now = SystemTime::now()
@@ -368,9 +493,9 @@ fn boot(
         .arg("64M"));
     let bridge = dir.join("bridge.py");
     std::fs::write(&bridge, BRIDGE).unwrap();
-    let fwd = |ip: &str, port: u16| {
+    let fwd = |guest: &str, port: u16| {
         format!(
-            "guestfwd=tcp:{ip}:443-cmd:python3 {} {port}",
+            "guestfwd=tcp:{guest}-cmd:python3 {} {port}",
             bridge.display()
         )
     };
@@ -397,14 +522,16 @@ fn boot(
         .args(["-device", "virtio-blk-pci,drive=lab"])
         .arg("-netdev")
         .arg(format!(
-            "user,id=n0,restrict=on,{},{}{}",
-            fwd("10.0.2.100", fakes.ecr_port),
-            fwd("10.0.2.101", fakes.iot_port()),
-            tpm.map(|(port, _)| format!(
-                ",guestfwd=tcp:10.0.2.102:2321-cmd:python3 {} {port}",
-                bridge.display()
-            ))
-            .unwrap_or_default()
+            "user,id=n0,restrict=on,{},{}{}{}",
+            fwd("10.0.2.100:443", fakes.ecr_port),
+            fwd("10.0.2.101:443", fakes.iot_port()),
+            fakes
+                .repo
+                .as_ref()
+                .map(|r| format!(",{}", fwd("10.0.2.103:80", r.port)))
+                .unwrap_or_default(),
+            tpm.map(|(port, _)| format!(",{}", fwd("10.0.2.102:2321", port)))
+                .unwrap_or_default()
         ))
         .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
         .stdin(Stdio::null())
@@ -490,9 +617,10 @@ fn lab(guest: &Guest) {
     let images = images().unwrap_or_else(|why| panic!("lab {}: {why}", guest.arch));
     // Kept after a failure, with the console logs; replaced by the next run.
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab");
-    let fakes = Fakes::start();
+    let mut fakes = Fakes::start();
 
     if wanted("main") {
+        fakes.repo = Some(RepoServer::publish(&work.join(guest.arch)));
         let (r, out) = boot(guest, &images, &fakes, &work, "main", None);
         assert_eq!(r["arch"], guest.uname);
         assert_eq!(r["doctor_exit"], "0", "doctor --json failed");
@@ -532,6 +660,28 @@ fn lab(guest: &Guest) {
         r["install_seconds"],
         r["ready_ms"],
     );
+        // Through the repository: installed from it, the other key's repository refused, the
+        // next release taken by `apt update && apt upgrade`, the daemon on the new binary.
+        assert_ne!(r["version_before"], r["version_after"], "no upgrade");
+        assert_eq!(r["version_offered"], r["version_after"]);
+        assert_ne!(
+            r["other_key_update_exit"], "0",
+            "apt update accepted a repository signed by another key"
+        );
+        println!(
+            "lab {} repository: apt install ecr-edge {} from the signed repository; a repository \
+             signed by another key refused (apt-get update exit {}, NO_PUBKEY); the next release \
+             published, apt update && apt upgrade {} -> {}: daemon restarted on the new binary \
+             ({}), token fetched again ({}), alice served ({})",
+            guest.arch,
+            r["version_before"],
+            r["other_key_update_exit"],
+            r["version_before"],
+            r["version_after"],
+            r["upgrade_new_binary"],
+            r["upgrade_token_refetched"],
+            r["upgrade_alice_served"],
+        );
     }
     if wanted("rtc") {
         let (r, out) = boot(guest, &images, &fakes, &work, "rtc", None);

@@ -7,7 +7,9 @@
 # PHASE=main: the README's by-hand install, daemon, debug logs, certificate rotation and
 # removal, as written; then the package: install, the Yocto example's first-boot provisioning,
 # run the daemon under systemd, serve, lose and regain the uplink, measure, upgrade, purge,
-# refuse the wrong architecture.
+# refuse the wrong architecture. The package comes from the signed apt repository the host
+# serves (README's block), and the upgrade through it; a repository signed by another key is
+# refused.
 # PHASE=rtc: the guest booted with its clock at 1970 and no NTP: install, provision; the daemon
 # and the helper still get tokens (AWS's time from verified answers, src/clock.rs), status and
 # doctor show the offset; once the clock is set the daemon drops the offset and goes on.
@@ -259,10 +261,26 @@ if [ "$PHASE" = main ]; then
   hash -r   # this shell remembered /usr/local/bin/ecr-edge; the package puts it in /usr/bin
 fi
 
-step "1. apt install ./ecr-edge.deb, as the README says"
-start=$(date +%s)
-check apt_install sh -c "cd $in && apt install -y ./ecr-edge.deb"
-result install_seconds $(( $(date +%s) - start ))
+if [ "$PHASE" = main ]; then
+  step "1. from the repository the host serves, the README's block as written (http)"
+  # The guest has no Debian mirror: the lab's repository is its only source. No curl on the
+  # guest either: the block's `curl -o FILE URL` is apt's own downloader here.
+  mv /etc/apt/sources.list /etc/apt/sources.list.lab-off
+  start=$(date +%s)
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  check apt_install bash -c 'sudo() { "$@"; }
+    curl() { local o="" u=""; while [ $# -gt 0 ]; do case $1 in -o) o=$2; shift 2 ;; -*) shift ;; *) u=$1; shift ;; esac; done
+      /usr/lib/apt/apt-helper -o APT::Sandbox::User=root download-file "$u" "$o"; }
+    export -f sudo curl; set -e; . "$1/repo-apt.sh"' _ "$in"
+  result install_seconds $(( $(date +%s) - start ))
+  check installed_from_repo sh -c 'apt-cache policy ecr-edge | grep -q "packages.example.com/ecr-edge/apt stable/main"'
+  check keyring_signed_by grep -qx 'Signed-By: /etc/apt/keyrings/ecr-edge.asc' /etc/apt/sources.list.d/ecr-edge.sources
+else
+  step "1. apt install ./ecr-edge.deb, as the README says"
+  start=$(date +%s)
+  check apt_install sh -c "cd $in && apt install -y ./ecr-edge.deb"
+  result install_seconds $(( $(date +%s) - start ))
+fi
 check helper_link test "$(readlink /usr/bin/docker-credential-ecr-edge)" = ecr-edge
 check provider_link test "$(readlink -f /usr/libexec/ecr-edge/ecr-edge-credential-provider)" = /usr/bin/ecr-edge
 check user_and_group sh -c 'getent passwd ecr-edge && getent group ecr-edge'
@@ -380,14 +398,35 @@ if [ "$PHASE" = main ]; then
   SSL_CERT_FILE=/etc/ecr-edge/lab-ca.pem ecr-edge doctor --json > "$out/doctor.json"
   result doctor_exit $?
 
-  step "7. upgrade: the next revision installed over the running daemon"
+  step "7. upgrade through the repository, with the daemon running"
   pid=$(daemon_pid)
-  next=$(dpkg-deb -f "$in/ecr-edge-next.deb" Version)
-  check upgrade sh -c "cd $in && apt install -y ./ecr-edge-next.deb"
+  before=$(dpkg-query -W -f '${Version}' ecr-edge)
+  result version_before "$before"
+  candidate() { apt-cache policy ecr-edge | awk '/Candidate:/ { print $2 }'; }
+  # The same packages and the next release, signed by another key, at another path: trusted
+  # with ecr-edge's key only, apt refuses them.
+  sed 's|/ecr-edge/apt|/ecr-edge/other/apt|' /etc/apt/sources.list.d/ecr-edge.sources \
+    > /etc/apt/sources.list.d/other.sources
+  apt-get update > "$out/apt-other.txt" 2>&1
+  result other_key_update_exit $?
+  cat "$out/apt-other.txt"
+  check other_key_refused grep -q 'NO_PUBKEY' "$out/apt-other.txt"
+  check other_key_not_used test "$(candidate)" = "$before"
+  rm /etc/apt/sources.list.d/other.sources
+  # The release manager publishes the next release: the lab's server turns to the repository
+  # that also holds it (same key).
+  check published /usr/lib/apt/apt-helper download-file http://packages.example.com/ecr-edge/lab/publish-next /tmp/published
+  check apt_update apt-get update
+  next=$(candidate)
+  result version_offered "$next"
+  check next_offered test "$next" != "$before"
+  check upgrade apt-get upgrade -y
   check upgraded_version test "$(dpkg-query -W -f '${Version}' ecr-edge)" = "$next"
+  result version_after "$(dpkg-query -W -f '${Version}' ecr-edge)"
   sleep 2
   check upgrade_active systemctl is-active ecr-edge
   check upgrade_restarted test "$(daemon_pid)" != "$pid"
+  result upgrade_daemon_pids "$pid,$(daemon_pid)"
   # The daemon runs the file dpkg just unpacked (a new inode), not the deleted old one.
   check upgrade_new_binary test "$(stat -L -c %i "/proc/$(daemon_pid)/exe")" = "$(stat -c %i /usr/bin/ecr-edge)"
   check conffile_kept grep -qx 'backoff_max = 5' /etc/ecr-edge/config.toml
