@@ -425,6 +425,20 @@ fn boot(
         input.join("scenario.sh"),
     )
     .unwrap();
+    // The peak-memory probe and its floor (benches/floor/), static for the guest's CPU, as
+    // scripts/bench builds them for the host.
+    let zig_target = match guest.deb_arch {
+        "arm64" => "aarch64-linux-musl",
+        _ => "arm-linux-musleabihf",
+    };
+    for tool in ["probe", "floor"] {
+        run(Command::new("python3")
+            .args([
+                "-m", "ziglang", "cc", "-target", zig_target, "-O2", "-s", "-static", "-o",
+            ])
+            .arg(input.join(tool))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("benches/floor/{tool}.c"))));
+    }
     std::fs::write(input.join("ca.pem"), &fakes.ca.pem).unwrap();
     // The device identity, made with openssl as a fleet's provisioning would (SEC1 EC key).
     let (cert, key) = device_identity(&input, &fakes.device_ca, KeyKind::EcSec1, Validity::Current);
@@ -649,12 +663,19 @@ fn lab(guest: &Guest) {
             "no exchange presented the rotated certificate"
         );
         println!(
-        "lab {}: daemon VmRSS {} kB idle, {} kB after 10 served gets; helper peak RSS {} kB for a \
-         cached get; installed {} KiB (binary {} bytes); apt install {} s; restart to READY {} ms",
+        "lab {}: daemon VmRSS {} kB idle (anonymous {}, file-backed {}), {} kB after 10 served \
+         gets; helper peak RSS {} kB for a cached get (anonymous {}, file-backed {}; a static \
+         program that exits at once: {} kB; benches/floor/probe.c); installed {} KiB (binary {} \
+         bytes); apt install {} s; restart to READY {} ms",
         guest.arch,
         r["rss_idle_kib"],
+        r["rss_idle_anon_kib"],
+        r["rss_idle_file_kib"],
         r["rss_after_10_gets_kib"],
         r["helper_cached_get_peak_rss_kib"],
+        r["helper_cached_get_anon_kib"],
+        r["helper_cached_get_file_kib"],
+        r["probe_floor_kib"],
         r["installed_kib"],
         r["binary_bytes"],
         r["install_seconds"],

@@ -332,6 +332,8 @@ if [ "$PHASE" = main ]; then
   check active systemctl is-active ecr-edge
   pid=$(daemon_pid)
   result rss_idle_kib "$(rss_kb "$pid")"
+  result rss_idle_anon_kib "$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status")"
+  result rss_idle_file_kib "$(awk '/^RssFile:/ { print $2 }' "/proc/$pid/status")"
   # The unit's bounds reach the running process (descriptors) and its cgroup (memory, tasks).
   check limit_nofile grep -Eq '^Max open files +1024 +1024 ' "/proc/$pid/limits"
   # shellcheck disable=SC2016 # expanded by the inner shell
@@ -371,10 +373,17 @@ if [ "$PHASE" = main ]; then
   check bob_not_from_daemon sh -c "! grep -q 'served by the daemon' '$out/bob.stderr'"
   check sink_mode_owner test "$(stat -c '%a %U' /run/ecr-edge/auth.json)" = "600 ecr-edge"
   cp /run/ecr-edge/auth.json "$out/sink.json"
-  # The helper's peak RSS for a cached get (bob's own cache, no daemon asked).
-  echo "$REG_HOST" | as_user bob "${bob_env[@]}" ECR_EDGE_SOCKET=/nonexistent \
-    /usr/bin/time -f '%M' -o /tmp/helper.rss docker-credential-ecr-edge get > /dev/null
-  result helper_cached_get_peak_rss_kib "$(tail -1 /tmp/helper.rss)"
+  # The helper's peak RSS for a cached get (bob's own cache, no daemon asked), exactly: the
+  # probe (benches/floor/probe.c) reads VmHWM, RssAnon and RssFile as the helper exits; its
+  # floor is a static program that exits at once.
+  install -m 0755 "$in/probe" "$in/floor" /usr/local/bin/
+  read -r hwm anon file < <(echo "$REG_HOST" | as_user bob "${bob_env[@]}" ECR_EDGE_SOCKET=/nonexistent \
+    /usr/local/bin/probe "$(command -v docker-credential-ecr-edge)" get)
+  check helper_peak_measured test "${hwm:-0}" -gt 0
+  result helper_cached_get_peak_rss_kib "$hwm"
+  result helper_cached_get_anon_kib "$anon"
+  result helper_cached_get_file_kib "$file"
+  result probe_floor_kib "$(/usr/local/bin/probe /usr/local/bin/floor | cut -d' ' -f1)"
 
   step "4. uplink lost"
   uplink down
