@@ -287,7 +287,7 @@ fn floor_section(sb: &Sandbox, runs: usize) {
     let floor = floor_tool("floor");
     let stdin = || std::fs::File::open(&input).unwrap();
     let helper = || {
-        let mut c = sb.command_for(&sb.helper, "get");
+        let mut c = helper_cmd(sb, &sb.helper);
         c.stdin(stdin());
         c
     };
