@@ -5,8 +5,8 @@
 //! `cargo bench --bench compare` (release build). `ECR_EDGE_BENCH_RUNS` sets the cached-get run
 //! count (default 200). Then each figure beside its floor (issue 30): the cached `get` against
 //! benches/floor/floor.c, a static program doing only that job, in interleaved runs. Peak memory
-//! is read exactly by benches/floor/probe.c (VmHWM as the child exits, under ptrace: nothing of
-//! the probe counted), whose floor, a static program that exits at once, is printed beside it.
+//! is read exactly by benches/floor/probe.c (the page tables' resident memory as the child exits,
+//! under ptrace: nothing of the probe counted), whose floor, a static program that exits at once, is printed beside it.
 //! scripts/bench builds both (`ECR_EDGE_FLOOR_DIR`, default target/floor).
 
 #[path = "../tests/support/mod.rs"]
@@ -132,13 +132,13 @@ fn main() {
     for r in &rows {
         println!(
             "{:<22} {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>10} KiB {:>7} KiB {:>14.0}ms {:>5} calls ({}/32 ok)",
-            r.name, ms(r.cached.0), ms(r.cached.1), ms(r.cold.0), r.rss_cached.hwm, r.rss_cold.hwm, ms(r.burst), r.burst_calls, r.ok
+            r.name, ms(r.cached.0), ms(r.cached.1), ms(r.cold.0), r.rss_cached.peak, r.rss_cold.peak, ms(r.burst), r.burst_calls, r.ok
         );
     }
     let (e, i) = (&rows[0], &rows[1]);
     println!("\nratios (incumbent / ecr-edge): cached get p50 {:.1}x faster, p99 {:.1}x; cold get {:.1}x; peak RSS (cached get) {:.1}x smaller ({:.2} of incumbent)",
         ms(i.cached.0) / ms(e.cached.0), ms(i.cached.1) / ms(e.cached.1), ms(i.cold.0) / ms(e.cold.0),
-        i.rss_cached.hwm as f64 / e.rss_cached.hwm as f64, e.rss_cached.hwm as f64 / i.rss_cached.hwm as f64);
+        i.rss_cached.peak as f64 / e.rss_cached.peak as f64, e.rss_cached.peak as f64 / i.rss_cached.peak as f64);
     println!(
         "upstream calls for 32 concurrent cold gets: ecr-edge {}, incumbent {}",
         e.burst_calls, i.burst_calls
@@ -230,10 +230,11 @@ fn floor_tool(name: &str) -> PathBuf {
 }
 
 /// Peak memory of one process as benches/floor/probe.c reads it as the process exits, KiB: the
-/// high-water mark, and the resident anonymous and file-backed memory then.
+/// peak (the resident memory then, or the high-water mark if larger), and of it the anonymous
+/// and the file-backed memory.
 #[derive(Clone, Copy)]
 struct Peak {
-    hwm: i64,
+    peak: i64,
     anon: i64,
     file: i64,
 }
@@ -252,7 +253,7 @@ fn probe(args: &[&std::ffi::OsStr], env: &[(String, String)], input: &[u8]) -> P
     let mut n = text.split_whitespace().map(|v| v.parse().unwrap_or(-1));
     let mut next = || n.next().unwrap_or(-1);
     Peak {
-        hwm: next(),
+        peak: next(),
         anon: next(),
         file: next(),
     }
@@ -341,16 +342,16 @@ fn floor_section(sb: &Sandbox, runs: usize) {
     );
     let get = rss(sb, &sb.helper);
     println!(
-        "  peak memory (VmHWM at exit, exact): a static program that exits at once {} KiB, \
+        "  peak memory (resident at exit, exact): a static program that exits at once {} KiB, \
          the floor's job {} KiB, ecr-edge cached get {} KiB (anonymous {}, file-backed {}): \
          {:.1}x the floor; goal <= 1280 KiB ({:.2} of it)",
-        nothing.hwm,
-        job_peak.hwm,
-        get.hwm,
+        nothing.peak,
+        job_peak.peak,
+        get.peak,
         get.anon,
         get.file,
-        get.hwm as f64 / job_peak.hwm as f64,
-        get.hwm as f64 / 1280.0
+        get.peak as f64 / job_peak.peak as f64,
+        get.peak as f64 / 1280.0
     );
 }
 
@@ -372,7 +373,7 @@ fn daemon_section(sb: &mut Sandbox, runs: usize) {
         before,
         "gets were not served by the daemon"
     );
-    let rss_served = rss(sb, &sb.helper).hwm;
+    let rss_served = rss(sb, &sb.helper).peak;
     std::thread::sleep(Duration::from_secs(3));
     let (rss, hwm) = proc_rss(native.id());
     println!(
@@ -433,16 +434,17 @@ fn stop(mut child: std::process::Child) {
     let _ = child.wait();
 }
 
-/// VmRSS and VmHWM of a process, KiB.
+/// Resident memory (from the page tables) and VmHWM of a process, KiB.
 fn proc_rss(pid: u32) -> (i64, i64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
+    let field = |file: &str, name: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .unwrap_or_default()
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(-1)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    // smaps_rollup walks the page tables; status's counters can lag (benches/floor/probe.c).
+    (field("smaps_rollup", "Rss:"), field("status", "VmHWM:"))
 }

@@ -289,6 +289,13 @@ impl FakeEcr {
         self.state.lock().unwrap().lifetime_secs = secs;
     }
 
+    /// A handle that sets how long the next tokens are valid, for a server thread of a test
+    /// (the device lab's guest shortens them for a while).
+    pub fn lifetime_handle(&self) -> impl Fn(f64) + Send + Sync + 'static {
+        let state = self.state.clone();
+        move |secs| state.lock().unwrap().lifetime_secs = secs
+    }
+
     /// The password tokens currently carry.
     pub fn password(&self) -> String {
         self.state.lock().unwrap().password.clone()
