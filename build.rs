@@ -14,9 +14,10 @@ fn main() {
         panic!("{}", target_check::refusal(&target));
     }
     println!("cargo:rustc-env=ECR_EDGE_TARGET={target}");
-    // Static release builds: the cached `get` path's functions first in .text (scripts/hot-path
-    // explains and regenerates the list). Halves the helper's peak RSS; GNU ld and lld both read
-    // this INSERT-style script, so `cross` builds get it too.
+    // Static release builds: the cached `get` path's functions first, then the daemon's, ahead
+    // of the rest of .text (scripts/hot-path explains and regenerates the lists). The helper and
+    // the daemon then map only the code they run; GNU ld and lld both read this INSERT-style
+    // script, so `cross` builds get it too.
     let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
     if env == "musl" && std::env::var("PROFILE").as_deref() == Ok("release") {
         let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
