@@ -207,6 +207,35 @@ fn the_device_certificate_is_judged_at_the_kept_floor() {
     assert_eq!(s.iot.calls().len(), 1);
 }
 
+/// With the system clock right (any binary, a static one included), the daemon under systemd
+/// keeps AWS's time as the floor in its state directory, one line, readable by the helpers; a
+/// damaged file is ignored and replaced.
+#[test]
+fn the_daemon_keeps_the_floor_in_its_state_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut sb = Sandbox::new();
+    let state = sb.dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    sb.set("STATE_DIRECTORY", Some(state.to_str().unwrap()));
+    let config = format!("[daemon]\nregistries = [\"{HOST}\"]\n");
+    {
+        let d = crate::daemon::Daemon::start(&mut sb, &config);
+        d.wait_notify("READY=1", Duration::from_secs(20));
+        let kept = kept_floor(&state).expect("the daemon kept the floor");
+        assert!((kept - real_now()).abs() < 60, "{kept}\n{}", d.log());
+        let file = state.join("time-floor");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{kept}\n"));
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+    }
+    // A damaged file: ignored, and replaced by the next floor worth keeping.
+    std::fs::write(state.join("time-floor"), "not a number\n").unwrap();
+    let d = crate::daemon::Daemon::start(&mut sb, &config);
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let kept = kept_floor(&state).expect("the damaged floor replaced");
+    assert!((kept - real_now()).abs() < 60, "{kept}\n{}", d.log());
+}
+
 /// The daemon on a device at 1970 takes AWS's time (status and metrics say so), keeps it as the
 /// floor in its state directory, and drops the offset when the clock is set mid-run.
 #[test]
