@@ -173,7 +173,7 @@ fn dispatch(args: Vec<OsString>) -> Exit {
             level == LevelFilter::OFF,
         );
     }
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match parse(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -334,6 +334,24 @@ fn stderr_is_journal() -> bool {
     match nix::sys::stat::fstat(std::io::stderr()) {
         Ok(st) => st.st_dev.to_string() == dev && st.st_ino.to_string() == ino,
         Err(_) => false,
+    }
+}
+
+/// Parses the command line on a thread of its own when one can be started. clap builds the
+/// whole command tree on the stack, some 80 KiB deep, and the daemon would keep those pages of
+/// its main stack resident for its whole life; a thread's stack is unmapped when it ends
+/// (BENCHMARKS.md, issue 30, sixth part). Docker's helper calls never come here.
+fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let copy = args.clone();
+    let thread = std::thread::Builder::new()
+        .name("ecr-edge-args".into())
+        .spawn(move || Cli::try_parse_from(args));
+    match thread {
+        Ok(thread) => thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        // No thread (a limit on tasks): parsed here instead.
+        Err(_) => Cli::try_parse_from(copy),
     }
 }
 

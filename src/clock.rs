@@ -322,6 +322,27 @@ fn rfc3339_ms(ms: i64) -> String {
     rfc3339(ms.div_euclid(1000))
 }
 
+/// A duration for people, in seconds with `D` decimals (`2.5`), rounded to the nearest: written
+/// with integers, so a message or log field about a wait does not bring in float formatting,
+/// whose code a daemon would otherwise keep resident for one line (BENCHMARKS.md, issue 30).
+pub struct Seconds<const D: u32>(pub Duration);
+
+impl<const D: u32> std::fmt::Display for Seconds<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scale = 10u64.pow(D);
+        // Rounding can carry into the whole seconds (0.96 s is "1.0").
+        let units = self.0.as_secs().saturating_mul(scale).saturating_add(
+            (u64::from(self.0.subsec_nanos()) * scale + 500_000_000) / 1_000_000_000,
+        );
+        let (whole, fraction) = (units / scale, units % scale);
+        if D == 0 {
+            write!(f, "{whole}")
+        } else {
+            write!(f, "{whole}.{fraction:0width$}", width = D as usize)
+        }
+    }
+}
+
 /// What rustls judges certificates at: trusted now, so a device behind its floor checks AWS's
 /// certificates at the floor (never earlier) instead of refusing them all as "not yet valid".
 #[derive(Debug, Default)]
@@ -425,5 +446,26 @@ mod tests {
             Some(784_111_777)
         );
         assert_eq!(parse_http_date("yesterday"), None);
+    }
+
+    #[test]
+    fn seconds_are_written_rounded_to_their_decimals() {
+        let ms = Duration::from_millis;
+        assert_eq!(Seconds::<1>(ms(2_000)).to_string(), "2.0");
+        assert_eq!(Seconds::<1>(ms(2_449)).to_string(), "2.4");
+        assert_eq!(Seconds::<1>(ms(2_450)).to_string(), "2.5");
+        assert_eq!(Seconds::<1>(ms(960)).to_string(), "1.0");
+        assert_eq!(Seconds::<1>(ms(0)).to_string(), "0.0");
+        assert_eq!(Seconds::<0>(ms(29_500)).to_string(), "30");
+        assert_eq!(Seconds::<0>(ms(29_499)).to_string(), "29");
+        assert_eq!(
+            Seconds::<3>(Duration::from_nanos(1_234_500_000)).to_string(),
+            "1.235"
+        );
+        // No overflow, whatever the duration.
+        assert_eq!(
+            Seconds::<1>(Duration::MAX).to_string(),
+            (u64::MAX / 10).to_string() + ".5"
+        );
     }
 }

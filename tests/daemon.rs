@@ -293,6 +293,48 @@ fn watchdog_pings_at_half_the_interval_systemd_asks_for() {
     assert!((5..=14).contains(&pings), "{pings} pings");
 }
 
+/// The daemon with only what its systemd unit gives it (packaging/ecr-edge.service): no home,
+/// cache or socket variables (the socket is the configuration file's), the state and runtime
+/// directories, the watchdog, and its default log level. It serves the helper over that
+/// socket, pings the watchdog and keeps its floor; its log says what it serves, at info.
+#[test]
+fn the_daemon_runs_with_only_what_its_unit_gives_it() {
+    let mut sb = Sandbox::new();
+    let (state, runtime) = (sb.dir.path().join("state"), sb.dir.path().join("run"));
+    std::fs::create_dir(&state).unwrap();
+    std::fs::create_dir(&runtime).unwrap();
+    let socket = runtime.join("agent.sock");
+    let (cache, home) = (sb.cache_dir(), sb.dir.path().join("home"));
+    for unset in ["ECR_EDGE_SOCKET", "ECR_EDGE_CACHE_DIR", "HOME"] {
+        sb.set(unset, None);
+    }
+    sb.set("STATE_DIRECTORY", Some(state.to_str().unwrap()));
+    sb.set("RUNTIME_DIRECTORY", Some(runtime.to_str().unwrap()));
+    sb.set("WATCHDOG_USEC", Some("400000"));
+    let config = format!(
+        "[daemon]\nregistries = [\"{REG}\"]\nsocket = \"{}\"\n",
+        socket.display()
+    );
+    let d = Daemon::start_as(&mut sb, &config, &["daemon"], None);
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    d.wait_notify("WATCHDOG=1", Duration::from_secs(2));
+    // The helper as a user runs it: its own home and cache, the socket from the same file.
+    sb.set("HOME", Some(home.to_str().unwrap()));
+    sb.set("ECR_EDGE_CACHE_DIR", Some(cache.to_str().unwrap()));
+    let (ok, out) = get(&sb, REG);
+    assert!(ok, "{out}\n{}", d.log());
+    assert_eq!(
+        ecr_calls(&sb),
+        1,
+        "the daemon served the helper: {}",
+        d.log()
+    );
+    assert!(state.join("time-floor").exists(), "{}", d.log());
+    let log = d.log();
+    assert!(log.contains(&socket.display().to_string()), "{log}");
+    assert!(!log.contains("DEBUG"), "info by default: {log}");
+}
+
 /// Sink files are written off the runtime's thread: while another program holds the sink
 /// directory's lock for 10 s, served gets answer as fast as ever (the daemon serves them, the
 /// helper fetches nothing itself) and the watchdog pings on time; the sink is written once the

@@ -178,3 +178,41 @@ fn the_daemon_does_not_pile_up_stuck_lookups() {
         dns.queries()
     );
 }
+
+/// Without a proxy the daemon resolves the API name itself and connects to its port 443, as a
+/// device does (the other black-box tests reach the fake through `HTTPS_PROXY`). The name comes
+/// from the namespace's `/etc/hosts`: the DNS server, which never answers, is not asked. The
+/// daemon's token reaches the helper over the socket.
+#[test]
+#[ignore = "needs root (own network and mount namespace); scripts/test runs it as root"]
+fn the_daemon_resolves_the_api_name_itself_without_a_proxy() {
+    if !support::inside_namespace("dns::the_daemon_resolves_the_api_name_itself_without_a_proxy") {
+        return;
+    }
+    let mut sb = Sandbox::new();
+    let hosts = format!("127.0.0.1 localhost\n127.0.0.1 {API}\n");
+    support::private_files(
+        sb.dir.path(),
+        &[
+            ("/etc/hosts", hosts.as_str()),
+            ("/etc/resolv.conf", "nameserver 127.0.0.1\n"),
+        ],
+    );
+    sb.set("HTTPS_PROXY", None);
+    let dns = SilentDns::start();
+    sb.fake.listen_direct("127.0.0.1:443", API, sb.ca.clone());
+    let d = Daemon::start(&mut sb, &format!("[daemon]\nregistries = [\"{REG}\"]\n"));
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    let out = sb.helper("get", REG.as_bytes());
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}\n{}", d.log());
+    assert!(said.contains("\"Secret\""), "{said}");
+    let calls = sb
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| c.target.ends_with("GetAuthorizationToken"))
+        .count();
+    assert_eq!(calls, 1, "the daemon fetched once and served the helper");
+    assert_eq!(dns.queries(), 0, "the name came from /etc/hosts");
+}

@@ -68,10 +68,10 @@ impl fmt::Display for DnsError {
             ),
             DnsError::Unanswered { name, waited } => write!(
                 f,
-                "cannot resolve {name}: no answer from {} within {:.1}s; the DNS server is \
+                "cannot resolve {name}: no answer from {} within {}s; the DNS server is \
                  not answering (check the uplink's DNS, or add the name to /etc/hosts)",
                 servers(),
-                waited.as_secs_f64()
+                crate::clock::Seconds::<1>(*waited)
             ),
             DnsError::ResolverStuck { name } => write!(
                 f,

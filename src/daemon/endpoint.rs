@@ -89,7 +89,7 @@ pub(super) async fn refresh_loop(shared: Arc<Shared>) {
             Err(e) => {
                 let delay = backoff.next(e.failure(), &mut jitter);
                 tracing::warn!(
-                    retry_in_s = delay.as_secs_f32(),
+                    retry_in_s = %crate::clock::Seconds::<1>(delay),
                     "role credentials refresh failed: {e}"
                 );
                 delay

@@ -130,8 +130,8 @@ async fn check(
             }
         }
         Err(_) => failed(format!(
-            "{text}: the registry did not answer within {:.0}s",
-            limit.as_secs_f64()
+            "{text}: the registry did not answer within {}s",
+            crate::clock::Seconds::<0>(limit)
         )),
     })
 }

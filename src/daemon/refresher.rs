@@ -232,7 +232,7 @@ async fn refresh(
                 registry = %host,
                 outcome = err.outcome().name(),
                 failures = e.backoff.failures(),
-                retry_in_s = delay.as_secs_f32(),
+                retry_in_s = %crate::clock::Seconds::<1>(delay),
                 token_valid_for_s = e.usable(now).map(|h| (h.expires - now).as_secs()),
                 "refresh failed: {err}"
             ),

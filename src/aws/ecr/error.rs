@@ -161,8 +161,8 @@ impl fmt::Display for FetchError {
             }
             FetchError::Timeout { endpoint, deadline } => write!(
                 f,
-                "no answer from {endpoint} within {:.1}s (set ECR_EDGE_TIMEOUT to wait longer)",
-                deadline.as_secs_f64()
+                "no answer from {endpoint} within {}s (set ECR_EDGE_TIMEOUT to wait longer)",
+                crate::clock::Seconds::<1>(*deadline)
             ),
             FetchError::AccessDenied { message, needs } => {
                 write!(f, "access denied: {message} (the identity needs {needs})")
