@@ -123,7 +123,8 @@ fn get(sb: &Sandbox, host: &str) -> (bool, String) {
     (out.status.success(), text(&out.stdout))
 }
 
-fn ecr_calls(sb: &Sandbox) -> usize {
+/// GetAuthorizationToken calls the sandbox's fake has answered.
+pub(crate) fn ecr_calls(sb: &Sandbox) -> usize {
     sb.fake
         .calls()
         .iter()

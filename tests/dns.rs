@@ -44,11 +44,16 @@ impl SilentDns {
 /// The sandbox inside its namespace: only localhost in `/etc/hosts`, the silent server in
 /// `/etc/resolv.conf`, and no proxy, so the helper must resolve the real API name.
 fn world() -> (Sandbox, SilentDns) {
+    world_with_hosts("127.0.0.1 localhost\n")
+}
+
+/// [`world`] with `hosts` as the namespace's `/etc/hosts`.
+fn world_with_hosts(hosts: &str) -> (Sandbox, SilentDns) {
     let mut sb = Sandbox::new();
     support::private_files(
         sb.dir.path(),
         &[
-            ("/etc/hosts", "127.0.0.1 localhost\n"),
+            ("/etc/hosts", hosts),
             ("/etc/resolv.conf", "nameserver 127.0.0.1\n"),
         ],
     );
@@ -189,17 +194,7 @@ fn the_daemon_resolves_the_api_name_itself_without_a_proxy() {
     if !support::inside_namespace("dns::the_daemon_resolves_the_api_name_itself_without_a_proxy") {
         return;
     }
-    let mut sb = Sandbox::new();
-    let hosts = format!("127.0.0.1 localhost\n127.0.0.1 {API}\n");
-    support::private_files(
-        sb.dir.path(),
-        &[
-            ("/etc/hosts", hosts.as_str()),
-            ("/etc/resolv.conf", "nameserver 127.0.0.1\n"),
-        ],
-    );
-    sb.set("HTTPS_PROXY", None);
-    let dns = SilentDns::start();
+    let (mut sb, dns) = world_with_hosts(&format!("127.0.0.1 localhost\n127.0.0.1 {API}\n"));
     sb.fake.listen_direct("127.0.0.1:443", API, sb.ca.clone());
     let d = Daemon::start(&mut sb, &format!("[daemon]\nregistries = [\"{REG}\"]\n"));
     d.wait_notify("READY=1", Duration::from_secs(20));
@@ -207,12 +202,10 @@ fn the_daemon_resolves_the_api_name_itself_without_a_proxy() {
     let said = text(&out.stdout);
     assert!(out.status.success(), "{said}\n{}", d.log());
     assert!(said.contains("\"Secret\""), "{said}");
-    let calls = sb
-        .fake
-        .calls()
-        .iter()
-        .filter(|c| c.target.ends_with("GetAuthorizationToken"))
-        .count();
-    assert_eq!(calls, 1, "the daemon fetched once and served the helper");
+    assert_eq!(
+        crate::daemon::ecr_calls(&sb),
+        1,
+        "the daemon fetched once and served the helper"
+    );
     assert_eq!(dns.queries(), 0, "the name came from /etc/hosts");
 }
